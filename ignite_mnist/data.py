@@ -1,0 +1,293 @@
+"""Data as tensors: the IDX files decoded once into uint8 tensors, batches drawn by index.
+
+MNIST, Fashion-MNIST and the bundled sample share MNIST's IDX format, so one reader serves all three.
+Each split becomes one uint8 tensor kept on the training device; a batch is a tensor of indexes (training)
+or a slice (evaluation), and normalisation happens per batch on the device: no per-image Python work.
+"""
+
+import gzip
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ignite_mnist.errors import UserError
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+DIGITS = [str(d) for d in range(10)]
+DATASETS = {
+    # folder: torchvision's folder under --data-path; mean, std: of the training images, in [0, 1]
+    "mnist": {"folder": "MNIST", "mean": 0.1307, "std": 0.3081, "classes": DIGITS},
+    "mnist-sample": {"folder": None, "mean": 0.1307, "std": 0.3081, "classes": DIGITS},
+    "fashion-mnist": {
+        "folder": "FashionMNIST",
+        "mean": 0.2860,
+        "std": 0.3530,
+        "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    },
+}
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+_IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file of MNIST images ([n, 28, 28] uint8) or labels ([n] uint8), .gz or not, checked."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix == ".gz":
+            raw = gzip.decompress(raw)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise UserError(f"{path} is truncated or corrupt ({e}): replace it") from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}") from None
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if magic == _IMAGES_MAGIC and len(raw) >= 16:
+        n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
+        if (rows, cols) != (28, 28):
+            raise UserError(f"{path} holds {rows}x{cols} images; MNIST images are 28x28")
+        header, shape = 16, (n, 28, 28)
+    elif magic == _LABELS_MAGIC and len(raw) >= 8:
+        n = int.from_bytes(raw[4:8], "big")
+        header, shape = 8, (n,)
+    else:
+        raise UserError(
+            f"{path} is not an MNIST IDX file (magic number {magic}; expected {_IMAGES_MAGIC} for images, "
+            f"{_LABELS_MAGIC} for labels): replace it"
+        )
+    expected = header + math.prod(shape)
+    if len(raw) != expected:
+        raise UserError(
+            f"{path} is truncated or corrupt: its header announces {n} items ({expected} bytes) "
+            f"but it holds {len(raw)} bytes: replace it"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def read_split(images_path: Path, labels_path: Path, num_classes: int = 10):
+    """(images uint8 [n, 28, 28], labels int64 [n]) as torch tensors, after checking they belong together."""
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if images.ndim != 3:
+        raise UserError(f"{images_path} holds labels, not images")
+    if labels.ndim != 1:
+        raise UserError(f"{labels_path} holds images, not labels")
+    if len(images) != len(labels):
+        raise UserError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
+    if len(labels) and labels.max() >= num_classes:
+        i = int(np.argmax(labels >= num_classes))
+        raise UserError(f"{labels_path}: label {labels[i]} at index {i} is out of range 0-{num_classes - 1}")
+    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+# ---- finding the files --------------------------------------------------------------------------
+
+
+def _find_in(folder: Path) -> dict:
+    """{stem: path} of the IDX files present in folder, plain or .gz."""
+    found = {}
+    for stem in (s for pair in FILES.values() for s in pair):
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                found[stem] = folder / name
+                break
+    return found
+
+
+def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
+    """{"train": (images, labels), "test": (images, labels)} paths of `dataset`.
+
+    Looked for in torchvision's layout (DATA/MNIST/raw, DATA/FashionMNIST/raw) and directly in DATA
+    (as Debian's dataset-fashion-mnist installs them); if absent, torchvision downloads them.
+    """
+    spec = DATASETS[dataset]
+    folders = [SAMPLE_DIR] if spec["folder"] is None else [Path(data_path) / spec["folder"] / "raw", Path(data_path)]
+    stems = [s for pair in FILES.values() for s in pair]
+    for folder in folders:
+        found = _find_in(folder)
+        if len(found) == len(stems):
+            return {split: (found[images], found[labels]) for split, (images, labels) in FILES.items()}
+    if spec["folder"] is None:
+        raise UserError(f"the bundled sample is missing from {SAMPLE_DIR}: reinstall ignite-mnist")
+    if download:
+        _download(dataset, Path(data_path))
+        return locate(dataset, data_path, download=False)
+    raise UserError(f"{dataset} is not in {data_path}")
+
+
+def _download(dataset: str, data_path: Path) -> None:
+    import torchvision
+
+    cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
+    try:
+        for train in (True, False):
+            cls(str(data_path), train=train, download=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        files = ", ".join(s + "(.gz)" for pair in FILES.values() for s in pair)
+        raise UserError(
+            f"{dataset} is not in {data_path} and could not be downloaded ({reason}): put {files} in "
+            f"{data_path / DATASETS[dataset]['folder'] / 'raw'} or in {data_path}, or use the dataset "
+            "'mnist-sample' (data.dataset in the config), which is bundled and works offline"
+        ) from None
+
+
+def load(dataset: str, data_path: Path) -> dict:
+    """{"train": (images, labels), "test": (images, labels)}: uint8 and int64 CPU tensors."""
+    num_classes = len(DATASETS[dataset]["classes"])
+    return {split: read_split(*paths, num_classes) for split, paths in locate(dataset, data_path).items()}
+
+
+def dataset_sizes(dataset: str, data_path: Path) -> dict:
+    return {split: len(labels) for split, (_, labels) in load(dataset, data_path).items()}
+
+
+# ---- on the device ------------------------------------------------------------------------------
+
+
+@dataclass
+class TensorSet:
+    """One split on the training device: images uint8 [n, 28, 28], labels int64 [n]."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: float
+    std: float
+
+    def __len__(self):
+        return len(self.labels)
+
+    def batch(self, index):
+        """(x, y) for an index tensor or a slice: x normalised float32 [b, 1, 28, 28], as ToTensor+Normalize."""
+        x = self.images[index].unsqueeze(1).float().div_(255).sub_(self.mean).div_(self.std)
+        return x, self.labels[index]
+
+
+def tensor_sets(dataset: str, data_path: Path, split: dict, device) -> dict:
+    """{"train", "validation", "test"} TensorSets on `device`, train/validation from the persisted split."""
+    spec = DATASETS[dataset]
+    loaded = load(dataset, data_path)
+    train_images, train_labels = loaded["train"]
+    highest = max((max(v) for v in split.values() if v), default=-1)
+    if highest >= len(train_labels):
+        raise UserError(
+            f"the experiment's split refers to training image {highest}, but {dataset} in {data_path} "
+            f"has {len(train_labels)}: use the data the experiment was created with"
+        )
+    sets = {}
+    for name, (images, labels) in {
+        "train": (train_images, train_labels),
+        "validation": (train_images, train_labels),
+        "test": loaded["test"],
+    }.items():
+        if name in split:
+            index = torch.tensor(split[name], dtype=torch.int64)
+            images, labels = images[index], labels[index]
+        sets[name] = TensorSet(images.to(device), labels.to(device), spec["mean"], spec["std"])
+    return sets
+
+
+class ShuffledBatches:
+    """Training batches: index tensors into a TensorSet, in an order drawn anew each epoch from (seed, epoch).
+
+    The order depends on nothing but the seed and the epoch, so a resumed run draws exactly the batches
+    an uninterrupted one would. With world_size w (as torch's DistributedSampler): the permutation is
+    padded to a multiple of w, rank r takes every w-th index, in batches of batch_size // w, so every
+    rank runs the same number of steps. Call set_epoch() before each epoch (the trainer does, on
+    EPOCH_STARTED); the permutation is drawn lazily, when the epoch's first batch is asked for.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, device="cpu"):
+        self.n, self.seed, self.rank, self.world_size, self.device = n, seed, rank, world_size, device
+        self.batch_size = max(1, batch_size // world_size)
+        self.per_rank = math.ceil(n / world_size)
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self):
+        return math.ceil(self.per_rank / self.batch_size)
+
+    def permutation(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=generator)
+        padding = self.per_rank * self.world_size - self.n
+        if padding:
+            order = torch.cat([order, order[:padding]])
+        return order[self.rank::self.world_size]
+
+    def __iter__(self):
+        yield from self.permutation().to(self.device).split(self.batch_size)
+
+
+def eval_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) -> list:
+    """Slices covering this rank's contiguous share of n items, each item on exactly one rank.
+
+    No padding (unlike training): metrics summed over ranks then count every item once.
+    """
+    share = math.ceil(n / world_size)
+    start, stop = min(n, rank * share), min(n, (rank + 1) * share)
+    return [slice(i, min(i + batch_size, stop)) for i in range(start, stop, batch_size)]
+
+
+# ---- images for predict -------------------------------------------------------------------------
+
+
+def image_as_digit(path: Path) -> torch.Tensor:
+    """An image file as an MNIST digit: uint8 [28, 28], light strokes on a dark background.
+
+    A 28x28 image is taken as it is (inverted if its background is light). Any other size is prepared
+    as MNIST's digits were: the ink cropped, scaled to fit 20x20, centred by its centre of mass in 28x28.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not an image file")
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened)
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                white = Image.new("RGBA", image.size, "white")
+                image = Image.alpha_composite(white, image.convert("RGBA"))
+            image = image.convert("L")
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise UserError(f"{path} is not an image file that can be read ({type(e).__name__})") from None
+    pixels = np.asarray(image, dtype=np.float32)
+    if np.median(pixels) > 127:  # dark strokes on a light background: make it MNIST's way round
+        pixels = 255 - pixels
+    if pixels.shape != (28, 28):
+        pixels = _center_like_mnist(pixels)
+    return torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+def _center_like_mnist(pixels: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    ink = pixels > 0.2 * pixels.max() if pixels.max() > 0 else np.zeros_like(pixels, dtype=bool)
+    if not ink.any():
+        return np.zeros((28, 28), np.float32)
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    crop = pixels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    scale = 20 / max(crop.shape)
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 255)
+    total = digit.sum() or 1.0
+    cy = (digit.sum(axis=1) * np.arange(digit.shape[0])).sum() / total
+    cx = (digit.sum(axis=0) * np.arange(digit.shape[1])).sum() / total
+    top = int(np.clip(round(14 - cy), 0, 28 - digit.shape[0]))
+    left = int(np.clip(round(14 - cx), 0, 28 - digit.shape[1]))
+    canvas = np.zeros((28, 28), np.float32)
+    canvas[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    return canvas

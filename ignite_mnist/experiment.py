@@ -1,0 +1,327 @@
+"""The experiment folder: what it holds, how it is created, read and locked.
+
+    experiments/NAME/
+        experiment.json                  config (validated, defaults filled), seed, split sizes, versions
+        split.json                       train/validation indexes into the training set, drawn once at init
+        verbose.log                      everything every command logged
+        checkpoints/checkpoint_<E>.pt    model, optimizer, lr_scheduler, trainer, rng, metrics of epoch E
+        releases/release_epoch_<E>.pt    the model alone, for inference
+        tensorboard/                     TensorBoard event files
+        train.lock                       locked by the running `train` (flock), holds its pid
+
+Every file is written whole or not at all (a temporary file, then os.replace), and `init` builds the
+folder under a temporary name and renames it into place, so a failure leaves nothing half-made.
+"""
+
+import datetime
+import fcntl
+import json
+import logging
+import os
+import platform
+import random
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ignite_mnist.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config"
+DEFAULT_CONFIG = CONFIG_DIR / "config.default.json"
+DEFAULT_SCHEMA = CONFIG_DIR / "config.schema.json"
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_CHECKPOINT = re.compile(r"checkpoint_([0-9]+)\.pt")
+_RELEASE = re.compile(r"release_epoch_([0-9]+)\.pt")
+
+log = logging.getLogger("ignite_mnist")
+
+
+# ---- config -------------------------------------------------------------------------------------
+
+
+def read_json(path: Path, what: str):
+    """Parse a JSON file, or raise a UserError that names the file and the problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+def _schema_violations(config, schema, schema_path: Path) -> list:
+    import jsonschema
+
+    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        validator_class.check_schema(schema)
+    except jsonschema.SchemaError as e:
+        raise UserError(f"config schema {schema_path} is not a valid JSON schema: {e.message}") from None
+    errors = validator_class(schema).iter_errors(config)
+    return [f"{e.json_path}: {e.message}" for e in sorted(errors, key=lambda e: (e.json_path, e.message))]
+
+
+def _with_defaults(config: dict, schema: dict) -> dict:
+    """Fill the schema's defaults for missing optional fields; turn integral numbers into ints."""
+    filled = dict(config)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in filled and "default" in sub:
+            filled[key] = sub["default"]
+        elif isinstance(filled.get(key), dict):
+            filled[key] = _with_defaults(filled[key], sub)
+        elif sub.get("type") == "integer" and isinstance(filled.get(key), float):
+            filled[key] = int(filled[key])
+    return filled
+
+
+def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA) -> dict:
+    """Read and validate a config: every violation is reported, each with its JSON path.
+
+    The config must satisfy the given schema and also the packaged one, which describes what this
+    program understands (a custom schema cannot let through a field the code would not know).
+    """
+    schema = read_json(schema_path, "config schema")
+    config = read_json(path, "config")
+    violations = _schema_violations(config, schema, schema_path)
+    builtin = read_json(DEFAULT_SCHEMA, "config schema")
+    if not violations and builtin != schema:
+        violations = _schema_violations(config, builtin, DEFAULT_SCHEMA)
+    if violations:
+        n = len(violations)
+        raise UserError(f"invalid config {path} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
+    return _with_defaults(config, builtin)
+
+
+# ---- files --------------------------------------------------------------------------------------
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one, never a part."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validate_name(name) -> str:
+    if not name:
+        raise UserError("this command needs an experiment: pass --experiment-name NAME (before the command)")
+    if not _NAME.fullmatch(name) or name in (".", ".."):
+        raise UserError(
+            f"invalid experiment name {name!r}: use up to 100 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for dist in ("ignite-mnist", "torch", "torchvision", "pytorch-ignite", "tensorboardX", "jsonschema"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+# ---- the experiment -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Experiment:
+    root: Path
+    meta: dict  # the content of experiment.json
+
+    name = property(lambda self: self.root.name)
+    config = property(lambda self: self.meta["config"])
+    seed = property(lambda self: self.meta["seed"])
+    meta_file = property(lambda self: self.root / "experiment.json")
+    split_file = property(lambda self: self.root / "split.json")
+    log_file = property(lambda self: self.root / "verbose.log")
+    checkpoints_dir = property(lambda self: self.root / "checkpoints")
+    releases_dir = property(lambda self: self.root / "releases")
+    tensorboard_dir = property(lambda self: self.root / "tensorboard")
+    lock_file = property(lambda self: self.root / "train.lock")
+
+    def load_split(self) -> dict:
+        """{"train": [...], "validation": [...]}: indexes into the dataset's training set."""
+        split = read_json(self.split_file, "split file")
+        if not (isinstance(split, dict) and all(isinstance(split.get(k), list) for k in ("train", "validation"))):
+            raise UserError(f"split file {self.split_file} is malformed: it needs 'train' and 'validation' lists")
+        return split
+
+    def checkpoints(self) -> dict:
+        """{epoch: path} of the complete checkpoints, by epoch (temporary files of a killed save are not)."""
+        if not self.checkpoints_dir.is_dir():
+            return {}
+        found = ((_CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints_dir.iterdir())
+        return dict(sorted((int(m.group(1)), p) for m, p in found if m))
+
+    def checkpoint(self, epoch) -> Path:
+        """The checkpoint of `epoch` (None: the last one), or a UserError listing those that exist."""
+        checkpoints = self.checkpoints()
+        if not checkpoints:
+            raise UserError(f"experiment {self.name} has no checkpoints yet: run `train` first")
+        if epoch is None:
+            epoch = max(checkpoints)
+        if epoch not in checkpoints:
+            raise UserError(
+                f"experiment {self.name} has no checkpoint of epoch {epoch}; "
+                f"epochs with a checkpoint: {_ranges(list(checkpoints))}"
+            )
+        return checkpoints[epoch]
+
+    def release_path(self, epoch: int) -> Path:
+        return self.releases_dir / f"release_epoch_{epoch}.pt"
+
+    def releases(self) -> dict:
+        if not self.releases_dir.is_dir():
+            return {}
+        found = ((_RELEASE.fullmatch(p.name), p) for p in self.releases_dir.iterdir())
+        return dict(sorted((int(m.group(1)), p) for m, p in found if m))
+
+    @contextmanager
+    def training_lock(self):
+        """Hold the experiment for one `train` at a time.
+
+        flock is released by the kernel when its holder dies, even by SIGKILL, so a lock left by a dead
+        process is simply taken over; the pid inside is for the message of whoever is refused.
+        """
+        try:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot write in experiment folder {self.root}: {e.strerror}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+                raise UserError(
+                    f"experiment {self.name} is already being trained by process {owner}: "
+                    "wait for it to finish or stop it, then run `train` again"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+
+def _ranges(numbers: list) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5': a long list of epochs stays one short line."""
+    parts, start = [], None
+    for i, n in enumerate(numbers):
+        start = n if start is None else start
+        if i + 1 == len(numbers) or numbers[i + 1] != n + 1:
+            parts.append(f"{start}" if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(parts)
+
+
+def open_experiment(experiments_path: Path, name: str) -> Experiment:
+    root = Path(experiments_path) / validate_name(name)
+    if not (root / "experiment.json").is_file():
+        known = sorted(p.parent.name for p in Path(experiments_path).glob("*/experiment.json"))
+        hint = f"; experiments there: {', '.join(known[:10])}{', ...' * (len(known) > 10)}" if known else ""
+        raise UserError(f"no experiment {name!r} in {experiments_path}: create it with `init`{hint}")
+    meta = read_json(root / "experiment.json", "experiment file")
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(meta.get("seed"), int):
+        raise UserError(f"experiment file {root / 'experiment.json'} is malformed: it needs 'config' and 'seed'")
+    builtin = read_json(DEFAULT_SCHEMA, "config schema")
+    violations = _schema_violations(meta["config"], builtin, DEFAULT_SCHEMA)
+    if violations:
+        raise UserError(f"the config stored in {root / 'experiment.json'} is invalid: " + "; ".join(violations))
+    return Experiment(root, {**meta, "config": _with_defaults(meta["config"], builtin)})
+
+
+def draw_split(train_size: int, val_split: float, seed: int) -> dict:
+    """Hold out round(val_split * n) training images for validation, chosen at random from the seed."""
+    indexes = list(range(train_size))
+    random.Random(seed).shuffle(indexes)
+    n_val = round(val_split * train_size)
+    if n_val >= train_size:
+        raise UserError(f"data.val_split {val_split} leaves no training images out of {train_size}")
+    return {"train": sorted(indexes[n_val:]), "validation": sorted(indexes[:n_val])}
+
+
+def create_experiment(experiments_path: Path, name: str, config: dict, seed: int, sizes: dict) -> Experiment:
+    """Create the experiment folder whole, or not at all.
+
+    sizes: {"train": n, "test": n} of the dataset; the validation split is drawn from the training set.
+    """
+    root = Path(experiments_path) / validate_name(name)
+    if root.exists():
+        raise UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
+    split = draw_split(sizes["train"], config["data"]["val_split"], seed)
+    meta = {
+        "name": name,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "config": config,
+        "split": {"train": len(split["train"]), "validation": len(split["validation"]), "test": sizes["test"]},
+        "versions": package_versions(),
+    }
+    try:
+        Path(experiments_path).mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.init-", dir=experiments_path))
+    except OSError as e:
+        raise UserError(f"cannot create the experiment in {experiments_path}: {e.strerror}") from None
+    try:
+        write_json(tmp / "experiment.json", meta)
+        write_json(tmp / "split.json", split)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.rename(tmp, root)  # atomic; refuses a non-empty folder that appeared meanwhile
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot create experiment {name!r} in {experiments_path}: {e.strerror}") from None
+    return Experiment(root, meta)
+
+
+# ---- logs ---------------------------------------------------------------------------------------
+
+
+def setup_logging(experiment: Experiment = None, verbose: bool = False, to_console: bool = True) -> None:
+    """Log to the console (messages only; debug ones with --verbose) and, with an experiment, everything
+    to its verbose.log (with times)."""
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    for handler in list(log.handlers):
+        log.removeHandler(handler)
+        handler.close()
+    if to_console:
+        console = logging.StreamHandler()
+        console.setFormatter(logging.Formatter("%(message)s"))
+        console.setLevel(logging.DEBUG if verbose else logging.INFO)
+        log.addHandler(console)
+    ignite_log = logging.getLogger("ignite")  # Ignite's own warnings and errors: to the file, not the console
+    for handler in list(ignite_log.handlers):
+        ignite_log.removeHandler(handler)
+    ignite_log.propagate = False
+    ignite_log.addHandler(logging.NullHandler())
+    if experiment is not None:
+        try:
+            file_handler = logging.FileHandler(experiment.log_file, encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write {experiment.log_file}: {e.strerror}") from None
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        file_handler.setLevel(logging.DEBUG)
+        log.addHandler(file_handler)
+        ignite_log.addHandler(file_handler)
