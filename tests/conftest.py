@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny MNIST-format dataset cut from the bundled sample, and ways to run the CLI."""
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ignite_mnist import data
+from ignite_mnist.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write images [n, 28, 28] or labels [n] as an IDX file (.gz if the name says so)."""
+    magic = 2051 if array.ndim == 3 else 2049
+    header = b"".join(int(v).to_bytes(4, "big") for v in (magic, *array.shape))
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+def write_dataset(folder: Path, train, test, gz: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for (images, labels), (images_name, labels_name) in zip((train, test), data.FILES.values()):
+        suffix = ".gz" if gz else ""
+        write_idx(folder / (images_name + suffix), np.asarray(images))
+        write_idx(folder / (labels_name + suffix), np.asarray(labels))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sample():
+    """The bundled sample as tensors: {"train": (images, labels), "test": (images, labels)}."""
+    return data.load("mnist-sample", Path("unused"))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, sample):
+    """400 training digits (40 per class, still sorted by class) and 100 test digits: real MNIST, tiny."""
+    images, labels = sample["train"]
+    keep = np.concatenate([np.flatnonzero(labels.numpy() == c)[:40] for c in range(10)])
+    test_images, test_labels = sample["test"]
+    return write_dataset(tmp_path_factory.mktemp("tiny") / "data",
+                         (images[keep].numpy(), labels[keep].numpy()),
+                         (test_images[:100].numpy(), test_labels[:100].numpy()))
+
+
+def make_config(folder: Path, **changes) -> Path:
+    """The default config, as dataset "mnist" (read from --data-path), fp32, with `changes` ({"training.lr": 0.5})."""
+    config = json.loads((ROOT / "config" / "config.default.json").read_text())
+    config["data"]["dataset"] = "mnist"
+    config["training"].update(precision="fp32", batch_size=32, eval_batch_size=64)
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        config[section][key] = value
+    path = folder / f"config-{len(list(folder.glob('config-*.json')))}.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, tiny_data, monkeypatch):
+    """A folder to run in, with the experiments under it and --data-path pointing at the tiny dataset."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def global_args(workdir: Path, tiny_data: Path, name: str = "exp"):
+    return ["-e", name, "--experiments-path", str(workdir / "experiments"), "--data-path", str(tiny_data)]
+
+
+def invoke(capsys, *args):
+    """Run the CLI in this process: (exit code, stdout, stderr)."""
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_cli(*args, cwd=None, timeout=300, env=None, **kwargs):
+    """Run `python -m ignite_mnist ARGS` in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "ignite_mnist", *map(str, args)], cwd=cwd, timeout=timeout,
+                          capture_output=True, text=True, env={**os.environ, **(env or {})}, **kwargs)
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: bytes} of every file under folder: to prove that a refused command changed nothing."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}

@@ -1,0 +1,208 @@
+"""Data: the IDX reader and its checks, where files are found, batches, normalisation, predict's images."""
+
+import gzip
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageDraw
+
+from conftest import global_args, invoke, make_config, write_dataset, write_idx
+from ignite_mnist import data
+from ignite_mnist.errors import UserError
+
+
+def test_the_bundled_sample_is_6000_real_digits(sample):
+    (train_images, train_labels), (test_images, test_labels) = sample["train"], sample["test"]
+    assert train_images.shape == (5000, 28, 28) and train_images.dtype == torch.uint8
+    assert test_images.shape == (1000, 28, 28) and test_labels.dtype == torch.int64
+    assert torch.bincount(train_labels).tolist() == [500] * 10
+    assert torch.equal(train_labels, train_labels.sort().values)  # sorted by class, as its README says
+    assert test_labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the start of MNIST's t10k
+
+
+def test_gz_and_plain_idx_files_read_the_same(tmp_path, sample):
+    images, labels = sample["test"]
+    write_idx(tmp_path / "a.gz", images.numpy())
+    write_idx(tmp_path / "a", images.numpy())
+    write_idx(tmp_path / "l", labels.numpy())
+    assert np.array_equal(data.read_idx(tmp_path / "a.gz"), data.read_idx(tmp_path / "a"))
+    got_images, got_labels = data.read_split(tmp_path / "a", tmp_path / "l")
+    assert torch.equal(got_images, images) and torch.equal(got_labels, labels)
+
+
+def _bad_files(folder, images, labels):
+    """name -> (images path, labels path, expected message)."""
+    good_images, good_labels = folder / "good-images", folder / "good-labels"
+    write_idx(good_images, images)
+    write_idx(good_labels, labels)
+    raw = good_images.read_bytes()
+    cases = {}
+
+    def case(name, content=None, which="images", expected=""):
+        path = folder / name
+        path.write_bytes(content)
+        cases[name] = (path, good_labels, expected) if which == "images" else (good_images, path, expected)
+
+    case("magic", b"\x00\x00\x08\x04" + raw[4:], expected="is not an MNIST IDX file (magic number 2052")
+    case("truncated", raw[:-100], expected="is truncated or corrupt: its header announces 50 items")
+    case("extra-bytes", raw + b"\x00" * 5, expected="is truncated or corrupt")
+    case("count", raw[:4] + (49).to_bytes(4, "big") + raw[8:], expected="announces 49 items")
+    case("empty", b"", expected="is not an MNIST IDX file (magic number None")
+    case("size", raw[:8] + (14).to_bytes(4, "big") + (56).to_bytes(4, "big") + raw[16:], expected="holds 14x56 images")
+    case("gz-truncated.gz", gzip.compress(raw)[:-20], expected="is truncated or corrupt (")
+    case("gz-garbage.gz", b"\x1f\x8b" + bytes(range(200)), expected="is truncated or corrupt (")
+    bad_labels = labels.copy()
+    bad_labels[7] = 12
+    write_idx(folder / "label-range", bad_labels)
+    cases["label-range"] = (good_images, folder / "label-range", "label 12 at index 7 is out of range 0-9")
+    write_idx(folder / "label-count", labels[:40])
+    cases["label-count"] = (good_images, folder / "label-count", "holds 50 images but")
+    cases["swapped"] = (good_labels, good_images, "holds labels, not images")
+    return cases
+
+
+def test_malformed_idx_files_are_named_in_one_line(tmp_path, sample):
+    images, labels = sample["test"][0][:50].numpy(), sample["test"][1][:50].numpy()
+    for name, (images_path, labels_path, expected) in _bad_files(tmp_path, images, labels).items():
+        with pytest.raises(UserError) as e:
+            data.read_split(images_path, labels_path)
+        assert expected in str(e.value), name
+        assert "\n" not in str(e.value)
+
+
+def test_files_are_found_in_torchvision_layout_or_flat(tmp_path, tiny_data):
+    flat = data.locate("mnist", tiny_data)
+    assert flat["train"][0] == tiny_data / "train-images-idx3-ubyte.gz"
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in tiny_data.iterdir():  # torchvision keeps them uncompressed
+        (raw / path.name.removesuffix(".gz")).write_bytes(gzip.decompress(path.read_bytes()))
+    found = data.locate("mnist", tmp_path)
+    assert found["test"] == (raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte")
+    assert torch.equal(data.load("mnist", tmp_path)["train"][0], data.load("mnist", tiny_data)["train"][0])
+    shutil.copytree(tiny_data, tmp_path / "fashion")
+    assert data.locate("fashion-mnist", tmp_path / "fashion")["train"][1].name == "train-labels-idx1-ubyte.gz"
+
+
+def test_offline_without_files_says_what_to_put_where(tmp_path, monkeypatch):
+    # a mirror that refuses at once: the same path as a machine without network, whatever this one has
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    with pytest.raises(UserError) as e:
+        data.locate("mnist", tmp_path / "data")
+    message = str(e.value)
+    assert "mnist is not in" in message and "could not be downloaded" in message
+    assert "train-images-idx3-ubyte(.gz)" in message and str(tmp_path / "data" / "MNIST" / "raw") in message
+    assert "'mnist-sample'" in message and "\n" not in message
+
+
+def test_init_refuses_offline_without_data_and_creates_nothing(workdir, capsys, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    code, _, err = invoke(capsys, *global_args(workdir, workdir / "no-data"), "init", "--config-path", make_config(workdir))
+    assert code == 2 and "could not be downloaded" in err
+    assert not (workdir / "experiments" / "exp").exists()
+
+
+def test_normalised_batches_equal_torchvision_totensor_and_normalize(sample):
+    images, labels = sample["test"]
+    tensors = data.TensorSet(images, labels, 0.1307, 0.3081)
+    index = torch.tensor([5, 0, 999, 3])
+    x, y = tensors.batch(index)
+    transform = torchvision.transforms.Compose([torchvision.transforms.ToTensor(),
+                                                torchvision.transforms.Normalize((0.1307,), (0.3081,))])
+    expected = torch.stack([transform(Image.fromarray(images[i].numpy())) for i in index])
+    assert x.dtype == torch.float32 and x.shape == (4, 1, 28, 28)
+    assert torch.equal(x, expected)
+    assert torch.equal(y, labels[index])
+
+
+@pytest.mark.parametrize("n, batch_size, world_size", [(320, 32, 1), (100, 64, 1), (101, 32, 2), (7, 4, 3)])
+def test_training_batches_cover_every_index_once_per_epoch(n, batch_size, world_size):
+    ranks = [data.ShuffledBatches(n, batch_size, seed=5, rank=r, world_size=world_size) for r in range(world_size)]
+    orders = []
+    for epoch in (1, 2):
+        per_rank = []
+        for batches in ranks:
+            batches.set_epoch(epoch)
+            chunks = list(batches)
+            assert len(chunks) == len(batches)
+            assert all(len(c) <= batch_size // world_size for c in chunks)
+            per_rank.append(torch.cat(chunks))
+        assert len({len(list(b)) for b in ranks}) == 1, "every rank runs the same number of steps"
+        everything = torch.cat(per_rank)
+        assert set(everything.tolist()) == set(range(n))
+        assert len(everything) - n == math.ceil(n / world_size) * world_size - n  # only the padding repeats
+        orders.append(everything)
+    assert not torch.equal(orders[0], orders[1]), "a new order every epoch"
+    again = data.ShuffledBatches(n, batch_size, seed=5, rank=0, world_size=world_size)
+    again.set_epoch(2)
+    assert torch.equal(torch.cat(list(again)), torch.cat(list(ranks[0]))), "the order is a function of (seed, epoch)"
+
+
+def test_the_epoch_order_is_drawn_when_the_epoch_starts_not_when_iterated():
+    batches = data.ShuffledBatches(50, 10, seed=1)
+    iterator = iter(batches)  # as Ignite creates it before EPOCH_STARTED
+    batches.set_epoch(3)
+    third = data.ShuffledBatches(50, 10, seed=1)
+    third.set_epoch(3)
+    assert torch.equal(torch.cat(list(iterator)), torch.cat(list(third)))
+
+
+@pytest.mark.parametrize("n, batch_size, world_size", [(100, 64, 1), (1000, 256, 2), (5, 2, 3), (80, 7, 4)])
+def test_evaluation_batches_count_every_item_once(n, batch_size, world_size):
+    covered = []
+    for rank in range(world_size):
+        for s in data.eval_batches(n, batch_size, rank, world_size):
+            assert s.stop - s.start <= batch_size
+            covered.extend(range(s.start, s.stop))
+    assert covered == list(range(n))
+
+
+def test_a_28x28_digit_is_used_as_it_is(tmp_path, sample):
+    digit = sample["test"][0][0]
+    Image.fromarray(digit.numpy()).save(tmp_path / "d.png")
+    assert torch.equal(data.image_as_digit(tmp_path / "d.png"), digit)
+    Image.fromarray(255 - digit.numpy()).save(tmp_path / "inverted.png")  # dark on light: turned around
+    assert torch.equal(data.image_as_digit(tmp_path / "inverted.png"), digit)
+    Image.fromarray(digit.numpy()).convert("RGB").save(tmp_path / "d.jpg", quality=100)
+    assert (data.image_as_digit(tmp_path / "d.jpg").int() - digit.int()).abs().max() < 40
+
+
+def test_a_large_photo_like_image_is_centred_like_mnist(tmp_path):
+    image = Image.new("RGB", (300, 400), "white")
+    ImageDraw.Draw(image).rectangle([200, 40, 230, 200], fill="black")  # a "1", off-centre, dark on light
+    image.save(tmp_path / "one.jpg")
+    digit = data.image_as_digit(tmp_path / "one.jpg").float()
+    assert digit.shape == (28, 28) and digit[0].sum() == 0 and digit[:, 0].sum() == 0
+    rows, cols = torch.nonzero(digit > 128, as_tuple=True)
+    assert rows.max() - rows.min() + 1 in (19, 20, 21)  # the ink fits 20x20, as in MNIST
+    mass = digit.sum()
+    centre = ((digit.sum(1) * torch.arange(28)).sum() / mass, (digit.sum(0) * torch.arange(28)).sum() / mass)
+    assert all(abs(c - 14) < 1.5 for c in centre)
+
+
+@pytest.mark.parametrize("content, expected", [(b"", "is not an image file"), (b"hello", "is not an image file"),
+                                               (None, "is a directory"), ("missing", "does not exist")])
+def test_bad_image_files(tmp_path, content, expected):
+    path = tmp_path / "x.png"
+    if content is None:
+        path.mkdir()
+    elif content != "missing":
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=expected):
+        data.image_as_digit(path)
+
+
+def test_a_different_dataset_than_the_split_was_drawn_from_is_refused(workdir, tiny_data, capsys, sample):
+    g = global_args(workdir, tiny_data)
+    assert invoke(capsys, *g, "init", "--config-path", make_config(workdir))[0] == 0
+    smaller = write_dataset(workdir / "smaller", (sample["train"][0][:100], sample["train"][1][:100]),
+                            (sample["test"][0][:10], sample["test"][1][:10]))
+    code, _, err = invoke(capsys, "-e", "exp", "--experiments-path", workdir / "experiments", "--data-path", smaller,
+                          "train", "--max-epochs", "1", "--device", "cpu")
+    assert code == 2 and "has 100: use the data the experiment was created with" in err
+    assert not (workdir / "experiments" / "exp" / "checkpoints").exists() or \
+        not list((workdir / "experiments" / "exp" / "checkpoints").iterdir())

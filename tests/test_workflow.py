@@ -1,0 +1,180 @@
+"""The whole workflow through the real command line: init, train, resume, test, export-release, predict, info."""
+
+import json
+import re
+import shutil
+import struct
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from conftest import ROOT, global_args, make_config, run_cli
+from ignite_mnist import data
+from ignite_mnist.model import Net
+
+
+def tensorboard_tags(folder: Path) -> set:
+    """Scalar tags in the TFRecord event files of folder (read with tensorboardX's protobuf, no TensorBoard)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        raw, offset = path.read_bytes(), 0
+        while offset + 12 <= len(raw):
+            (length,) = struct.unpack("<Q", raw[offset:offset + 8])
+            event = Event.FromString(raw[offset + 12:offset + 12 + length])
+            tags.update(value.tag for value in event.summary.value)
+            offset += 12 + length + 4
+    return tags
+
+
+def readme_release_snippet() -> str:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Using a release without ignite-mnist", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_workflow_end_to_end(tmp_path, tiny_data):
+    g = global_args(tmp_path, tiny_data, "demo")
+    config = make_config(tmp_path)
+    experiment = tmp_path / "experiments" / "demo"
+
+    r = run_cli(*g, "init", "--config-path", config, "--config-schema-path", ROOT / "config" / "config.schema.json",
+                "--seed", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((experiment / "experiment.json").read_text())
+    assert meta["seed"] == 3 and meta["config"]["data"]["val_split"] == 0.2
+    assert meta["split"] == {"train": 320, "validation": 80, "test": 100}
+    assert torch.__version__.startswith(meta["versions"]["torch"]) and meta["versions"]["pytorch-ignite"]
+    split = json.loads((experiment / "split.json").read_text())
+    assert sorted(split["train"] + split["validation"]) == list(range(400))
+
+    r = run_cli(*g, "train", "--max-epochs", "2", "--device", "cpu", "--log-period", "5", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (experiment / "checkpoints").iterdir()) == ["checkpoint_1.pt", "checkpoint_2.pt"]
+    log = (experiment / "verbose.log").read_text()
+    assert "epoch 2/2: train loss" in log and "validation loss" in log and "test loss" in log
+    assert re.search(r"epoch 1 iteration 5/10: loss \d", log)
+    assert {"training/batch_loss", "training/loss", "lr/group_0", "validation/accuracy", "validation/loss",
+            "test/accuracy", "test/loss"} <= tensorboard_tags(experiment / "tensorboard")
+    checkpoint = torch.load(experiment / "checkpoints" / "checkpoint_2.pt", weights_only=True)
+    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "trainer", "rng", "metrics"}
+    assert checkpoint["trainer"]["epoch_length"] == 10 and checkpoint["trainer"]["iteration"] == 20
+    assert checkpoint["lr_scheduler"]["last_epoch"] == 2  # StepLR stepped once per epoch
+    assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 1.0 * 0.7 ** 2
+    assert checkpoint["metrics"]["epoch"] == 2 and checkpoint["metrics"]["lr"] == 0.7
+
+    # the second train goes on from epoch 2, not from scratch
+    r = run_cli(*g, "train", "--max-epochs", "3", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming experiment demo from epoch 2" in r.stderr
+    assert "epoch 1/3" not in r.stderr and "epoch 3/3" in r.stderr
+
+    r = run_cli(*g, "test", "--epoch", "3", "--device", "cpu", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    metrics = torch.load(experiment / "checkpoints" / "checkpoint_3.pt", weights_only=True)["metrics"]
+    assert result["epoch"] == 3 and result["total"] == 100
+    assert result["accuracy"] == 100 * result["correct"] / 100 == metrics["test_accuracy"]
+    assert abs(result["loss"] - metrics["test_loss"]) < 1e-6
+
+    r = run_cli(*g, "export-release", "--epoch", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    release_path = Path(r.stdout.strip().splitlines()[-1])
+    release_path = release_path if release_path.is_absolute() else tmp_path / release_path
+    release = torch.load(release_path, weights_only=True)
+    assert not {"optimizer", "lr_scheduler", "trainer", "rng"} & set(release)
+    assert release["epoch"] == 3 and release["classes"] == [str(d) for d in range(10)]
+    assert release["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+
+    # predict on the test digits saved as PNG files == the experiment's own model == the README's plain torch
+    images, labels = data.read_split(tiny_data / "t10k-images-idx3-ubyte.gz", tiny_data / "t10k-labels-idx1-ubyte.gz")
+    paths = []
+    for i in range(20):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(images[i].numpy()).save(paths[-1])
+    r = run_cli("predict", "--release", release_path, "--json", *paths, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    predicted = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [p["path"] for p in predicted] == [str(p) for p in paths]
+    assert all(0.1 <= p["probability"] <= 1 for p in predicted)
+
+    checkpoint_model = torch.load(experiment / "checkpoints" / "checkpoint_3.pt", weights_only=True)["model"]
+    model = Net()
+    model.load_state_dict(checkpoint_model)
+    model.eval()
+    x, _ = data.TensorSet(images[:20], labels[:20], 0.1307, 0.3081).batch(slice(0, 20))
+    with torch.no_grad():
+        expected = model(x).argmax(1).tolist()
+    assert [p["label"] for p in predicted] == expected
+    assert sum(e == y for e, y in zip(expected, labels[:20].tolist())) >= 10  # it did learn something
+
+    snippet = readme_release_snippet().replace('"experiments/demo/releases/release_epoch_10.pt"', repr(str(release_path)))
+    snippet = snippet.replace("torch.zeros(1, 28, 28, dtype=torch.uint8)", "DIGITS")
+    namespace = {"DIGITS": images[:20]}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    with torch.no_grad():
+        assert namespace["model"](namespace["x"]).argmax(1).tolist() == expected
+    assert all(torch.equal(checkpoint_model[k], v) for k, v in namespace["model"].state_dict().items())
+
+    r = run_cli(*g, "info", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["seed"] == 3 and info["config"] == meta["config"] and info["split"] == meta["split"]
+    assert [c["epoch"] for c in info["checkpoints"]] == [1, 2, 3]
+    assert info["checkpoints"][2]["metrics"]["test_accuracy"] == metrics["test_accuracy"]
+    assert {"validation_accuracy", "validation_loss", "test_loss"} <= set(info["checkpoints"][0]["metrics"])
+    assert [r["epoch"] for r in info["releases"]] == [3]
+    r = run_cli(*g, "info", cwd=tmp_path)
+    assert r.returncode == 0 and "epoch 3:" in r.stdout and "release_epoch_3.pt" in r.stdout
+
+
+def test_console_script_and_help_are_quick_to_load():
+    script = Path(sys.executable).with_name("ignite-mnist")
+    assert shutil.which(str(script)), "the ignite-mnist console script is installed"
+    code = "import sys, ignite_mnist.cli; sys.exit('torch' in sys.modules)"
+    r = run_cli("--help")
+    assert r.returncode == 0 and "export-release" in r.stdout
+    import subprocess
+
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing the CLI must not import torch"
+
+
+def test_tensorboard_command(tmp_path, tiny_data):
+    """With the tensorboard package it serves the logs; without it, one line says how to install it."""
+    import importlib.util
+    import subprocess
+    import time
+    import urllib.request
+
+    g = global_args(tmp_path, tiny_data)
+    assert run_cli(*g, "init", "--config-path", make_config(tmp_path), cwd=tmp_path).returncode == 0
+    r = run_cli(*g, "tensorboard", cwd=tmp_path)
+    assert r.returncode == 2 and "no TensorBoard logs yet" in r.stderr
+    (tmp_path / "experiments" / "exp" / "tensorboard").mkdir()
+    if importlib.util.find_spec("tensorboard") is None:
+        r = run_cli(*g, "tensorboard", cwd=tmp_path)
+        assert r.returncode == 2 and "pip install tensorboard" in r.stderr
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", *g, "tensorboard", "--port", str(port)],
+                               cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://localhost:{port}/", timeout=1) as page:
+                    assert page.status == 200
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("TensorBoard did not answer")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
