@@ -214,7 +214,6 @@ def tensorboard(
 ):
     """Run TensorBoard on the experiment's logs (needs the tensorboard package)."""
     import importlib.util
-    import subprocess
 
     experiment = _open(ctx, log_to_file=False)
     if importlib.util.find_spec("tensorboard") is None:
@@ -224,11 +223,8 @@ def tensorboard(
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(experiment.tensorboard_dir),
                "--port", str(port)]
     log.info(f"TensorBoard on {experiment.tensorboard_dir}: http://localhost:{port}/ (Ctrl-C to stop)")
-    try:
-        code = subprocess.call(command)
-    except KeyboardInterrupt:
-        code = 0
-    raise SystemExit(code)
+    sys.stderr.flush()
+    os.execv(sys.executable, command)  # TensorBoard takes this process's place: signals reach it directly
 
 
 def main(argv: Optional[List[str]] = None) -> None:

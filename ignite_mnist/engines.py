@@ -195,21 +195,21 @@ def load_checkpoint(path, to_load: dict, device) -> None:
 class StopRequest:
     """SIGINT and SIGTERM ask for a clean stop: the trainer ends after the current iteration.
 
-    Across processes every rank agrees first (one all-reduce per iteration), so no rank is left waiting
-    in a collective that the others have left. A launcher forwards the signal to its child processes.
+    One per process (STOP), installed for the whole run, so a signal during setup is not lost. Across
+    processes every rank agrees first (one all-reduce per iteration), so no rank is left waiting in a
+    collective that the others have left; a launcher forwards the signal to the ranks it spawned.
     """
 
     def __init__(self):
         self.signum = 0
-        self._previous = {}
+        self._previous = []
 
     def __enter__(self):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous.append({s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)})
         return self
 
     def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
+        for signum, handler in self._previous.pop().items():
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
@@ -226,10 +226,13 @@ class StopRequest:
             engine.terminate()
 
 
+STOP = StopRequest()
+
+
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, batches, record, stop, job):
+def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, batches, record, job):
     """Every event handler of a training run, in the order they fire at each event."""
     experiment: Experiment = job["experiment"]
     eval_batch_size = experiment.config["training"]["eval_batch_size"]
@@ -240,7 +243,7 @@ def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, b
         batches.set_epoch(engine.state.epoch)  # the epoch's batch order, drawn from (seed, epoch)
         record.values = {"epoch": engine.state.epoch, "lr": optimizer.param_groups[0]["lr"]}
 
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop.check)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, STOP.check)
 
     @trainer.on(Events.ITERATION_COMPLETED(every=job["log_period"]))
     def log_iteration(engine):
@@ -268,13 +271,22 @@ def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, b
                "rng": RNGStates(), "metrics": record}
     checkpoint = Checkpoint(
         to_save,
-        DiskSaver(experiment.checkpoints_dir, require_empty=False),
+        DiskSaver(experiment.checkpoints_dir, require_empty=False),  # atomic: a file is whole or absent
         n_saved=None,
         filename_pattern=CHECKPOINT_PATTERN,
         global_step_transform=lambda engine, _: engine.state.epoch,
     )
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, checkpoint)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, stop.check)  # a signal during evaluation: stop here
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def save_checkpoint(engine):
+        try:
+            checkpoint(engine)
+        except (OSError, RuntimeError) as e:  # a full or read-only disk: torch.save reports either
+            reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise UserError(f"cannot write the checkpoint of epoch {engine.state.epoch} in "
+                            f"{experiment.checkpoints_dir} ({reason}); the checkpoints before it are intact") from None
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, STOP.check)  # a signal during evaluation: stop here
 
     if is_writer:
         tb = TensorboardLogger(log_dir=experiment.tensorboard_dir)
@@ -293,6 +305,11 @@ def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, b
 
 def training(local_rank: int, job: dict, results: list = None) -> None:
     """One process of a training run. job: experiment, data_path, device, max_epochs, log_period, ..."""
+    with STOP:
+        _training(local_rank, job, results)
+
+
+def _training(local_rank: int, job: dict, results: list) -> None:
     experiment: Experiment = job["experiment"]
     rank, world_size = idist.get_rank(), idist.get_world_size()
     if job.get("spawned"):
@@ -326,9 +343,11 @@ def training(local_rank: int, job: dict, results: list = None) -> None:
     batches = data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], experiment.seed, rank, world_size, device)
     trainer = create_trainer(step_model, optimizer, sets["train"], bf16)
     evaluators = {name: create_evaluator(model, sets[name], bf16) for name in ("validation", "test") if len(sets[name])}
-    record, stop = EpochRecord(), StopRequest()
-    to_save = attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, batches, record, stop, job)
+    record = EpochRecord()
+    to_save = attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, batches, record, job)
 
+    if rank == 0:
+        experiment.remove_partial_files()  # of a save killed half-way; the lock keeps them ours
     checkpoints = experiment.checkpoints()
     if checkpoints:
         last = max(checkpoints)
@@ -344,14 +363,11 @@ def training(local_rank: int, job: dict, results: list = None) -> None:
             + f", {'bf16' if bf16 else 'fp32'}: {len(sets['train'])} training images, "
             + f"{len(sets['validation'])} validation, {len(sets['test'])} test"
         )
-    with stop:
-        trainer.run(batches, max_epochs=job["max_epochs"])
-    if stop.signum and rank == 0:
-        done = max(experiment.checkpoints(), default=0)
-        log.info(f"stopped by {signal.Signals(stop.signum).name} in epoch {trainer.state.epoch}; "
-                 f"checkpoints are kept up to epoch {done}")
+    trainer.run(batches, max_epochs=job["max_epochs"])
+    if STOP.signum and rank == 0:
+        log.info(f"stopped by {signal.Signals(STOP.signum).name} in epoch {trainer.state.epoch}")
     if results is not None:
-        results.append({**record.values, "stopped_by": stop.signum, "epoch": trainer.state.epoch})
+        results.append({**record.values, "epoch": trainer.state.epoch})
 
 
 def _die_with_parent() -> None:
@@ -403,7 +419,8 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     results = []
     setup_logger("ignite.distributed.launcher.Parallel", level=logging.WARNING)  # keep the console for us
     spawn = {"nproc_per_node": nproc_per_node} if job["spawned"] else {}
-    with _lock_on_rank_zero(experiment, launched), StopRequest() as stop:
+    STOP.signum = 0
+    with _lock_on_rank_zero(experiment, launched), STOP:
         try:
             with idist.Parallel(backend=backend, **spawn) as parallel:
                 parallel.run(training, job, results=results)
@@ -413,14 +430,14 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
             how = f"was killed by {signal.Signals(-e.exit_code).name}" if (e.exit_code or 0) < 0 else \
                 f"exited with code {e.exit_code}"
             raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped", exit_code=1) from None
-    signum = stop.signum or (results[0]["stopped_by"] if results else 0)
-    if signum:
-        done = max(experiment.checkpoints(), default=0)
-        raise UserError(
-            f"training stopped by {signal.Signals(signum).name}; checkpoints are kept up to epoch {done}: "
-            f"run `ignite-mnist -e {experiment.name} train --max-epochs {max_epochs}` to resume",
-            exit_code=128 + signum,
-        )
+    done = max(experiment.checkpoints(), default=0)
+    resume = f"run `ignite-mnist -e {experiment.name} train --max-epochs {max_epochs}` to resume"
+    if STOP.signum:
+        raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; checkpoints are kept up to "
+                        f"epoch {done}: {resume}", exit_code=128 + STOP.signum)
+    if done < max_epochs and (not launched or int(os.environ.get("RANK", "0")) == 0):
+        raise UserError(f"training ended at epoch {done}, before epoch {max_epochs}: a process was stopped; "
+                        f"{resume}", exit_code=1)
     return results[0] if results else {}
 
 

@@ -189,6 +189,12 @@ class Experiment:
             )
         return checkpoints[epoch]
 
+    def remove_partial_files(self) -> None:
+        """Delete what a killed save left: DiskSaver's and write_json's temporary files (never read)."""
+        for folder, pattern in ((self.checkpoints_dir, "tmp*"), (self.releases_dir, "tmp*"), (self.root, ".*.json.*")):
+            for path in folder.glob(pattern) if folder.is_dir() else ():
+                path.unlink(missing_ok=True)
+
     def release_path(self, epoch: int) -> Path:
         return self.releases_dir / f"release_epoch_{epoch}.pt"
 

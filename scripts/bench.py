@@ -1,0 +1,410 @@
+"""Benchmark: the PyTorch MNIST example's recipe against ignite-mnist's training, on the same data and work.
+
+    .venv/bin/python scripts/bench.py                       # Fashion-MNIST (60,000 + 10,000), 1 epoch, 1 repeat
+    .venv/bin/python scripts/bench.py --epochs 2 --repeats 3
+    .venv/bin/python scripts/bench.py --quick               # smoke test: the bundled sample (5,000 + 1,000), 1 epoch
+    .venv/bin/python scripts/bench.py --dataset mnist --data-path data   # MNIST's IDX files, torchvision's layout or flat
+
+Three contenders, each run in its own subprocess (so that peak RSS is its own), alternating: for each
+repeat, reference, then ignite-mnist, then bare. All train on the whole training set (no validation
+split) and evaluate on the whole test set after every epoch, on the CPU, with torch's default threads.
+
+- reference: pytorch/examples mnist/main.py rebuilt here: torchvision (Fashion)MNIST with ToTensor +
+  Normalize, DataLoader batch 64 shuffled (the example shuffles on accelerators only; the sample is sorted
+  by class, so we always shuffle), the example's Net, its plain train and test loops (test batch 1000),
+  Adadelta lr 1.0, StepLR gamma 0.7, fp32.
+- ignite-mnist: what `ignite-mnist train` runs, not a copy: a temporary experiment from
+  config/config.default.json (data.dataset set, data.val_split 0, precision "auto"), then
+  engines.run_training(..., device_name="cpu"). Times per epoch come from the checkpoints' metrics.
+- bare: ignite-mnist's own data, model, optimiser, train step and evaluator, driven by a plain Python
+  loop instead of Ignite's Engine and handlers: it measures what the engine costs.
+
+Reported per contender (median over repeats): train images/s, whole-epoch time (train + test-set
+evaluation, per epoch), wall time per epoch (the whole run, setup included), evaluation images/s, peak
+RSS (ru_maxrss of the child, MiB), final test accuracy. Then
+    speedup         = reference whole-epoch time / ignite-mnist whole-epoch time
+    train_speedup   = ignite-mnist train images/s / reference train images/s
+    engine_overhead = ignite-mnist train time per epoch / bare train time per epoch - 1   (target <= 3%)
+The last line of the output is one JSON object with all of these. Timings need a quiet machine: the
+table's last row is the share of the CPU that other processes took during each run (warned above 5%).
+"""
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing: the package next to this script
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
+
+from ignite_mnist import data  # noqa: E402
+from ignite_mnist.errors import UserError  # noqa: E402
+
+CONFIG = REPO / "config" / "config.default.json"
+CONTENDERS = ("reference", "ignite", "bare")
+LABELS = {"reference": "reference", "ignite": "ignite-mnist", "bare": "bare"}
+ENGINE_OVERHEAD_TARGET = 0.03
+FASHION_MNIST_PATH = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+# ---- data: torchvision's layout for the reference ---------------------------------------------
+
+
+def torchvision_root(work_dir: Path, dataset: str) -> Path:
+    return work_dir / "torchvision" / dataset
+
+
+def prepare_torchvision_root(dataset: str, data_path: Path, work_dir: Path) -> Path:
+    """ROOT/<MNIST|FashionMNIST>/raw/ with the four IDX files uncompressed, as torchvision's classes read
+    them; written once (kept when --work-dir is given), each file atomically."""
+    root = torchvision_root(work_dir, dataset)
+    raw = root / (data.DATASETS[dataset]["folder"] or "MNIST") / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for pair in data.locate(dataset, data_path, download=False).values():
+        for source in pair:
+            target = raw / source.name.removesuffix(".gz")
+            if target.is_file():
+                continue
+            tmp = target.with_name(f".{target.name}.tmp")
+            with (gzip.open if source.suffix == ".gz" else open)(source, "rb") as f, open(tmp, "wb") as out:
+                shutil.copyfileobj(f, out)
+            os.replace(tmp, target)
+    return root
+
+
+# ---- contender 1: the PyTorch example's recipe ------------------------------------------------
+
+
+class ExampleNet(nn.Module):
+    """pytorch/examples mnist/main.py's Net, exactly (ReLU before max-pool, as there)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+def run_reference(args) -> dict:
+    from torch.optim.lr_scheduler import StepLR
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    spec = data.DATASETS[args.dataset]
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((spec["mean"],), (spec["std"],))])
+    cls = datasets.FashionMNIST if args.dataset == "fashion-mnist" else datasets.MNIST
+    root = torchvision_root(args.work_dir, args.dataset)
+    train_set = cls(root, train=True, download=False, transform=transform)
+    test_set = cls(root, train=False, download=False, transform=transform)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)  # shuffle: our fix
+    test_loader = torch.utils.data.DataLoader(test_set, batch_size=1000)
+    model = ExampleNet()
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    scheduler = StepLR(optimizer, step_size=1, gamma=0.7)
+    epochs = []
+    for _ in range(args.epochs):
+        t0 = time.perf_counter()
+        model.train()  # the example's train(); its every-10-batches print is left out (stdout is our channel)
+        train_loss = 0.0  # the mean of the batch losses, as ignite-mnist's Average
+        for x, y in train_loader:
+            optimizer.zero_grad()
+            loss = F.nll_loss(model(x), y)
+            loss.backward()
+            optimizer.step()
+            train_loss += loss.item()
+        t1 = time.perf_counter()
+        model.eval()  # the example's test()
+        test_loss, correct = 0.0, 0
+        with torch.no_grad():
+            for x, y in test_loader:
+                output = model(x)
+                test_loss += F.nll_loss(output, y, reduction="sum").item()
+                pred = output.argmax(dim=1, keepdim=True)
+                correct += pred.eq(y.view_as(pred)).sum().item()
+        t2 = time.perf_counter()
+        scheduler.step()
+        epochs.append({"train_seconds": t1 - t0, "test_seconds": t2 - t1, "train_loss": train_loss / len(train_loader),
+                       "test_loss": test_loss / len(test_set), "test_accuracy": 100.0 * correct / len(test_set)})
+    return {"epochs": epochs, "wall_seconds": time.perf_counter() - start, "precision": "fp32",
+            "train_images": len(train_set), "test_images": len(test_set)}
+
+
+# ---- contender 2: ignite-mnist, as `ignite-mnist train` runs it --------------------------------
+
+
+def run_ignite(args) -> dict:
+    from ignite_mnist import engines
+    from ignite_mnist.experiment import create_experiment, load_config
+
+    config = load_config(CONFIG)
+    config["data"].update(dataset=args.dataset, val_split=0)
+    sizes = dict(zip(("train", "test"), args.sizes))
+    name = f"bench-{os.getpid()}"
+    experiment = create_experiment(args.work_dir / "experiments", name, config, args.seed, sizes)
+    try:
+        start = time.perf_counter()
+        engines.run_training(experiment, args.data_path, max_epochs=args.epochs, device_name="cpu")
+        wall = time.perf_counter() - start
+        metrics = [engines.read_checkpoint(path, "cpu")["metrics"] for _, path in sorted(experiment.checkpoints().items())]
+    finally:
+        shutil.rmtree(experiment.root, ignore_errors=True)
+    keys = ("train_seconds", "test_seconds", "train_loss", "test_loss", "test_accuracy")
+    bf16 = engines.use_bf16(config["training"]["precision"], torch.device("cpu"))
+    return {"epochs": [{k: float(m[k]) for k in keys} for m in metrics], "wall_seconds": wall,
+            "precision": "bf16" if bf16 else "fp32", "train_images": sizes["train"], "test_images": sizes["test"]}
+
+
+# ---- contender 3: ignite-mnist's pieces in a plain loop (the engine's overhead) ----------------
+
+
+def run_bare(args) -> dict:
+    from ignite.utils import manual_seed
+
+    from ignite_mnist import engines
+    from ignite_mnist.experiment import draw_split, load_config
+    from ignite_mnist.model import Net
+
+    cfg = load_config(CONFIG)["training"]
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    torch.set_flush_denormal(True)  # as training() does, step for step below
+    bf16 = engines.use_bf16(cfg["precision"], device)
+    manual_seed(args.seed)
+    split = draw_split(args.sizes[0], 0, args.seed)
+    sets = data.tensor_sets(args.dataset, args.data_path, split, device)
+    model = Net().to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=cfg["lr"])
+    lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
+    batches = data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], args.seed, 0, 1, device)
+    step = engines.make_train_step(model, optimizer, sets["train"], bf16)
+    evaluator = engines.create_evaluator(model, sets["test"], bf16)
+    epochs = []
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.perf_counter()
+        batches.set_epoch(epoch)
+        total, count = torch.zeros((), device=device), 0  # the epoch's mean loss, as the trainer's Average
+        for index in batches:
+            total += step(None, index)
+            count += 1
+        t1 = time.perf_counter()
+        result = engines.evaluate(evaluator, len(sets["test"]), cfg["eval_batch_size"])
+        t2 = time.perf_counter()
+        lr_scheduler.step()
+        epochs.append({"train_seconds": t1 - t0, "test_seconds": t2 - t1, "train_loss": total.item() / count,
+                       "test_loss": result["loss"], "test_accuracy": result["accuracy"]})
+    return {"epochs": epochs, "wall_seconds": time.perf_counter() - start, "precision": "bf16" if bf16 else "fp32",
+            "train_images": len(sets["train"]), "test_images": len(sets["test"])}
+
+
+WORKERS = {"reference": run_reference, "ignite": run_ignite, "bare": run_bare}
+
+
+# ---- running the contenders: one subprocess each, alternating -----------------------------------
+
+
+def busy_cpu_seconds():
+    """CPU seconds all cores have been busy since boot (/proc/stat), or None off Linux."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")  # user nice system, irq softirq steal
+
+
+def run_worker(name: str, args, sizes: tuple) -> dict:
+    """Run one contender in a child process; its JSON line, plus its peak RSS from wait4."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--dataset", args.dataset,
+           "--data-path", str(args.data_path), "--work-dir", str(args.work_dir), "--epochs", str(args.epochs),
+           "--seed", str(args.seed), "--sizes", f"{sizes[0]},{sizes[1]}"]
+    logs = args.work_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    with open(logs / f"{name}.out", "w+") as out, open(logs / f"{name}.err", "w+") as err:
+        busy0, t0 = busy_cpu_seconds(), time.monotonic()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)  # not a tty: no progress bar
+        _, status, usage = os.wait4(proc.pid, 0)
+        busy1, t1 = busy_cpu_seconds(), time.monotonic()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [line for line in stdout.splitlines() if line.strip()]
+    if proc.returncode != 0 or not lines:
+        sys.exit(f"error: the {name} worker failed (exit {proc.returncode}):\n" + "\n".join(stderr.splitlines()[-20:]))
+    result = json.loads(lines[-1])
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: KiB
+    result["other_cpu"] = None  # what the rest of the machine took of all cores meanwhile: > 5% disturbs timings
+    if busy0 is not None and busy1 is not None:
+        others = (busy1 - busy0) - (usage.ru_utime + usage.ru_stime)
+        result["other_cpu"] = max(0.0, others) / ((t1 - t0) * (os.cpu_count() or 1))
+    return result
+
+
+def median(values: list):
+    return None if None in values else statistics.median(values)
+
+
+def summarise(run: dict) -> dict:
+    """One run of one contender, per epoch (means over its epochs)."""
+    epochs, n = run["epochs"], len(run["epochs"])
+    train_s = sum(e["train_seconds"] for e in epochs) / n
+    eval_s = sum(e["test_seconds"] for e in epochs) / n
+    return {
+        "img_s": run["train_images"] / train_s,
+        "train_s": train_s,
+        "epoch_s": train_s + eval_s,
+        "wall_epoch_s": run["wall_seconds"] / n,
+        "eval_img_s": run["test_images"] / eval_s,
+        "peak_rss_mb": run["peak_rss_mb"],
+        "accuracy": epochs[-1]["test_accuracy"],
+        "test_loss": epochs[-1]["test_loss"],
+        "train_loss": epochs[-1]["train_loss"],
+        "other_cpu": run["other_cpu"],
+    }
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+
+ROWS = [  # (label, key, format)
+    ("train images/s", "img_s", "{:.0f}"),
+    ("train s/epoch", "train_s", "{:.2f}"),
+    ("whole epoch s (train + test eval)", "epoch_s", "{:.2f}"),
+    ("wall s/epoch (whole run, setup incl.)", "wall_epoch_s", "{:.2f}"),
+    ("eval images/s (test set)", "eval_img_s", "{:.0f}"),
+    ("peak RSS MiB", "peak_rss_mb", "{:.0f}"),
+    ("test accuracy % (last epoch)", "accuracy", "{:.2f}"),
+    ("test loss (last epoch)", "test_loss", "{:.4f}"),
+    ("train loss (last epoch)", "train_loss", "{:.4f}"),
+    ("CPU taken by other processes", "other_cpu", "{:.0%}"),
+]
+
+
+def report(args, sizes, medians: dict, runs: dict, precision: dict) -> None:
+    ref, ign, bare = medians["reference"], medians["ignite"], medians["bare"]
+    speedup = ref["epoch_s"] / ign["epoch_s"]
+    train_speedup = ign["img_s"] / ref["img_s"]
+    overhead = ign["train_s"] / bare["train_s"] - 1
+    print(f"\n{args.dataset}: {sizes[0]} training images, {sizes[1]} test images; {args.epochs} epoch(s), "
+          f"{args.repeats} repeat(s) (medians); torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+    print(f"{'':40}" + "".join(f"{LABELS[c]:>14}" for c in CONTENDERS))
+    print(f"{'precision':40}" + "".join(f"{precision[c]:>14}" for c in CONTENDERS))
+    for label, key, fmt in ROWS:
+        print(f"{label:40}" + "".join(f"{'n/a' if medians[c][key] is None else fmt.format(medians[c][key]):>14}"
+                                      for c in CONTENDERS))
+    print(f"\nspeedup (reference / ignite-mnist whole-epoch time): {speedup:.2f}x"
+          f"   (train images/s: {train_speedup:.2f}x)")
+    verdict = "ok" if overhead <= ENGINE_OVERHEAD_TARGET else "ABOVE TARGET"
+    print(f"engine overhead (ignite-mnist / bare train time - 1): {100 * overhead:+.1f}%"
+          f"   (target <= {100 * ENGINE_OVERHEAD_TARGET:.0f}%: {verdict})")
+    shares = [r["other_cpu"] for c in CONTENDERS for r in runs[c] if r["other_cpu"] is not None]
+    other_cpu = max(shares, default=None)
+    if other_cpu is not None and other_cpu > 0.05:
+        print(f"warning: other processes used up to {100 * other_cpu:.0f}% of the CPU during a run: the timings are "
+              "disturbed; run again on a quiet machine")
+    print()
+    summary = {
+        "dataset": args.dataset, "train_images": sizes[0], "test_images": sizes[1],
+        "epochs": args.epochs, "repeats": args.repeats, "seed": args.seed,
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "other_cpu_share": other_cpu,  # the most that other processes took of all cores during one run
+        "precision": precision["ignite"], "reference_precision": precision["reference"],
+        "speedup": speedup, "speedup_basis": "reference whole-epoch time / ignite-mnist whole-epoch time",
+        "train_speedup": train_speedup, "engine_overhead": overhead, "engine_overhead_target": ENGINE_OVERHEAD_TARGET,
+    }
+    for c in CONTENDERS:
+        prefix = "ignite_mnist" if c == "ignite" else c
+        m = medians[c]
+        summary.update({f"{prefix}_img_s": m["img_s"], f"{prefix}_epoch_s": m["epoch_s"],
+                        f"{prefix}_train_s": m["train_s"], f"{prefix}_wall_epoch_s": m["wall_epoch_s"],
+                        f"{prefix}_eval_img_s": m["eval_img_s"], f"{prefix}_peak_rss_mb": m["peak_rss_mb"],
+                        f"{prefix}_accuracy": m["accuracy"]})
+    summary["runs"] = {("ignite_mnist" if c == "ignite" else c): [
+        {k: v if v is None else round(v, 4) for k, v in s.items()} for s in runs[c]] for c in CONTENDERS}
+    print(json.dumps(summary))
+
+
+# ---- main -------------------------------------------------------------------------------------
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=list(data.DATASETS), default="fashion-mnist")
+    p.add_argument("--data-path", type=Path, help="the four IDX files (.gz or not), flat or in torchvision's layout "
+                   f"(default for fashion-mnist: {FASHION_MNIST_PATH}; unused by mnist-sample)")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="smoke test: mnist-sample, 1 epoch, 1 repeat")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--work-dir", type=Path, help="keeps the uncompressed data between runs (default: a temporary folder)")
+    p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--sizes", type=lambda s: tuple(int(n) for n in s.split(",")), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.quick:
+        args.dataset, args.epochs, args.repeats = "mnist-sample", 1, 1
+    if args.epochs < 1 or args.repeats < 1:
+        p.error("--epochs and --repeats must be at least 1")
+    if args.data_path is None:
+        if args.dataset == "mnist":  # the default folder holds Fashion-MNIST, in the same flat layout
+            p.error("--dataset mnist needs --data-path (the folder of MNIST's IDX files)")
+        args.data_path = FASHION_MNIST_PATH if args.dataset == "fashion-mnist" else Path(".")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:  # in a child: one contender, one JSON line
+        print(json.dumps(WORKERS[args.worker](args)), flush=True)
+        return
+    temporary = args.work_dir is None
+    args.work_dir = Path(tempfile.mkdtemp(prefix="ignite-mnist-bench-")) if temporary else args.work_dir.resolve()
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        prepare_torchvision_root(args.dataset, args.data_path, args.work_dir)
+        sizes = tuple(data.dataset_sizes(args.dataset, args.data_path)[s] for s in ("train", "test"))
+        runs, precision = {c: [] for c in CONTENDERS}, {}
+        for r in range(args.repeats):
+            for c in CONTENDERS:
+                start = time.perf_counter()
+                result = run_worker(c, args, sizes)
+                if (result["train_images"], result["test_images"]) != sizes:
+                    sys.exit(f"error: {c} used {result['train_images']}/{result['test_images']} images, not {sizes}")
+                runs[c].append(summarise(result))
+                precision[c] = result["precision"]
+                print(f"repeat {r + 1}/{args.repeats} {LABELS[c]:>12}: {runs[c][-1]['img_s']:7.0f} train img/s, "
+                      f"{runs[c][-1]['accuracy']:.2f}% ({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
+        medians = {c: {k: median([s[k] for s in runs[c]]) for k in runs[c][0]} for c in CONTENDERS}
+        report(args, sizes, medians, runs, precision)
+    except UserError as e:  # data not found, and the like: one line, as ignite-mnist says it
+        sys.exit(f"error: {e}")
+    finally:
+        if temporary:
+            shutil.rmtree(args.work_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Crashes and interruptions, with real processes: SIGKILL at random moments and in the middle of a
+checkpoint save, SIGINT and SIGTERM, two trainings at once. Nothing half-written, nothing lost, and the
+run that finishes equals the one that was never interrupted."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import global_args, make_config, run_cli
+from ignite_mnist.experiment import open_experiment
+from test_resume import assert_same
+
+EPOCHS = 4
+
+
+def start_train(g, cwd, max_epochs=EPOCHS):
+    return subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, g), "train", "--max-epochs",
+                             str(max_epochs), "--device", "cpu"], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout=60.0, interval=0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    raise AssertionError("timed out")
+
+
+def assert_every_file_loads(experiment: Path, with_info: bool = False):
+    """What a later command reads is whole: the experiment opens, every checkpoint loads (and info agrees)."""
+    opened = open_experiment(experiment.parent, experiment.name)
+    for epoch, path in opened.checkpoints().items():
+        checkpoint = torch.load(path, weights_only=True)
+        assert checkpoint["trainer"]["iteration"] == 10 * epoch, path
+    if with_info:
+        r = run_cli("--experiments-path", experiment.parent, "-e", experiment.name, "info", "--json")
+        assert r.returncode == 0, r.stderr
+        assert not [c for c in json.loads(r.stdout)["checkpoints"] if "error" in c]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_data):
+    """The experiment of make_config() trained straight through, to compare with."""
+    folder = tmp_path_factory.mktemp("reference")
+    g = global_args(folder, tiny_data, "straight")
+    assert run_cli(*g, "init", "--config-path", make_config(folder)).returncode == 0
+    r = run_cli(*g, "train", "--max-epochs", EPOCHS, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    return folder / "experiments" / "straight"
+
+
+def assert_same_as(reference: Path, experiment: Path):
+    for epoch in range(1, EPOCHS + 1):
+        name = f"checkpoints/checkpoint_{epoch}.pt"
+        assert_same(torch.load(reference / name, weights_only=True), torch.load(experiment / name, weights_only=True),
+                    f"epoch {epoch}")
+
+
+def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(workdir, tiny_data, reference):
+    g = global_args(workdir, tiny_data, "killed")
+    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    experiment = workdir / "experiments" / "killed"
+    rng, kills, deadline = random.Random(1234), 0, time.monotonic() + 40
+    while kills < 6 and time.monotonic() < deadline:
+        process = start_train(g, workdir)
+        time.sleep(rng.uniform(0.3, 3.2))  # from the imports (~2 s) to the middle of training
+        if process.poll() is not None:
+            break  # training finished before the kill
+        process.kill()
+        process.wait()
+        kills += 1
+        assert_every_file_loads(experiment)
+    assert kills >= 3
+    r = run_cli(*g, "train", "--max-epochs", EPOCHS, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert_every_file_loads(experiment, with_info=True)
+    assert_same_as(reference, experiment)
+
+
+def test_sigkill_in_the_middle_of_a_checkpoint_save_leaves_it_absent_not_broken(workdir, tiny_data, reference):
+    g = global_args(workdir, tiny_data, "mid-save")
+    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    experiment = workdir / "experiments" / "mid-save"
+    for _ in range(2):
+        process = start_train(g, workdir)
+        # DiskSaver writes a temporary file first: kill while it exists, before os.replace
+        wait_for(lambda: list((experiment / "checkpoints").glob("tmp*")) or process.poll() is not None,
+                 interval=0.0005)
+        process.kill()
+        process.wait()
+        assert_every_file_loads(experiment)
+    r = run_cli(*g, "train", "--max-epochs", EPOCHS, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert not list((experiment / "checkpoints").glob("tmp*")), "what the killed saves left is cleaned up"
+    assert_same_as(reference, experiment)
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_stop_cleanly_and_training_resumes(workdir, tiny_data, signum, code):
+    g = global_args(workdir, tiny_data)
+    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    experiment = workdir / "experiments" / "exp"
+    process = start_train(g, workdir, max_epochs=100)
+    wait_for(lambda: (experiment / "checkpoints" / "checkpoint_1.pt").exists())
+    process.send_signal(signum)
+    sent = time.monotonic()
+    _, err = process.communicate(timeout=30)
+    assert time.monotonic() - sent < 10
+    assert process.returncode == code, err
+    kept = sorted(int(p.stem.split("_")[1]) for p in (experiment / "checkpoints").glob("checkpoint_*.pt"))
+    assert kept and kept == list(range(1, len(kept) + 1)) and kept[-1] < 100
+    last_line = err.strip().splitlines()[-1]
+    assert last_line == (f"error: training stopped by {signal.Signals(signum).name}; checkpoints are kept up to "
+                         f"epoch {kept[-1]}: run `ignite-mnist -e exp train --max-epochs 100` to resume")
+    assert "Traceback" not in err
+    assert_every_file_loads(experiment)
+    assert not list((experiment / "checkpoints").glob("tmp*"))
+    r = run_cli(*g, "train", "--max-epochs", kept[-1] + 1, "--device", "cpu")
+    assert r.returncode == 0 and f"resuming experiment exp from epoch {kept[-1]}" in r.stderr
+
+
+def test_a_second_train_is_refused_at_once_and_a_dead_owners_lock_is_taken_over(workdir, tiny_data):
+    g = global_args(workdir, tiny_data)
+    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    experiment = workdir / "experiments" / "exp"
+    first = start_train(g, workdir, max_epochs=100)
+    try:
+        wait_for(lambda: (experiment / "checkpoints" / "checkpoint_1.pt").exists())
+        before = {p.name for p in (experiment / "checkpoints").iterdir()}
+        started = time.monotonic()
+        second = run_cli(*g, "train", "--max-epochs", 100, "--device", "cpu")
+        assert time.monotonic() - started < 15
+        assert second.returncode == 2
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: experiment exp is already being trained by process {first.pid}: "
+            "wait for it to finish or stop it, then run `train` again")
+        assert before <= {p.name for p in (experiment / "checkpoints").iterdir()}
+    finally:
+        first.kill()
+        first.wait()
+    assert (experiment / "train.lock").read_text().strip() == str(first.pid)  # stale: its owner is dead
+    done = max(int(p.stem.split("_")[1]) for p in (experiment / "checkpoints").glob("checkpoint_*.pt"))
+    r = run_cli(*g, "train", "--max-epochs", done + 1, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert (experiment / "checkpoints" / f"checkpoint_{done + 1}.pt").exists()
