@@ -7,7 +7,6 @@ attach_handlers() is the map of a run: everything that happens on an event is at
 
 import ctypes
 import logging
-import math
 import multiprocessing
 import os
 import random
@@ -232,7 +231,7 @@ STOP = StopRequest()
 # ---- the run ------------------------------------------------------------------------------------
 
 
-def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, batches, record, job):
+def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches, record, to_save, job):
     """Every event handler of a training run, in the order they fire at each event."""
     experiment: Experiment = job["experiment"]
     eval_batch_size = experiment.config["training"]["eval_batch_size"]
@@ -267,8 +266,6 @@ def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, b
             + f" | lr {r['lr']:.4g} | {r['train_seconds']:.1f}s"
         )
 
-    to_save = {"model": model, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "trainer": trainer,
-               "rng": RNGStates(), "metrics": record}
     checkpoint = Checkpoint(
         to_save,
         DiskSaver(experiment.checkpoints_dir, require_empty=False),  # atomic: a file is whole or absent
@@ -281,8 +278,9 @@ def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, b
     def save_checkpoint(engine):
         try:
             checkpoint(engine)
-        except (OSError, RuntimeError) as e:  # a full or read-only disk: torch.save reports either
-            reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[-1]
+        except (OSError, RuntimeError) as e:  # a full or read-only disk; torch.save wraps the OSError
+            os_error = e if isinstance(e, OSError) else e.__context__
+            reason = os_error.strerror if isinstance(os_error, OSError) else str(e).strip()[:200]
             raise UserError(f"cannot write the checkpoint of epoch {engine.state.epoch} in "
                             f"{experiment.checkpoints_dir} ({reason}); the checkpoints before it are intact") from None
 
@@ -300,7 +298,6 @@ def attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, b
         trainer.add_event_handler(Events.COMPLETED | Events.TERMINATE, lambda _: tb.close())
         if job["progress_bar"]:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss.item()})
-    return to_save
 
 
 def training(local_rank: int, job: dict, results: list = None) -> None:
@@ -344,18 +341,20 @@ def _training(local_rank: int, job: dict, results: list) -> None:
     trainer = create_trainer(step_model, optimizer, sets["train"], bf16)
     evaluators = {name: create_evaluator(model, sets[name], bf16) for name in ("validation", "test") if len(sets[name])}
     record = EpochRecord()
-    to_save = attach_handlers(trainer, evaluators, sets, model, optimizer, lr_scheduler, batches, record, job)
+    to_save = {"model": model, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "trainer": trainer,
+               "rng": RNGStates(), "metrics": record}
 
     if rank == 0:
         experiment.remove_partial_files()  # of a save killed half-way; the lock keeps them ours
     checkpoints = experiment.checkpoints()
-    if checkpoints:
+    if checkpoints:  # resume, before any handler writes anything
         last = max(checkpoints)
         load_checkpoint(checkpoints[last], to_save, device)
         if trainer.state.epoch != last:
             raise UserError(f"checkpoint {checkpoints[last]} holds epoch {trainer.state.epoch}, not {last}: move it away")
         trainer.state.epoch_length, trainer.state.iteration = len(batches), last * len(batches)  # any world size
         log.info(f"resuming experiment {experiment.name} from epoch {last}")
+    attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches, record, to_save, job)
     if rank == 0:
         log.info(
             f"training {experiment.name} to epoch {job['max_epochs']} on {device}"

@@ -122,7 +122,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def validate_name(name) -> str:
-    if not name:
+    if name is None:
         raise UserError("this command needs an experiment: pass --experiment-name NAME (before the command)")
     if not _NAME.fullmatch(name) or name in (".", ".."):
         raise UserError(
@@ -209,7 +209,8 @@ class Experiment:
         """Hold the experiment for one `train` at a time.
 
         flock is released by the kernel when its holder dies, even by SIGKILL, so a lock left by a dead
-        process is simply taken over; the pid inside is for the message of whoever is refused.
+        process is simply taken over; the pid inside, there while the lock is held, is for the message of
+        whoever is refused.
         """
         try:
             fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
@@ -226,7 +227,10 @@ class Experiment:
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)  # released: empty again (only a dead owner leaves its pid behind)
         finally:
             os.close(fd)
 

@@ -3,12 +3,14 @@
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ignite_mnist import data
 from ignite_mnist.cli import main
@@ -70,10 +72,6 @@ def workdir(tmp_path, tiny_data, monkeypatch):
     return tmp_path
 
 
-def global_args(workdir: Path, tiny_data: Path, name: str = "exp"):
-    return ["-e", name, "--experiments-path", str(workdir / "experiments"), "--data-path", str(tiny_data)]
-
-
 def invoke(capsys, *args):
     """Run the CLI in this process: (exit code, stdout, stderr)."""
     code = 0
@@ -94,3 +92,31 @@ def run_cli(*args, cwd=None, timeout=300, env=None, **kwargs):
 def snapshot(folder: Path) -> dict:
     """{relative path: bytes} of every file under folder: to prove that a refused command changed nothing."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_data):
+    """An experiment "exp" trained to epoch 2, with a release of epoch 2 and a digit image."""
+    folder = tmp_path_factory.mktemp("trained")
+    options = g(folder, data=tiny_data)
+    assert run_cli(*options, "init", "--config-path", make_config(folder)).returncode == 0
+    assert run_cli(*options, "train", "--max-epochs", 2, "--device", "cpu").returncode == 0
+    assert run_cli(*options, "export-release").returncode == 0
+    Image.new("L", (28, 28)).save(folder / "digit.png")
+    (folder / "not-an-image.png").write_text("hello")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "a-directory").mkdir()
+    return folder
+
+
+@pytest.fixture
+def copy(trained, tmp_path, monkeypatch):
+    """A fresh copy of the trained experiment's folder, to break things in; the cwd is that folder."""
+    shutil.copytree(trained, tmp_path / "t")
+    monkeypatch.chdir(tmp_path / "t")
+    return tmp_path / "t"
+
+
+def g(folder, name="exp", data=None):
+    """Global options for experiment `name` under folder/experiments, with --data-path data."""
+    return ["-e", name, "--experiments-path", folder / "experiments", "--data-path", data or folder / "unused"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import ROOT, global_args, invoke, make_config
+from conftest import ROOT, g, invoke, make_config
 from ignite_mnist.experiment import load_config
 
 
@@ -48,7 +48,7 @@ def test_invalid_config_is_refused_with_its_json_path_and_creates_nothing(workdi
         config[section] = value
     path = workdir / "bad.json"
     path.write_text(json.dumps(config))
-    code, out, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", path)
+    code, out, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", path)
     assert code == 2
     assert err.startswith("error: invalid config") and len(err.strip().splitlines()) == 1
     for part in expected:
@@ -60,7 +60,7 @@ def test_invalid_config_is_refused_with_its_json_path_and_creates_nothing(workdi
 def test_every_violation_is_listed(workdir, tiny_data, capsys):
     path = workdir / "bad.json"
     path.write_text(json.dumps({"data": {"val_split": -1, "extra": 1}, "training": {"batch_size": 0, "lr": 1, "lr_gamma": 0.5}}))
-    code, _, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", path)
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", path)
     assert code == 2 and "(3 problems)" in err
     assert "$.data.val_split" in err and "'extra' was unexpected" in err and "$.training.batch_size" in err
 
@@ -73,19 +73,19 @@ def test_every_violation_is_listed(workdir, tiny_data, capsys):
 def test_malformed_json(workdir, tiny_data, capsys, text, expected):
     path = workdir / "bad.json"
     path.write_text(text)
-    code, _, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", path)
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", path)
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
     assert not (workdir / "experiments" / "exp").exists()
 
 
 def test_missing_config_and_schema_files(workdir, tiny_data, capsys):
-    code, _, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", "nope.json")
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", "nope.json")
     assert code == 2 and "config nope.json does not exist" in err
-    code, _, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", make_config(workdir),
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", make_config(workdir),
                           "--config-schema-file", "nope.schema.json")
     assert code == 2 and "config schema nope.schema.json does not exist" in err
     (workdir / "broken.schema.json").write_text('{"type": 12}')
-    code, _, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", make_config(workdir),
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", make_config(workdir),
                           "--config-schema-path", workdir / "broken.schema.json")
     assert code == 2 and "is not a valid JSON schema" in err
     assert not (workdir / "experiments" / "exp").exists()
@@ -96,11 +96,11 @@ def test_a_custom_schema_is_applied_and_cannot_let_unknown_fields_through(workdi
     schema["properties"]["training"]["properties"]["batch_size"]["maximum"] = 32
     (workdir / "strict.json").write_text(json.dumps(schema))
     config = make_config(workdir, **{"training.batch_size": 64})
-    code, _, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", config,
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", config,
                           "--config-schema-file", workdir / "strict.json")
     assert code == 2 and "$.training.batch_size: 64 is greater than the maximum of 32" in err
     (workdir / "lax.json").write_text(json.dumps({"type": "object"}))
     config = make_config(workdir, **{"training.momentum": 0.9})
-    code, _, err = invoke(capsys, *global_args(workdir, tiny_data), "init", "--config-path", config,
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", config,
                           "--config-schema-path", workdir / "lax.json")
     assert code == 2 and "'momentum' was unexpected" in err

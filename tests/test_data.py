@@ -10,7 +10,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw
 
-from conftest import global_args, invoke, make_config, write_dataset, write_idx
+from conftest import g, invoke, make_config, write_dataset, write_idx
 from ignite_mnist import data
 from ignite_mnist.errors import UserError
 
@@ -101,7 +101,7 @@ def test_offline_without_files_says_what_to_put_where(tmp_path, monkeypatch):
 
 def test_init_refuses_offline_without_data_and_creates_nothing(workdir, capsys, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
-    code, _, err = invoke(capsys, *global_args(workdir, workdir / "no-data"), "init", "--config-path", make_config(workdir))
+    code, _, err = invoke(capsys, *g(workdir, data=workdir / "no-data"), "init", "--config-path", make_config(workdir))
     assert code == 2 and "could not be downloaded" in err
     assert not (workdir / "experiments" / "exp").exists()
 
@@ -197,8 +197,8 @@ def test_bad_image_files(tmp_path, content, expected):
 
 
 def test_a_different_dataset_than_the_split_was_drawn_from_is_refused(workdir, tiny_data, capsys, sample):
-    g = global_args(workdir, tiny_data)
-    assert invoke(capsys, *g, "init", "--config-path", make_config(workdir))[0] == 0
+    opts = g(workdir, data=tiny_data)
+    assert invoke(capsys, *opts, "init", "--config-path", make_config(workdir))[0] == 0
     smaller = write_dataset(workdir / "smaller", (sample["train"][0][:100], sample["train"][1][:100]),
                             (sample["test"][0][:10], sample["test"][1][:10]))
     code, _, err = invoke(capsys, "-e", "exp", "--experiments-path", workdir / "experiments", "--data-path", smaller,

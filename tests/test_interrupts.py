@@ -3,7 +3,6 @@ checkpoint save, SIGINT and SIGTERM, two trainings at once. Nothing half-written
 run that finishes equals the one that was never interrupted."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -14,15 +13,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import global_args, make_config, run_cli
+from conftest import g, make_config, run_cli
 from ignite_mnist.experiment import open_experiment
 from test_resume import assert_same
 
 EPOCHS = 4
 
 
-def start_train(g, cwd, max_epochs=EPOCHS):
-    return subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, g), "train", "--max-epochs",
+def start_train(options, cwd, max_epochs=EPOCHS):
+    return subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, options), "train", "--max-epochs",
                              str(max_epochs), "--device", "cpu"], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -52,9 +51,9 @@ def assert_every_file_loads(experiment: Path, with_info: bool = False):
 def reference(tmp_path_factory, tiny_data):
     """The experiment of make_config() trained straight through, to compare with."""
     folder = tmp_path_factory.mktemp("reference")
-    g = global_args(folder, tiny_data, "straight")
-    assert run_cli(*g, "init", "--config-path", make_config(folder)).returncode == 0
-    r = run_cli(*g, "train", "--max-epochs", EPOCHS, "--device", "cpu")
+    opts = g(folder, "straight", tiny_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(folder)).returncode == 0
+    r = run_cli(*opts, "train", "--max-epochs", EPOCHS, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     return folder / "experiments" / "straight"
 
@@ -67,12 +66,12 @@ def assert_same_as(reference: Path, experiment: Path):
 
 
 def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(workdir, tiny_data, reference):
-    g = global_args(workdir, tiny_data, "killed")
-    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    opts = g(workdir, "killed", tiny_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "killed"
     rng, kills, deadline = random.Random(1234), 0, time.monotonic() + 40
     while kills < 6 and time.monotonic() < deadline:
-        process = start_train(g, workdir)
+        process = start_train(opts, workdir)
         time.sleep(rng.uniform(0.3, 3.2))  # from the imports (~2 s) to the middle of training
         if process.poll() is not None:
             break  # training finished before the kill
@@ -81,25 +80,25 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(work
         kills += 1
         assert_every_file_loads(experiment)
     assert kills >= 3
-    r = run_cli(*g, "train", "--max-epochs", EPOCHS, "--device", "cpu")
+    r = run_cli(*opts, "train", "--max-epochs", EPOCHS, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert_every_file_loads(experiment, with_info=True)
     assert_same_as(reference, experiment)
 
 
 def test_sigkill_in_the_middle_of_a_checkpoint_save_leaves_it_absent_not_broken(workdir, tiny_data, reference):
-    g = global_args(workdir, tiny_data, "mid-save")
-    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    opts = g(workdir, "mid-save", tiny_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "mid-save"
     for _ in range(2):
-        process = start_train(g, workdir)
+        process = start_train(opts, workdir)
         # DiskSaver writes a temporary file first: kill while it exists, before os.replace
         wait_for(lambda: list((experiment / "checkpoints").glob("tmp*")) or process.poll() is not None,
                  interval=0.0005)
         process.kill()
         process.wait()
         assert_every_file_loads(experiment)
-    r = run_cli(*g, "train", "--max-epochs", EPOCHS, "--device", "cpu")
+    r = run_cli(*opts, "train", "--max-epochs", EPOCHS, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert not list((experiment / "checkpoints").glob("tmp*")), "what the killed saves left is cleaned up"
     assert_same_as(reference, experiment)
@@ -107,10 +106,10 @@ def test_sigkill_in_the_middle_of_a_checkpoint_save_leaves_it_absent_not_broken(
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_stop_cleanly_and_training_resumes(workdir, tiny_data, signum, code):
-    g = global_args(workdir, tiny_data)
-    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    opts = g(workdir, data=tiny_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "exp"
-    process = start_train(g, workdir, max_epochs=100)
+    process = start_train(opts, workdir, max_epochs=100)
     wait_for(lambda: (experiment / "checkpoints" / "checkpoint_1.pt").exists())
     process.send_signal(signum)
     sent = time.monotonic()
@@ -125,20 +124,20 @@ def test_sigint_and_sigterm_stop_cleanly_and_training_resumes(workdir, tiny_data
     assert "Traceback" not in err
     assert_every_file_loads(experiment)
     assert not list((experiment / "checkpoints").glob("tmp*"))
-    r = run_cli(*g, "train", "--max-epochs", kept[-1] + 1, "--device", "cpu")
+    r = run_cli(*opts, "train", "--max-epochs", kept[-1] + 1, "--device", "cpu")
     assert r.returncode == 0 and f"resuming experiment exp from epoch {kept[-1]}" in r.stderr
 
 
 def test_a_second_train_is_refused_at_once_and_a_dead_owners_lock_is_taken_over(workdir, tiny_data):
-    g = global_args(workdir, tiny_data)
-    assert run_cli(*g, "init", "--config-path", make_config(workdir)).returncode == 0
+    opts = g(workdir, data=tiny_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "exp"
-    first = start_train(g, workdir, max_epochs=100)
+    first = start_train(opts, workdir, max_epochs=100)
     try:
         wait_for(lambda: (experiment / "checkpoints" / "checkpoint_1.pt").exists())
         before = {p.name for p in (experiment / "checkpoints").iterdir()}
         started = time.monotonic()
-        second = run_cli(*g, "train", "--max-epochs", 100, "--device", "cpu")
+        second = run_cli(*opts, "train", "--max-epochs", 100, "--device", "cpu")
         assert time.monotonic() - started < 15
         assert second.returncode == 2
         assert second.stderr.strip().splitlines()[-1] == (
@@ -150,6 +149,6 @@ def test_a_second_train_is_refused_at_once_and_a_dead_owners_lock_is_taken_over(
         first.wait()
     assert (experiment / "train.lock").read_text().strip() == str(first.pid)  # stale: its owner is dead
     done = max(int(p.stem.split("_")[1]) for p in (experiment / "checkpoints").glob("checkpoint_*.pt"))
-    r = run_cli(*g, "train", "--max-epochs", done + 1, "--device", "cpu")
+    r = run_cli(*opts, "train", "--max-epochs", done + 1, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert (experiment / "checkpoints" / f"checkpoint_{done + 1}.pt").exists()

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from conftest import ROOT, global_args, make_config, run_cli
+from conftest import ROOT, g, make_config, run_cli
 from ignite_mnist import data
 from ignite_mnist.model import Net
 
@@ -37,11 +37,11 @@ def readme_release_snippet() -> str:
 
 
 def test_workflow_end_to_end(tmp_path, tiny_data):
-    g = global_args(tmp_path, tiny_data, "demo")
+    opts = g(tmp_path, "demo", tiny_data)
     config = make_config(tmp_path)
     experiment = tmp_path / "experiments" / "demo"
 
-    r = run_cli(*g, "init", "--config-path", config, "--config-schema-path", ROOT / "config" / "config.schema.json",
+    r = run_cli(*opts, "init", "--config-path", config, "--config-schema-path", ROOT / "config" / "config.schema.json",
                 "--seed", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     meta = json.loads((experiment / "experiment.json").read_text())
@@ -51,7 +51,7 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     split = json.loads((experiment / "split.json").read_text())
     assert sorted(split["train"] + split["validation"]) == list(range(400))
 
-    r = run_cli(*g, "train", "--max-epochs", "2", "--device", "cpu", "--log-period", "5", cwd=tmp_path)
+    r = run_cli(*opts, "train", "--max-epochs", "2", "--device", "cpu", "--log-period", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (experiment / "checkpoints").iterdir()) == ["checkpoint_1.pt", "checkpoint_2.pt"]
     log = (experiment / "verbose.log").read_text()
@@ -67,12 +67,12 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     assert checkpoint["metrics"]["epoch"] == 2 and checkpoint["metrics"]["lr"] == 0.7
 
     # the second train goes on from epoch 2, not from scratch
-    r = run_cli(*g, "train", "--max-epochs", "3", "--device", "cpu", cwd=tmp_path)
+    r = run_cli(*opts, "train", "--max-epochs", "3", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "resuming experiment demo from epoch 2" in r.stderr
     assert "epoch 1/3" not in r.stderr and "epoch 3/3" in r.stderr
 
-    r = run_cli(*g, "test", "--epoch", "3", "--device", "cpu", "--json", cwd=tmp_path)
+    r = run_cli(*opts, "test", "--epoch", "3", "--device", "cpu", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     metrics = torch.load(experiment / "checkpoints" / "checkpoint_3.pt", weights_only=True)["metrics"]
@@ -80,7 +80,7 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     assert result["accuracy"] == 100 * result["correct"] / 100 == metrics["test_accuracy"]
     assert abs(result["loss"] - metrics["test_loss"]) < 1e-6
 
-    r = run_cli(*g, "export-release", "--epoch", "3", cwd=tmp_path)
+    r = run_cli(*opts, "export-release", "--epoch", "3", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     release_path = Path(r.stdout.strip().splitlines()[-1])
     release_path = release_path if release_path.is_absolute() else tmp_path / release_path
@@ -119,7 +119,7 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
         assert namespace["model"](namespace["x"]).argmax(1).tolist() == expected
     assert all(torch.equal(checkpoint_model[k], v) for k, v in namespace["model"].state_dict().items())
 
-    r = run_cli(*g, "info", "--json", cwd=tmp_path)
+    r = run_cli(*opts, "info", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["seed"] == 3 and info["config"] == meta["config"] and info["split"] == meta["split"]
@@ -127,7 +127,7 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     assert info["checkpoints"][2]["metrics"]["test_accuracy"] == metrics["test_accuracy"]
     assert {"validation_accuracy", "validation_loss", "test_loss"} <= set(info["checkpoints"][0]["metrics"])
     assert [r["epoch"] for r in info["releases"]] == [3]
-    r = run_cli(*g, "info", cwd=tmp_path)
+    r = run_cli(*opts, "info", cwd=tmp_path)
     assert r.returncode == 0 and "epoch 3:" in r.stdout and "release_epoch_3.pt" in r.stdout
 
 
@@ -149,13 +149,13 @@ def test_tensorboard_command(tmp_path, tiny_data):
     import time
     import urllib.request
 
-    g = global_args(tmp_path, tiny_data)
-    assert run_cli(*g, "init", "--config-path", make_config(tmp_path), cwd=tmp_path).returncode == 0
-    r = run_cli(*g, "tensorboard", cwd=tmp_path)
+    opts = g(tmp_path, data=tiny_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(tmp_path), cwd=tmp_path).returncode == 0
+    r = run_cli(*opts, "tensorboard", cwd=tmp_path)
     assert r.returncode == 2 and "no TensorBoard logs yet" in r.stderr
     (tmp_path / "experiments" / "exp" / "tensorboard").mkdir()
     if importlib.util.find_spec("tensorboard") is None:
-        r = run_cli(*g, "tensorboard", cwd=tmp_path)
+        r = run_cli(*opts, "tensorboard", cwd=tmp_path)
         assert r.returncode == 2 and "pip install tensorboard" in r.stderr
         return
     import socket
@@ -163,7 +163,7 @@ def test_tensorboard_command(tmp_path, tiny_data):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", *g, "tensorboard", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", *opts, "tensorboard", "--port", str(port)],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(120):

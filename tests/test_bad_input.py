@@ -1,0 +1,248 @@
+"""Every bad input: one clear line, a non-zero exit (2 for usage and input errors), no traceback, and
+nothing that existed before is changed (verbose.log only grows: the refusal is logged)."""
+
+import os
+import resource
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from conftest import g, invoke, make_config, run_cli, snapshot
+from ignite_mnist.model import Net
+
+
+def assert_refused(capsys, folder: Path, args, code: int, message: str):
+    """Run the CLI in-process; check exit code, the one error line, and that nothing changed."""
+    before = snapshot(folder)
+    got, out, err = invoke(capsys, *args)
+    lines = err.strip().splitlines()
+    assert got == code, err
+    assert lines and lines[-1].startswith("error: ") and sum(line.startswith("error:") for line in lines) == 1, err
+    assert message in lines[-1], lines[-1]
+    assert "Traceback" not in err
+    after = snapshot(folder)
+    for name in set(before) | set(after):
+        if name.endswith("verbose.log"):
+            assert after[name].startswith(before[name]), "the log only grows"
+        else:
+            assert before.get(name) == after.get(name), f"{name} changed"
+    return lines[-1]
+
+
+# ---- names, experiments, epochs -----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", ".", "../escape", "with space", "tab\there", "ünïcode", "x" * 101,
+                                  "star*", "semi;colon", ".hidden"])
+def test_bad_experiment_names_are_refused_and_stay_inside(copy, capsys, tiny_data, name):
+    line = assert_refused(capsys, copy, [*g(copy, name, tiny_data), "init", "--config-path", make_config(copy.parent)],
+                          2, "invalid experiment name")
+    assert "letters, digits" in line
+    assert not (copy / "escape").exists() and not (copy.parent / "escape").exists()
+
+
+@pytest.mark.parametrize("command", [["info"], ["train", "--max-epochs", "1"], ["test", "--epoch", "1"],
+                                     ["export-release"], ["tensorboard"]])
+def test_unknown_experiment(copy, capsys, command):
+    assert_refused(capsys, copy, [*g(copy, "nope"), *command], 2,
+                   f"no experiment 'nope' in {copy / 'experiments'}: create it with `init`; experiments there: exp")
+
+
+def test_no_experiment_name(copy, capsys):
+    assert_refused(capsys, copy, ["--experiments-path", copy / "experiments", "info"], 2,
+                   "this command needs an experiment: pass --experiment-name NAME")
+
+
+def test_init_of_an_existing_experiment_leaves_it_untouched(copy, capsys, tiny_data):
+    assert_refused(capsys, copy, [*g(copy, "exp", tiny_data), "init", "--config-path", make_config(copy.parent)], 2,
+                   f"experiment 'exp' already exists in {copy / 'experiments'}")
+
+
+@pytest.mark.parametrize("epoch", ["3", "0", "-1", "99"])
+@pytest.mark.parametrize("command", ["test", "export-release"])
+def test_epochs_that_do_not_exist_are_named_with_those_that_do(copy, capsys, command, epoch):
+    assert_refused(capsys, copy, [*g(copy), command, "--epoch", epoch], 2,
+                   f"experiment exp has no checkpoint of epoch {epoch}; epochs with a checkpoint: 1-2")
+
+
+def test_test_and_release_before_any_training(copy, capsys, tiny_data):
+    assert invoke(capsys, *g(copy, "fresh", tiny_data), "init", "--config-path", make_config(copy.parent))[0] == 0
+    for command in (["test", "--epoch", "1"], ["export-release"]):
+        assert_refused(capsys, copy, [*g(copy, "fresh"), *command], 2, "has no checkpoints yet: run `train` first")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-epochs", "1"], "experiment exp is already at epoch 2: --max-epochs is the epoch to train until, so it "
+                            "must be at least 2"),
+    (["--max-epochs", "0"], "--max-epochs must be at least 1, not 0"),
+    (["--max-epochs", "3", "--nproc-per-node", "0"], "--nproc-per-node must be at least 1, not 0"),
+    (["--max-epochs", "3", "--nproc-per-node", "3"], "training.batch_size 32 is the global batch: it must divide among 3"),
+    (["--max-epochs", "3", "--device", "meta"], "device 'meta' is not supported"),
+    (["--max-epochs", "3", "--device", "tpu"], "unknown device 'tpu'"),
+    (["--max-epochs", "3", "--device", "bogus"], "unknown device 'bogus'"),
+    (["--max-epochs", "3", "--backend", "nccl", "--nproc-per-node", "2", "--device", "cpu"],
+     "backend nccl runs on CUDA GPUs only"),
+])
+def test_bad_train_requests(copy, capsys, args, message):
+    assert_refused(capsys, copy, [*g(copy), "train", *args], 2, message)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:7"])
+@pytest.mark.parametrize("command", [["train", "--max-epochs", "3"], ["test", "--epoch", "2"]])
+def test_devices_this_machine_does_not_have(copy, capsys, command, device):
+    if torch.cuda.is_available() and (device != "cuda:7" or torch.cuda.device_count() > 7):
+        pytest.skip("this machine has that device")
+    message = (f"device {device} is not available: this machine has no usable CUDA GPU; use --device cpu"
+               if not torch.cuda.is_available() else f"device {device} does not exist")
+    assert_refused(capsys, copy, [*g(copy), *command, "--device", device], 2, message)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train"], "Missing option '--max-epochs'"),
+    (["train", "--max-epochs", "two"], "Invalid value for '--max-epochs'"),
+    (["train", "--max-epochs", "3", "--log-period", "0"], "Invalid value for '--log-period'"),
+    (["train", "--max-epochs", "3", "--backend", "mpi"], "'mpi' is not one of"),
+    (["test"], "Missing option '--epoch'"),
+    (["trian"], "No such command 'trian'"),
+    (["info", "--bogus"], "No such option: --bogus"),
+])
+def test_usage_errors_are_one_line(copy, capsys, args, message):
+    assert_refused(capsys, copy, [*g(copy), *args], 2, message)
+
+
+# ---- files that are not what they should be -----------------------------------------------------
+
+def _other_model_checkpoint(path):
+    model = Net()
+    model.fc2 = torch.nn.Linear(128, 5)  # another network: same keys, other shapes
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["model"] = model.state_dict()
+    torch.save(checkpoint, path)
+
+
+CORRUPTIONS = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:1000]),
+    "random bytes": lambda p: p.write_bytes(os.urandom(5000)),
+    "empty": lambda p: p.write_bytes(b""),
+    "another model": _other_model_checkpoint,
+    "not a checkpoint": lambda p: torch.save({"weights": torch.zeros(3)}, p),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+@pytest.mark.parametrize("command", [["train", "--max-epochs", "3", "--device", "cpu"], ["test", "--epoch", "2"],
+                                     ["export-release", "--epoch", "2"]])
+def test_a_corrupt_checkpoint_is_named_and_training_does_not_start_over(copy, capsys, tiny_data, corruption, command):
+    path = copy / "experiments" / "exp" / "checkpoints" / "checkpoint_2.pt"
+    CORRUPTIONS[corruption](path)
+    line = assert_refused(capsys, copy, [*g(copy, data=tiny_data), *command], 2, f"checkpoint {path}")
+    assert any(m in line for m in ("is corrupt or not an ignite-mnist checkpoint", "does not fit this experiment",
+                                   "holds no model of this architecture", "lacks "))
+    assert not (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_3.pt").exists()
+
+
+def test_info_reports_a_corrupt_checkpoint_and_goes_on(copy, capsys):
+    (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_1.pt").write_bytes(b"junk")
+    code, out, err = invoke(capsys, *g(copy), "info")
+    assert code == 0 and "epoch 1:" in out and "is corrupt or not an ignite-mnist checkpoint" in out
+    assert "epoch 2:" in out and "test accuracy" in out
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("experiment.json", "{oops", "is not valid JSON: Expecting property name"),
+    ("experiment.json", '{"seed": 1}', "is malformed: it needs 'config' and 'seed'"),
+    ("experiment.json", None, "the config stored in"),
+    ("split.json", "[1, 2]", "is malformed: it needs 'train' and 'validation' lists"),
+    ("split.json", '{"train": [1, 2', "is not valid JSON"),
+])
+def test_corrupt_experiment_files(copy, capsys, tiny_data, file, content, message):
+    path = copy / "experiments" / "exp" / file
+    if content is None:  # a config edited by hand into something invalid
+        content = path.read_text().replace('"batch_size": 32', '"batch_size": "many"')
+    path.write_text(content)
+    assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2, message)
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda d: (d / "train-images-idx3-ubyte.gz").write_bytes((d / "train-images-idx3-ubyte.gz").read_bytes()[:500]),
+     "train-images-idx3-ubyte.gz is truncated or corrupt"),
+    (lambda d: (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"\x1f\x8b garbage"), "t10k-labels-idx1-ubyte.gz is truncated"),
+    (lambda d: shutil.copy(d / "t10k-labels-idx1-ubyte.gz", d / "t10k-images-idx3-ubyte.gz"), "holds labels, not images"),
+])
+def test_broken_data_files(copy, capsys, tiny_data, breakage, message):
+    data = copy / "data"
+    shutil.copytree(tiny_data, data)
+    breakage(data)
+    for command in (["train", "--max-epochs", "3", "--device", "cpu"], ["test", "--epoch", "2"]):
+        assert_refused(capsys, copy, [*g(copy, data=data), *command], 2, message)
+
+
+def test_missing_dataset_offline(copy, capsys, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+    assert_refused(capsys, copy, [*g(copy, data=copy / "no-data"), "train", "--max-epochs", "3", "--device", "cpu"], 2,
+                   "mnist is not in")
+
+
+# ---- predict ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("release, image, message", [
+    ("missing.pt", "digit.png", "release missing.pt does not exist"),
+    ("a-directory", "digit.png", "release a-directory is not a file"),
+    ("experiments/exp/checkpoints/checkpoint_1.pt", "digit.png", "is not an ignite-mnist release"),
+    ("not-an-image.png", "digit.png", "release not-an-image.png is corrupt or not an ignite-mnist release"),
+    ("experiments/exp/releases/release_epoch_2.pt", "not-an-image.png", "not-an-image.png is not an image file"),
+    ("experiments/exp/releases/release_epoch_2.pt", "empty.png", "empty.png is not an image file"),
+    ("experiments/exp/releases/release_epoch_2.pt", "a-directory", "a-directory is a directory, not an image file"),
+    ("experiments/exp/releases/release_epoch_2.pt", "nothing.png", "nothing.png does not exist"),
+])
+def test_bad_predict_inputs(copy, capsys, release, image, message):
+    assert_refused(capsys, copy, ["predict", "--release", release, "digit.png", image], 2, message)
+
+
+def test_predict_needs_images(copy, capsys):
+    assert_refused(capsys, copy, ["predict", "--release", "experiments/exp/releases/release_epoch_2.pt"], 2,
+                   "Missing argument")
+
+
+# ---- a folder that cannot be written ------------------------------------------------------------
+
+@pytest.fixture
+def immutable(copy):
+    """Make a folder unwritable even for root (chattr +i), and writable again afterwards."""
+    made = []
+
+    def make(path):
+        if subprocess.run(["chattr", "-R", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("chattr +i is not available on this file system")
+        made.append(path)
+
+    yield make
+    for path in made:
+        subprocess.run(["chattr", "-R", "-i", str(path)])
+
+
+def test_read_only_experiments_folder(copy, capsys, tiny_data, immutable):
+    immutable(copy / "experiments")
+    assert_refused(capsys, copy, [*g(copy, "new", tiny_data), "init", "--config-path", make_config(copy.parent)], 2,
+                   f"cannot create the experiment in {copy / 'experiments'}")
+    for command in (["train", "--max-epochs", "3", "--device", "cpu"], ["test", "--epoch", "2"], ["export-release"]):
+        assert_refused(capsys, copy, [*g(copy, data=tiny_data), *command], 2, "cannot write")
+
+
+def test_a_full_disk_while_saving_a_checkpoint(copy, tiny_data):
+    """Files may not grow beyond 1 MB (RLIMIT_FSIZE: EFBIG, as ENOSPC would come): the 14 MB checkpoint fails."""
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    before = snapshot(copy / "experiments" / "exp" / "checkpoints")
+    r = run_cli(*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu", cwd=copy, preexec_fn=limit)
+    assert r.returncode == 2, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot write the checkpoint of epoch 3 in") and "(File too large)" in last, last
+    assert "the checkpoints before it are intact" in last and "Traceback" not in r.stderr
+    assert snapshot(copy / "experiments" / "exp" / "checkpoints") == before  # no partial file either
