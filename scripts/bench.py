@@ -14,7 +14,7 @@ split) and evaluate on the whole test set after every epoch, on the CPU, with to
   by class, so we always shuffle), the example's Net, its plain train and test loops (test batch 1000),
   Adadelta lr 1.0, StepLR gamma 0.7, fp32.
 - ignite-mnist: what `ignite-mnist train` runs, not a copy: a temporary experiment from
-  config/config.default.json (data.dataset set, data.val_split 0, precision "auto"), then
+  config/config.default.json (data.dataset set, data.val_split 0, precision from --precision), then
   engines.run_training(..., device_name="cpu"). Times per epoch come from the checkpoints' metrics.
 - bare: ignite-mnist's own data, model, optimiser, train step and evaluator, driven by a plain Python
   loop instead of Ignite's Engine and handlers: it measures what the engine costs.
@@ -164,6 +164,7 @@ def run_ignite(args) -> dict:
 
     config = load_config(CONFIG)
     config["data"].update(dataset=args.dataset, val_split=0)
+    config["training"]["precision"] = args.precision
     sizes = dict(zip(("train", "test"), args.sizes))
     name = f"bench-{os.getpid()}"
     experiment = create_experiment(args.work_dir / "experiments", name, config, args.seed, sizes)
@@ -190,7 +191,7 @@ def run_bare(args) -> dict:
     from ignite_mnist.experiment import draw_split, load_config
     from ignite_mnist.model import Net
 
-    cfg = load_config(CONFIG)["training"]
+    cfg = {**load_config(CONFIG)["training"], "precision": args.precision}
     device = torch.device("cpu")
     start = time.perf_counter()
     torch.set_flush_denormal(True)  # as training() does, step for step below
@@ -241,7 +242,7 @@ def run_worker(name: str, args, sizes: tuple) -> dict:
     """Run one contender in a child process; its JSON line, plus its peak RSS from wait4."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--dataset", args.dataset,
            "--data-path", str(args.data_path), "--work-dir", str(args.work_dir), "--epochs", str(args.epochs),
-           "--seed", str(args.seed), "--sizes", f"{sizes[0]},{sizes[1]}"]
+           "--seed", str(args.seed), "--sizes", f"{sizes[0]},{sizes[1]}", "--precision", args.precision]
     logs = args.work_dir / "logs"
     logs.mkdir(exist_ok=True)
     with open(logs / f"{name}.out", "w+") as out, open(logs / f"{name}.err", "w+") as err:
@@ -360,6 +361,8 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="smoke test: mnist-sample, 1 epoch, 1 repeat")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="ignite-mnist's (and bare's) training.precision; the reference is always fp32")
     p.add_argument("--work-dir", type=Path, help="keeps the uncompressed data between runs (default: a temporary folder)")
     p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=lambda s: tuple(int(n) for n in s.split(",")), help=argparse.SUPPRESS)

@@ -1,0 +1,68 @@
+"""The network is the PyTorch example's: same parameters, same outputs; its speed changes change nothing."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ignite_mnist.model import Dropout, Net
+
+
+def example_forward(net, x):
+    """pytorch/examples mnist/main.py's forward, in its order (ReLU, then max-pool), in eval mode."""
+    x = F.relu(net.conv1(x))
+    x = F.relu(net.conv2(x))
+    x = F.max_pool2d(x, 2)
+    x = torch.flatten(x, 1)
+    x = F.relu(net.fc1(x))
+    return F.log_softmax(net.fc2(x), dim=1)
+
+
+def test_same_parameters_and_outputs_as_the_example():
+    torch.manual_seed(0)
+    net = Net().eval()
+    assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {
+        "conv1.weight": (32, 1, 3, 3), "conv1.bias": (32,), "conv2.weight": (64, 32, 3, 3), "conv2.bias": (64,),
+        "fc1.weight": (128, 9216), "fc1.bias": (128,), "fc2.weight": (10, 128), "fc2.bias": (10,)}
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(net(x), example_forward(net, x))  # pool before ReLU: bit for bit the same
+        channels_last = Net().eval()
+        channels_last.load_state_dict(net.state_dict())
+        channels_last = channels_last.to(memory_format=torch.channels_last)
+        assert torch.allclose(channels_last(x), net(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_byte_dropout_keeps_each_value_with_probability_1_minus_p(p):
+    torch.manual_seed(1)
+    dropout = Dropout(p).train()
+    x = torch.rand(1_000_003) + 1  # odd size: the last 32-bit draw is used in part
+    x.requires_grad_(True)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.002  # 1e6 draws: the standard error is ~0.0005
+    assert torch.allclose(y[kept], x[kept] / (1 - p))
+    y.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p))  # the gradient goes through the kept values only
+    assert abs(y.mean().item() - x.mean().item()) < 0.01  # unbiased
+    # neighbouring elements are independent: the four bytes of one draw are not correlated
+    pairs = kept[: 1_000_000].view(-1, 4).float()
+    assert abs((pairs[:, 0] * pairs[:, 1]).mean().item() - (1 - p) ** 2) < 0.003
+
+
+def test_byte_dropout_is_reproducible_and_off_in_eval_mode():
+    x = torch.ones(64, 64, 12, 12).to(memory_format=torch.channels_last)
+    torch.manual_seed(3)
+    a = Dropout(0.25)(x)
+    torch.manual_seed(3)
+    assert torch.equal(Dropout(0.25)(x), a)
+    assert torch.equal(Dropout(0.25).eval()(x), x)
+    assert Dropout(0.25)(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_other_probabilities_use_torch_dropout():
+    torch.manual_seed(4)
+    x = torch.ones(100_000)
+    y = Dropout(0.3)(x)  # 0.3 * 256 is not a whole number
+    torch.manual_seed(4)
+    assert torch.equal(y, F.dropout(x, 0.3, training=True))
