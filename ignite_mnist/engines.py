@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import signal
+import socket
 import sys
 
 import ignite.distributed as idist
@@ -300,18 +301,19 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
             ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss.item()})
 
 
-def training(local_rank: int, job: dict, results: list = None) -> None:
+def training(local_rank: int, job: dict) -> None:
     """One process of a training run. job: experiment, data_path, device, max_epochs, log_period, ..."""
     with STOP:
-        _training(local_rank, job, results)
+        _training(local_rank, job)
 
 
-def _training(local_rank: int, job: dict, results: list) -> None:
+def _training(local_rank: int, job: dict) -> None:
     experiment: Experiment = job["experiment"]
     rank, world_size = idist.get_rank(), idist.get_world_size()
     if job.get("spawned"):
         _die_with_parent()
     setup_logging(experiment if rank == 0 else None, job["verbose"], to_console=rank == 0)
+    _quiet_ignite_launcher()
     device = torch.device(job["device"])
     if device.type == "cuda":
         device = torch.device("cuda", local_rank if world_size > 1 else device.index or 0)
@@ -328,9 +330,8 @@ def _training(local_rank: int, job: dict, results: list) -> None:
     with idist.one_rank_first(local=True):  # one process per node downloads, if anything must be
         data.locate(experiment.config["data"]["dataset"], job["data_path"])
     sets = data.tensor_sets(experiment.config["data"]["dataset"], job["data_path"], experiment.load_split(), device)
-    model = Net().to(device, memory_format=torch.channels_last)
-    if world_size > 1:
-        model = idist.auto_model(model)  # DDP; checkpoints hold the unwrapped model
+    net = Net().to(device, memory_format=torch.channels_last)
+    model = idist.auto_model(net) if world_size > 1 else net  # DDP trains; evaluators and checkpoints use net
     optimizer = idist.auto_optim(torch.optim.Adadelta(model.parameters(), lr=cfg["lr"]))
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
     step_model = model
@@ -339,9 +340,9 @@ def _training(local_rank: int, job: dict, results: list) -> None:
 
     batches = data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], experiment.seed, rank, world_size, device)
     trainer = create_trainer(step_model, optimizer, sets["train"], bf16)
-    evaluators = {name: create_evaluator(model, sets[name], bf16) for name in ("validation", "test") if len(sets[name])}
+    evaluators = {name: create_evaluator(net, sets[name], bf16) for name in ("validation", "test") if len(sets[name])}
     record = EpochRecord()
-    to_save = {"model": model, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "trainer": trainer,
+    to_save = {"model": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "trainer": trainer,
                "rng": RNGStates(), "metrics": record}
 
     if rank == 0:
@@ -354,6 +355,8 @@ def _training(local_rank: int, job: dict, results: list) -> None:
             raise UserError(f"checkpoint {checkpoints[last]} holds epoch {trainer.state.epoch}, not {last}: move it away")
         trainer.state.epoch_length, trainer.state.iteration = len(batches), last * len(batches)  # any world size
         log.info(f"resuming experiment {experiment.name} from epoch {last}")
+    if rank > 0:  # its own dropout masks; rank 0's generator is the one checkpoints keep and restore
+        torch.manual_seed(experiment.seed * 1_000_003 + 7919 * rank + trainer.state.epoch)
     attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches, record, to_save, job)
     if rank == 0:
         log.info(
@@ -365,8 +368,6 @@ def _training(local_rank: int, job: dict, results: list) -> None:
     trainer.run(batches, max_epochs=job["max_epochs"])
     if STOP.signum and rank == 0:
         log.info(f"stopped by {signal.Signals(STOP.signum).name} in epoch {trainer.state.epoch}")
-    if results is not None:
-        results.append({**record.values, "epoch": trainer.state.epoch})
 
 
 def _die_with_parent() -> None:
@@ -379,7 +380,10 @@ def _die_with_parent() -> None:
 
 def run_training(experiment: Experiment, data_path, max_epochs: int, device_name: str = "auto",
                  nproc_per_node: int = 1, backend: str = None, log_period: int = 50, verbose: bool = False) -> dict:
-    """Train `experiment` until epoch max_epochs, resuming from its last checkpoint. Returns the last epoch's record."""
+    """Train `experiment` until epoch max_epochs, resuming from its last checkpoint.
+
+    Returns what was measured in the last epoch (its checkpoint's metrics); {} when there was nothing to do.
+    """
     device = resolve_device(device_name)
     done = max(experiment.checkpoints(), default=0)
     if max_epochs < 1:
@@ -415,14 +419,13 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     job = {"experiment": experiment, "data_path": data_path, "device": str(device), "max_epochs": max_epochs,
            "log_period": log_period, "verbose": verbose, "spawned": world_size > 1 and not launched,
            "progress_bar": sys.stderr.isatty()}
-    results = []
-    setup_logger("ignite.distributed.launcher.Parallel", level=logging.WARNING)  # keep the console for us
-    spawn = {"nproc_per_node": nproc_per_node} if job["spawned"] else {}
+    _quiet_ignite_launcher()
+    spawn = {"nproc_per_node": nproc_per_node, "master_port": _free_port()} if job["spawned"] else {}
     STOP.signum = 0
     with _lock_on_rank_zero(experiment, launched), STOP:
         try:
             with idist.Parallel(backend=backend, **spawn) as parallel:
-                parallel.run(training, job, results=results)
+                parallel.run(training, job)
         except torch.multiprocessing.ProcessRaisedException as e:
             raise _rank_failure(e) from None
         except torch.multiprocessing.ProcessExitedException as e:
@@ -437,7 +440,19 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     if done < max_epochs and (not launched or int(os.environ.get("RANK", "0")) == 0):
         raise UserError(f"training ended at epoch {done}, before epoch {max_epochs}: a process was stopped; "
                         f"{resume}", exit_code=1)
-    return results[0] if results else {}
+    return read_checkpoint(experiment.checkpoints()[done], "cpu")["metrics"] if done else {}
+
+
+def _quiet_ignite_launcher() -> None:
+    """idist's launcher and auto_model announce themselves at INFO on the console: keep it for our lines."""
+    for name in ("ignite.distributed.launcher.Parallel", "ignite.distributed.auto.auto_model"):
+        setup_logger(name, level=logging.WARNING)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _lock_on_rank_zero(experiment: Experiment, launched: bool):
