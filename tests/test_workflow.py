@@ -151,13 +151,14 @@ def test_tensorboard_command(tmp_path, tiny_data):
 
     opts = g(tmp_path, data=tiny_data)
     assert run_cli(*opts, "init", "--config-path", make_config(tmp_path), cwd=tmp_path).returncode == 0
+    if importlib.util.find_spec("tensorboard") is None:
+        r = run_cli(*opts, "tensorboard", cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.strip() == (
+            "error: TensorBoard is not installed: pip install tensorboard (or pip install -e '.[tensorboard]')")
+        return
     r = run_cli(*opts, "tensorboard", cwd=tmp_path)
     assert r.returncode == 2 and "no TensorBoard logs yet" in r.stderr
     (tmp_path / "experiments" / "exp" / "tensorboard").mkdir()
-    if importlib.util.find_spec("tensorboard") is None:
-        r = run_cli(*opts, "tensorboard", cwd=tmp_path)
-        assert r.returncode == 2 and "pip install tensorboard" in r.stderr
-        return
     import socket
 
     with socket.socket() as s:
