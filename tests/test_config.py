@@ -22,7 +22,7 @@ def test_optional_fields_take_the_schema_defaults(tmp_path):
     path.write_text(json.dumps({"data": {"val_split": 0}, "training": {"batch_size": 8.0, "lr": 0.5, "lr_gamma": 1}}))
     config = load_config(path)
     assert config["data"] == {"val_split": 0, "dataset": "mnist"}
-    assert config["training"]["precision"] == "auto" and config["training"]["eval_batch_size"] == 256
+    assert config["training"]["precision"] == "auto" and config["training"]["eval_batch_size"] == 128
     assert config["training"]["batch_size"] == 8 and isinstance(config["training"]["batch_size"], int)
 
 
