@@ -124,9 +124,9 @@ def test(
     """Restore the model of an epoch and measure its accuracy on the test set."""
     experiment = _open(ctx)
     experiment.checkpoint(epoch)  # a missing epoch is named before torch is even imported
-    from ignite_mnist.engines import test_checkpoint
+    from ignite_mnist.engines import evaluate_checkpoint
 
-    result = test_checkpoint(experiment, ctx.obj.data_path, epoch, device)
+    result = evaluate_checkpoint(experiment, ctx.obj.data_path, epoch, device)
     log.info(f"test of epoch {epoch}: accuracy {result['accuracy']:.2f}% ({result['correct']}/{result['total']}), "
              f"loss {result['loss']:.4f}")
     if as_json:

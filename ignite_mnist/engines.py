@@ -13,6 +13,7 @@ import random
 import signal
 import socket
 import sys
+from contextlib import nullcontext
 
 import ignite.distributed as idist
 import numpy as np
@@ -458,8 +459,6 @@ def _free_port() -> int:
 def _lock_on_rank_zero(experiment: Experiment, launched: bool):
     """Under torchrun every rank runs this command; rank 0 holds the lock for all of them."""
     if launched and int(os.environ.get("RANK", "0")) != 0:
-        from contextlib import nullcontext
-
         return nullcontext()
     return experiment.training_lock()
 
@@ -477,7 +476,7 @@ def _rank_failure(error) -> UserError:
 # ---- evaluation of a checkpoint (the `test` command) --------------------------------------------
 
 
-def test_checkpoint(experiment: Experiment, data_path, epoch: int, device_name: str = "auto") -> dict:
+def evaluate_checkpoint(experiment: Experiment, data_path, epoch: int, device_name: str = "auto") -> dict:
     """Restore the model of `epoch` and measure it on the test set: {epoch, accuracy, correct, total, loss}."""
     path = experiment.checkpoint(epoch)
     device = resolve_device(device_name)
