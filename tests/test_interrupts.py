@@ -69,17 +69,23 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(work
     opts = g(workdir, "killed", tiny_data)
     assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "killed"
-    rng, kills, deadline = random.Random(1234), 0, time.monotonic() + 40
+    epochs = lambda: len(list((experiment / "checkpoints").glob("checkpoint_*.pt")))  # noqa: E731
+    rng, kills, in_training, deadline = random.Random(1234), 0, 0, time.monotonic() + 45
     while kills < 6 and time.monotonic() < deadline:
-        process = start_train(opts, workdir)
-        time.sleep(rng.uniform(0.3, 3.2))  # from the imports (~2 s) to the middle of training
+        process, before = start_train(opts, workdir), epochs()
+        if kills % 2:  # at any moment from the start: imports, setup, training
+            time.sleep(rng.uniform(0.3, 3.0))
+        else:  # at a moment of training, after this run's first checkpoint
+            wait_for(lambda: epochs() > before or process.poll() is not None)
+            time.sleep(rng.uniform(0.0, 0.4))
         if process.poll() is not None:
             break  # training finished before the kill
+        in_training += epochs() > before
         process.kill()
         process.wait()
         kills += 1
         assert_every_file_loads(experiment)
-    assert kills >= 3
+    assert kills >= 3 and in_training >= 1, (kills, in_training)
     r = run_cli(*opts, "train", "--max-epochs", EPOCHS, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert_every_file_loads(experiment, with_info=True)
@@ -90,14 +96,18 @@ def test_sigkill_in_the_middle_of_a_checkpoint_save_leaves_it_absent_not_broken(
     opts = g(workdir, "mid-save", tiny_data)
     assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "mid-save"
+    temporary = lambda: set((experiment / "checkpoints").glob("tmp*"))  # noqa: E731
+    mid_save = 0
     for _ in range(2):
-        process = start_train(opts, workdir)
+        left, process = temporary(), start_train(opts, workdir)
         # DiskSaver writes a temporary file first: kill while it exists, before os.replace
-        wait_for(lambda: list((experiment / "checkpoints").glob("tmp*")) or process.poll() is not None,
-                 interval=0.0005)
+        wait_for(lambda: temporary() - left or process.poll() is not None, interval=0.0005)
         process.kill()
         process.wait()
+        assert process.returncode == -signal.SIGKILL, "killed, not finished"
+        mid_save += bool(temporary() - left)  # else the save ended in the instant before the kill
         assert_every_file_loads(experiment)
+    assert mid_save >= 1
     r = run_cli(*opts, "train", "--max-epochs", EPOCHS, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert not list((experiment / "checkpoints").glob("tmp*")), "what the killed saves left is cleaned up"
