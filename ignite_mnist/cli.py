@@ -254,6 +254,8 @@ def main(argv: Optional[List[str]] = None) -> None:
 def _fail(message: str, code: int) -> None:
     """One line on stderr (and in the experiment's verbose.log, when one is open)."""
     message = " ".join(str(message).split())
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ:  # one of torchrun's processes
+        message = f"rank {os.environ['RANK']}: {message}"
     file_handlers = [h for h in log.handlers if isinstance(h, logging.FileHandler)]
     for handler in file_handlers:
         handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, f"error: {message}", None, None))
