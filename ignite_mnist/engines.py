@@ -329,8 +329,8 @@ def _training(local_rank: int, job: dict) -> None:
 
     manual_seed(experiment.seed)  # Python, NumPy, torch: the same initial weights on every rank
     with idist.one_rank_first(local=True):  # one process per node downloads, if anything must be
-        data.locate(experiment.config["data"]["dataset"], job["data_path"])
-    sets = data.tensor_sets(experiment.config["data"]["dataset"], job["data_path"], experiment.load_split(), device)
+        sets = data.tensor_sets(experiment.config["data"]["dataset"], job["data_path"], experiment.load_split(),
+                                device)
     net = Net().to(device, memory_format=torch.channels_last)
     model = idist.auto_model(net) if world_size > 1 else net  # DDP trains; evaluators and checkpoints use net
     optimizer = idist.auto_optim(torch.optim.Adadelta(model.parameters(), lr=cfg["lr"]))
