@@ -421,7 +421,12 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
            "log_period": log_period, "verbose": verbose, "spawned": world_size > 1 and not launched,
            "progress_bar": sys.stderr.isatty()}
     _quiet_ignite_launcher()
-    spawn = {"nproc_per_node": nproc_per_node, "master_port": _free_port()} if job["spawned"] else {}
+    spawn = {}
+    if job["spawned"]:
+        spawn = {"nproc_per_node": nproc_per_node, "master_port": _free_port()}
+        # multiprocessing's resource tracker would end a run whose rank was killed with a warning about the
+        # semaphores that rank left: after our one-line error, not instead of it
+        os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
     STOP.signum = 0
     with _lock_on_rank_zero(experiment, launched), STOP:
         try:
