@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -176,13 +177,13 @@ def info(
     """Show an experiment: config, seed, split sizes, checkpoints with their metrics, releases."""
     experiment = _open(ctx, log_to_file=False)
     checkpoints = []
+    if experiment.checkpoints():
+        from ignite_mnist.engines import read_checkpoint
     for epoch, path in experiment.checkpoints().items():
         entry = {"epoch": epoch, "path": str(path)}
-        try:
-            from ignite_mnist.engines import read_checkpoint
-
-            entry["metrics"] = read_checkpoint(path, "cpu").get("metrics", {})
-        except (UserError, AttributeError) as e:
+        try:  # mmap: only the metrics are read, not the 14 MB of tensors
+            entry["metrics"] = read_checkpoint(path, "cpu", mmap=True).get("metrics", {})
+        except UserError as e:
             entry["error"] = str(e)
         checkpoints.append(entry)
     releases = [{"epoch": epoch, "path": str(path)} for epoch, path in experiment.releases().items()]
@@ -240,14 +241,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         _fail(f"{e.format_message()} (see `{command} --help`)", e.exit_code)
     except UserError as e:
         if verbose:
-            logging.getLogger("ignite_mnist").exception("traceback")
+            traceback.print_exc()
         _fail(str(e), e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _fail("interrupted", 130)
     except Exception as e:
         if verbose:
-            raise
-        _fail(f"{type(e).__name__}: {e} (run with --verbose for the traceback)", 1)
+            traceback.print_exc()
+        _fail(f"{type(e).__name__}: {e}" + ("" if verbose else " (run with --verbose for the traceback)"), 1)
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
 
 

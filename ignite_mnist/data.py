@@ -34,6 +34,7 @@ FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+STEMS = [stem for pair in FILES.values() for stem in pair]
 _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
 
 
@@ -94,7 +95,7 @@ def read_split(images_path: Path, labels_path: Path, num_classes: int = 10):
 def _find_in(folder: Path) -> dict:
     """{stem: path} of the IDX files present in folder, plain or .gz."""
     found = {}
-    for stem in (s for pair in FILES.values() for s in pair):
+    for stem in STEMS:
         for name in (stem, stem + ".gz"):
             if (folder / name).is_file():
                 found[stem] = folder / name
@@ -110,10 +111,9 @@ def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
     """
     spec = DATASETS[dataset]
     folders = [SAMPLE_DIR] if spec["folder"] is None else [Path(data_path) / spec["folder"] / "raw", Path(data_path)]
-    stems = [s for pair in FILES.values() for s in pair]
     for folder in folders:
         found = _find_in(folder)
-        if len(found) == len(stems):
+        if len(found) == len(STEMS):
             return {split: (found[images], found[labels]) for split, (images, labels) in FILES.items()}
     if spec["folder"] is None:
         raise UserError(f"the bundled sample is missing from {SAMPLE_DIR}: reinstall ignite-mnist")
@@ -132,7 +132,7 @@ def _download(dataset: str, data_path: Path) -> None:
             cls(str(data_path), train=train, download=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        files = ", ".join(s + "(.gz)" for pair in FILES.values() for s in pair)
+        files = ", ".join(stem + "(.gz)" for stem in STEMS)
         raise UserError(
             f"{dataset} is not in {data_path} and could not be downloaded ({reason}): put {files} in "
             f"{data_path / DATASETS[dataset]['folder'] / 'raw'} or in {data_path}, or use the dataset "
@@ -172,7 +172,8 @@ class TensorSet:
 
 
 def tensor_sets(dataset: str, data_path: Path, split: dict, device) -> dict:
-    """{"train", "validation", "test"} TensorSets on `device`, train/validation from the persisted split."""
+    """TensorSets on `device`: "test", and each set of `split` ({"train": [...], "validation": [...]}, the
+    persisted indexes into the training set); split {} gives the test set alone."""
     spec = DATASETS[dataset]
     loaded = load(dataset, data_path)
     train_images, train_labels = loaded["train"]
@@ -182,16 +183,10 @@ def tensor_sets(dataset: str, data_path: Path, split: dict, device) -> dict:
             f"the experiment's split refers to training image {highest}, but {dataset} in {data_path} "
             f"has {len(train_labels)}: use the data the experiment was created with"
         )
-    sets = {}
-    for name, (images, labels) in {
-        "train": (train_images, train_labels),
-        "validation": (train_images, train_labels),
-        "test": loaded["test"],
-    }.items():
-        if name in split:
-            index = torch.tensor(split[name], dtype=torch.int64)
-            images, labels = images[index], labels[index]
-        sets[name] = TensorSet(images.to(device), labels.to(device), spec["mean"], spec["std"])
+    sets = {"test": TensorSet(*(t.to(device) for t in loaded["test"]), spec["mean"], spec["std"])}
+    for name, indexes in split.items():
+        index = torch.tensor(indexes, dtype=torch.int64)
+        sets[name] = TensorSet(train_images[index].to(device), train_labels[index].to(device), spec["mean"], spec["std"])
     return sets
 
 

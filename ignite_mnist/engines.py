@@ -13,7 +13,7 @@ import random
 import signal
 import socket
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import ignite.distributed as idist
 import numpy as np
@@ -166,21 +166,27 @@ class EpochRecord:
         self.values = dict(state)
 
 
-def read_checkpoint(path, device, what: str = "checkpoint") -> dict:
+def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) -> dict:
     """torch.load with weights_only=True: a file that is not plain tensors and data (a crafted pickle)
-    is refused without running it. Any failure is one line that names the file."""
+    is refused without running it. Any failure is one line that names the file.
+
+    mmap=True maps the tensors instead of reading them: for callers that only look at the plain data.
+    """
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({reason[:200]})"
                         + (": move it away to go back to the one before" if what == "checkpoint" else "")) from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{what} {path} is not an ignite-mnist {what} (it holds a {type(loaded).__name__})")
+    return loaded
 
 
 def load_checkpoint(path, to_load: dict, device) -> None:
     """Restore the objects of `to_load` from a checkpoint file, or name the file in a one-line error."""
     checkpoint = read_checkpoint(path, device)
-    missing = [key for key in to_load if not isinstance(checkpoint, dict) or key not in checkpoint]
+    missing = [key for key in to_load if key not in checkpoint]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: it is not an ignite-mnist checkpoint")
     try:
@@ -409,8 +415,6 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         if device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
             raise UserError(f"--nproc-per-node {nproc_per_node} with nccl needs as many GPUs; this machine has "
                             f"{torch.cuda.device_count()}")
-        if device.type == "cpu" and not launched:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ""  # --device cpu: spawned ranks must not pick a GPU
     else:
         backend = None
     if max_epochs == done:
@@ -421,14 +425,16 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
            "log_period": log_period, "verbose": verbose, "spawned": world_size > 1 and not launched,
            "progress_bar": sys.stderr.isatty()}
     _quiet_ignite_launcher()
-    spawn = {}
+    spawn, spawned_env = {}, {}
     if job["spawned"]:
         spawn = {"nproc_per_node": nproc_per_node, "master_port": _free_port()}
         # multiprocessing's resource tracker would end a run whose rank was killed with a warning about the
         # semaphores that rank left: after our one-line error, not instead of it
-        os.environ.setdefault("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
+        spawned_env["PYTHONWARNINGS"] = os.environ.get("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
+        if device.type == "cpu":
+            spawned_env["CUDA_VISIBLE_DEVICES"] = ""  # --device cpu: spawned ranks must not pick a GPU
     STOP.signum = 0
-    with _lock_on_rank_zero(experiment, launched), STOP:
+    with _lock_on_rank_zero(experiment, launched), STOP, _environment(spawned_env):
         try:
             with idist.Parallel(backend=backend, **spawn) as parallel:
                 parallel.run(training, job)
@@ -453,6 +459,21 @@ def _quiet_ignite_launcher() -> None:
     """idist's launcher and auto_model announce themselves at INFO on the console: keep it for our lines."""
     for name in ("ignite.distributed.launcher.Parallel", "ignite.distributed.auto.auto_model"):
         setup_logger(name, level=logging.WARNING)
+
+
+@contextmanager
+def _environment(values: dict):
+    """Set environment variables for the processes started inside; put the old values back after."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _free_port() -> int:

@@ -166,7 +166,7 @@ class Experiment:
         split = read_json(self.split_file, "split file")
         if not (isinstance(split, dict) and all(isinstance(split.get(k), list) for k in ("train", "validation"))):
             raise UserError(f"split file {self.split_file} is malformed: it needs 'train' and 'validation' lists")
-        return split
+        return {"train": split["train"], "validation": split["validation"]}
 
     def checkpoints(self) -> dict:
         """{epoch: path} of the complete checkpoints, by epoch (temporary files of a killed save are not)."""

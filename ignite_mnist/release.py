@@ -59,7 +59,7 @@ def load_release(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"release {path} does not exist" if not path.exists() else f"release {path} is not a file")
     release = read_checkpoint(path, "cpu", what="release")
-    if not isinstance(release, dict) or release.get("format") != FORMAT:
+    if release.get("format") != FORMAT:
         raise UserError(f"{path} is not an ignite-mnist release (no format {FORMAT!r})")
     return release
 
