@@ -6,10 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ignite_mnist import data
@@ -120,3 +122,32 @@ def copy(trained, tmp_path, monkeypatch):
 def g(folder, name="exp", data=None):
     """Global options for experiment `name` under folder/experiments, with --data-path data."""
     return ["-e", name, "--experiments-path", folder / "experiments", "--data-path", data or folder / "unused"]
+
+
+def wait_for(condition, timeout=60.0, interval=0.01):
+    """Poll `condition` until it holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    raise AssertionError("timed out")
+
+
+def assert_same(a, b, path="checkpoint"):
+    """Equal tensors (bitwise), equal plain data; timings and the run's target (max_epochs) excepted."""
+    if path.endswith(".trainer"):
+        a, b = ({k: v for k, v in x.items() if k != "max_epochs"} for x in (a, b))
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        keys = {k for k in a if not str(k).endswith("_seconds")}
+        assert keys == {k for k in b if not str(k).endswith("_seconds")}, path
+        for k in keys:
+            assert_same(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path

@@ -52,6 +52,12 @@ def test_unknown_experiment(copy, capsys, command):
                    f"no experiment 'nope' in {copy / 'experiments'}: create it with `init`; experiments there: exp")
 
 
+def test_verbose_adds_the_traceback_before_the_error_line(copy, capsys):
+    code, _, err = invoke(capsys, "--verbose", *g(copy, "nope"), "info")
+    assert code == 2 and "Traceback (most recent call last)" in err and "UserError" in err
+    assert err.strip().splitlines()[-1].startswith("error: no experiment 'nope'")
+
+
 def test_no_experiment_name(copy, capsys):
     assert_refused(capsys, copy, ["--experiments-path", copy / "experiments", "info"], 2,
                    "this command needs an experiment: pass --experiment-name NAME")

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import g, make_config, run_cli, write_dataset
-from test_interrupts import wait_for
+from conftest import g, make_config, run_cli, wait_for, write_dataset
 
 TWO = ["--nproc-per-node", "2", "--backend", "gloo", "--device", "cpu"]
 

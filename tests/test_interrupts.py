@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import g, make_config, run_cli
+from conftest import assert_same, g, make_config, run_cli, wait_for
 from ignite_mnist.experiment import open_experiment
-from test_resume import assert_same
 
 EPOCHS = 4
 
@@ -24,15 +23,6 @@ def start_train(options, cwd, max_epochs=EPOCHS):
     return subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, options), "train", "--max-epochs",
                              str(max_epochs), "--device", "cpu"], cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, timeout=60.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    raise AssertionError("timed out")
 
 
 def assert_every_file_loads(experiment: Path, with_info: bool = False):

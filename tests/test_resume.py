@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_config
+from conftest import assert_same, make_config
 from ignite_mnist import data
 from ignite_mnist.engines import read_checkpoint, run_training
 from ignite_mnist.experiment import create_experiment, load_config
@@ -13,25 +13,6 @@ def new_experiment(workdir, tiny_data, name, **changes):
     config = load_config(make_config(workdir, **changes))
     return create_experiment(workdir / "experiments", name, config, seed=7,
                              sizes=data.dataset_sizes("mnist", tiny_data))
-
-
-def assert_same(a, b, path="checkpoint"):
-    """Equal tensors (bitwise), equal plain data; timings and the run's target (max_epochs) excepted."""
-    if path.endswith(".trainer"):
-        a, b = ({k: v for k, v in x.items() if k != "max_epochs"} for x in (a, b))
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        keys = {k for k in a if not str(k).endswith("_seconds")}
-        assert keys == {k for k in b if not str(k).endswith("_seconds")}, path
-        for k in keys:
-            assert_same(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
