@@ -105,7 +105,7 @@ def train(
 ):
     """Train (or go on training) with the Ignite trainer: a checkpoint and the metrics every epoch."""
     experiment = _open(ctx)
-    from ignite_mnist.engines import run_training
+    from ignite_mnist.launch import run_training
 
     record = run_training(experiment, ctx.obj.data_path, max_epochs, device, nproc_per_node,
                           backend.value if backend else None, log_period, ctx.obj.verbose)
@@ -115,15 +115,19 @@ def train(
         log.info(f"trained {experiment.name} to epoch {record['epoch']}{scores}")
 
 
+EPOCH_HELP = "N, best (the highest validation accuracy; ties: the earlier) or last."
+
+
 @app.command()
 def test(
     ctx: typer.Context,
-    epoch: int = typer.Option(..., "--epoch", help="The epoch whose checkpoint to test."),
+    epoch: str = typer.Option(..., "--epoch", help="The epoch whose checkpoint to test: " + EPOCH_HELP),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
 ):
     """Restore the model of an epoch and measure its accuracy on the test set."""
     experiment = _open(ctx)
+    epoch = experiment.resolve_epoch(epoch)
     experiment.checkpoint(epoch)  # a missing epoch is named before torch is even imported
     from ignite_mnist.engines import evaluate_checkpoint
 
@@ -137,10 +141,11 @@ def test(
 @app.command("export-release")
 def export_release(
     ctx: typer.Context,
-    epoch: Optional[int] = typer.Option(None, "--epoch", help="The epoch to release (default: the last)."),
+    epoch: str = typer.Option("last", "--epoch", help="The epoch to release: " + EPOCH_HELP),
 ):
     """Write a release of an epoch: the model alone, for inference. Prints its path last."""
     experiment = _open(ctx)
+    epoch = experiment.resolve_epoch(epoch)
     experiment.checkpoint(epoch)
     from ignite_mnist import release
 
@@ -174,35 +179,38 @@ def info(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ):
-    """Show an experiment: config, seed, split sizes, checkpoints with their metrics, releases."""
+    """Show an experiment: config, seed, split, every epoch's metrics, the best epoch, checkpoints, releases."""
     experiment = _open(ctx, log_to_file=False)
-    checkpoints = []
-    if experiment.checkpoints():
-        from ignite_mnist.engines import read_checkpoint
-    for epoch, path in experiment.checkpoints().items():
-        entry = {"epoch": epoch, "path": str(path)}
-        try:  # mmap: only the metrics are read, not the 14 MB of tensors
-            entry["metrics"] = read_checkpoint(path, "cpu", mmap=True).get("metrics", {})
-        except UserError as e:
-            entry["error"] = str(e)
-        checkpoints.append(entry)
+    history = experiment.history()
+    checkpoints = experiment.checkpoints()
+    best = experiment.best_epoch(history)
+    epochs = [{**e, "checkpoint": str(checkpoints[e["epoch"]]) if e["epoch"] in checkpoints else None}
+              for e in history["epochs"]]
+    for e in epochs:
+        problem = e["checkpoint"] and experiment.checkpoint_problem(Path(e["checkpoint"]))
+        if problem:
+            e["error"] = problem
     releases = [{"epoch": epoch, "path": str(path)} for epoch, path in experiment.releases().items()]
     meta = experiment.meta
     summary = {"name": experiment.name, "path": str(experiment.root), "created": meta.get("created"),
                "seed": experiment.seed, "config": experiment.config, "split": meta.get("split"),
-               "versions": meta.get("versions"), "checkpoints": checkpoints, "releases": releases}
+               "versions": meta.get("versions"), "epochs": epochs, "best_epoch": best,
+               "stopped_early": history["stopped_early"], "releases": releases}
     if as_json:
         print(json.dumps(summary, indent=2))
         return
     print(f"experiment {experiment.name} ({experiment.root}), created {meta.get('created')}, seed {experiment.seed}")
     print(f"split: {json.dumps(meta.get('split'))}")
     print(f"config: {json.dumps(experiment.config)}")
-    print("checkpoints:" if checkpoints else "checkpoints: none yet")
-    for c in checkpoints:
-        m = c.get("metrics", {})
-        scores = "".join(f", {name} accuracy {m[name + '_accuracy']:.2f}% loss {m[name + '_loss']:.4f}"
-                         for name in ("validation", "test") if name + "_accuracy" in m)
-        print(f"  epoch {c['epoch']}: {c['path']}" + (f" ({c['error']})" if "error" in c else scores))
+    print("epochs:" if epochs else "epochs: none trained yet")
+    for e in epochs:
+        scores = "".join(f", {name} accuracy {e[name + '_accuracy']:.2f}% loss {e[name + '_loss']:.4f}"
+                         for name in ("validation", "test") if name + "_accuracy" in e)
+        where = e["checkpoint"] or "checkpoint removed by retention"
+        print(f"  epoch {e['epoch']}{' (best)' * (e['epoch'] == best)}: {where}"
+              + (f" ({e['error']})" if "error" in e else scores))
+    if history["stopped_early"]:
+        print(f"stopped early at epoch {history['stopped_early']}: {experiment.early_stopping_rule()}")
     print("releases:" if releases else "releases: none yet")
     for r in releases:
         print(f"  epoch {r['epoch']}: {r['path']}")

@@ -4,7 +4,8 @@
         experiment.json                  config (validated, defaults filled), seed, split sizes, versions
         split.json                       train/validation indexes into the training set, drawn once at init
         verbose.log                      everything every command logged
-        checkpoints/checkpoint_<E>.pt    model, optimizer, lr_scheduler, trainer, rng, metrics of epoch E
+        metrics.json                     every epoch's metrics and how the run ended (the last checkpoint's history)
+        checkpoints/checkpoint_<E>.pt    model, optimizer, lr_scheduler, trainer, rng, history up to epoch E
         releases/release_epoch_<E>.pt    the model alone, for inference
         tensorboard/                     TensorBoard event files
         train.lock                       locked by the running `train` (flock), holds its pid
@@ -23,6 +24,7 @@ import random
 import re
 import shutil
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -74,13 +76,22 @@ def _with_defaults(config: dict, schema: dict) -> dict:
     """Fill the schema's defaults for missing optional fields; turn integral numbers into ints."""
     filled = dict(config)
     for key, sub in schema.get("properties", {}).items():
+        types = sub.get("type") if isinstance(sub.get("type"), list) else [sub.get("type")]
         if key not in filled and "default" in sub:
             filled[key] = sub["default"]
         elif isinstance(filled.get(key), dict):
             filled[key] = _with_defaults(filled[key], sub)
-        elif sub.get("type") == "integer" and isinstance(filled.get(key), float):
+        elif "integer" in types and isinstance(filled.get(key), float):
             filled[key] = int(filled[key])
     return filled
+
+
+def _semantic_violations(config: dict) -> list:
+    """What the schema cannot say: rules that tie fields together (config already valid and filled)."""
+    if config["training"]["early_stopping"] and config["data"]["val_split"] == 0:
+        return ["$.training.early_stopping: early stopping watches validation accuracy, but data.val_split is 0 "
+                "(no validation set): set data.val_split above 0 or early_stopping to null"]
+    return []
 
 
 def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA) -> dict:
@@ -95,10 +106,12 @@ def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA) -> dict:
     builtin = read_json(DEFAULT_SCHEMA, "config schema")
     if not violations and builtin != schema:
         violations = _schema_violations(config, builtin, DEFAULT_SCHEMA)
+    config = _with_defaults(config, builtin) if not violations else config
+    violations = violations or _semantic_violations(config)
     if violations:
         n = len(violations)
         raise UserError(f"invalid config {path} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
-    return _with_defaults(config, builtin)
+    return config
 
 
 # ---- files --------------------------------------------------------------------------------------
@@ -156,6 +169,7 @@ class Experiment:
     meta_file = property(lambda self: self.root / "experiment.json")
     split_file = property(lambda self: self.root / "split.json")
     log_file = property(lambda self: self.root / "verbose.log")
+    metrics_file = property(lambda self: self.root / "metrics.json")
     checkpoints_dir = property(lambda self: self.root / "checkpoints")
     releases_dir = property(lambda self: self.root / "releases")
     tensorboard_dir = property(lambda self: self.root / "tensorboard")
@@ -183,11 +197,93 @@ class Experiment:
         if epoch is None:
             epoch = max(checkpoints)
         if epoch not in checkpoints:
+            trained = {e["epoch"] for e in self.history()["epochs"]}
+            why = (f"it was removed by retention (training.keep_checkpoints {self.config['training']['keep_checkpoints']})"
+                   if epoch in trained and self.config["training"]["keep_checkpoints"] else "")
             raise UserError(
-                f"experiment {self.name} has no checkpoint of epoch {epoch}; "
-                f"epochs with a checkpoint: {_ranges(list(checkpoints))}"
+                f"experiment {self.name} has no checkpoint of epoch {epoch}" + (f": {why}" if why else "")
+                + f"; epochs with a checkpoint: {_ranges(list(checkpoints))}"
             )
         return checkpoints[epoch]
+
+    @staticmethod
+    def checkpoint_problem(path: Path):
+        """What is wrong with a checkpoint file, as far as its zip directory tells (torch.save writes a zip);
+        None if nothing. Cheap, and without torch: for info. Loading checks the rest."""
+        try:
+            with zipfile.ZipFile(path) as archive:
+                if any(name.endswith("/data.pkl") for name in archive.namelist()):
+                    return None
+                reason = "no data.pkl inside"
+        except (zipfile.BadZipFile, OSError) as e:
+            reason = str(e)
+        return f"checkpoint {path} is corrupt or not an ignite-mnist checkpoint ({reason})"
+
+    def history(self) -> dict:
+        """{"epochs": [metrics of each epoch trained], "stopped_early": epoch or None}, as of the last checkpoint.
+
+        Read from metrics.json, small and plain; from the last checkpoint itself when metrics.json is
+        missing or does not end at that checkpoint (a kill came between the two writes).
+        """
+        checkpoints = self.checkpoints()
+        if not checkpoints:
+            return {"epochs": [], "stopped_early": None}
+        try:
+            history = json.loads(self.metrics_file.read_text(encoding="utf-8"))
+            epochs = [e["epoch"] for e in history["epochs"]]
+            if epochs and epochs[-1] == max(checkpoints) and "stopped_early" in history:
+                return history
+        except (OSError, ValueError, TypeError, KeyError):
+            pass
+        from ignite_mnist.checkpoints import history_of
+
+        return history_of(checkpoints)
+
+    def write_history(self, history: dict) -> None:
+        write_json(self.metrics_file, history)
+
+    def best_epoch(self, history: dict = None):
+        """The epoch of highest validation accuracy (ties: the earlier); None without a validation set."""
+        scored = [e for e in (history or self.history())["epochs"] if "validation_accuracy" in e]
+        return max(scored, key=lambda e: (e["validation_accuracy"], -e["epoch"]))["epoch"] if scored else None
+
+    def resolve_epoch(self, spec) -> int:
+        """--epoch N, best or last, as an epoch number (or a UserError that says why not)."""
+        if spec in (None, "last"):
+            self.checkpoint(None)  # none yet: says so
+            return max(self.checkpoints())
+        if spec == "best":
+            if self.config["data"]["val_split"] == 0:
+                raise UserError(f"experiment {self.name} has no validation set (data.val_split 0), so it has no best "
+                                "epoch: choosing on the test set would overfit it; use --epoch last or a number")
+            best = self.best_epoch()
+            if best is None:
+                self.checkpoint(None)  # no checkpoints yet: says so
+                raise UserError(f"experiment {self.name} has no validation metrics in its checkpoints")
+            return best
+        try:
+            return int(spec)
+        except ValueError:
+            raise UserError(f"--epoch takes an epoch number, best or last, not {spec!r}") from None
+
+    def remove_unretained_checkpoints(self) -> None:
+        """With training.keep_checkpoints K: delete all checkpoints but the last K and the best epoch's.
+
+        Called after each new checkpoint is whole on disk (a kill at any moment leaves a resumable experiment).
+        """
+        keep_last = self.config["training"]["keep_checkpoints"]
+        if not keep_last:
+            return
+        epochs = list(self.checkpoints())
+        keep = set(epochs[-keep_last:]) | {self.best_epoch()}
+        for epoch in epochs:
+            if epoch not in keep:
+                self.checkpoints_dir.joinpath(f"checkpoint_{epoch}.pt").unlink(missing_ok=True)
+
+    def early_stopping_rule(self) -> str:
+        rule = self.config["training"]["early_stopping"]
+        return (f"validation accuracy did not improve by more than {rule['min_delta']:g} points "
+                f"for {rule['patience']} epoch{'s' * (rule['patience'] > 1)}")
 
     def remove_partial_files(self) -> None:
         """Delete what a killed save left: DiskSaver's and write_json's temporary files (never read)."""
@@ -257,9 +353,11 @@ def open_experiment(experiments_path: Path, name: str) -> Experiment:
         raise UserError(f"experiment file {root / 'experiment.json'} is malformed: it needs 'config' and 'seed'")
     builtin = read_json(DEFAULT_SCHEMA, "config schema")
     violations = _schema_violations(meta["config"], builtin, DEFAULT_SCHEMA)
+    config = _with_defaults(meta["config"], builtin) if not violations else None
+    violations = violations or _semantic_violations(config)
     if violations:
         raise UserError(f"the config stored in {root / 'experiment.json'} is invalid: " + "; ".join(violations))
-    return Experiment(root, {**meta, "config": _with_defaults(meta["config"], builtin)})
+    return Experiment(root, {**meta, "config": config})
 
 
 def draw_split(train_size: int, val_split: float, seed: int) -> dict:

@@ -11,7 +11,7 @@ import torch
 from ignite.handlers import DiskSaver
 
 from ignite_mnist import data
-from ignite_mnist.engines import read_checkpoint
+from ignite_mnist.checkpoints import epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import Experiment, package_versions
 from ignite_mnist.model import Net
@@ -40,7 +40,7 @@ def export_release(experiment: Experiment, epoch: int = None) -> Path:
         "classes": spec["classes"],
         "dataset": dataset,
         "epoch": epoch,
-        "metrics": {k: v for k, v in checkpoint.get("metrics", {}).items() if not k.endswith("_seconds")},
+        "metrics": {k: v for k, v in epoch_metrics(checkpoint).items() if not k.endswith("_seconds")},
         "experiment": experiment.name,
         "seed": experiment.seed,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,7 @@ split) and evaluate on the whole test set after every epoch, on the CPU, with to
   Adadelta lr 1.0, StepLR gamma 0.7, fp32.
 - ignite-mnist: what `ignite-mnist train` runs, not a copy: a temporary experiment from
   config/config.default.json (data.dataset set, data.val_split 0, precision from --precision), then
-  engines.run_training(..., device_name="cpu"). Times per epoch come from the checkpoints' metrics.
+  launch.run_training(..., device_name="cpu"). Times per epoch come from the experiment's metrics.json.
 - bare: ignite-mnist's own data, model, optimiser, train step and evaluator, driven by a plain Python
   loop instead of Ignite's Engine and handlers: it measures what the engine costs.
 
@@ -159,8 +159,9 @@ def run_reference(args) -> dict:
 
 
 def run_ignite(args) -> dict:
-    from ignite_mnist import engines
+    from ignite_mnist.device import use_bf16
     from ignite_mnist.experiment import create_experiment, load_config
+    from ignite_mnist.launch import run_training
 
     config = load_config(CONFIG)
     config["data"].update(dataset=args.dataset, val_split=0)
@@ -170,13 +171,13 @@ def run_ignite(args) -> dict:
     experiment = create_experiment(args.work_dir / "experiments", name, config, args.seed, sizes)
     try:
         start = time.perf_counter()
-        engines.run_training(experiment, args.data_path, max_epochs=args.epochs, device_name="cpu")
+        run_training(experiment, args.data_path, max_epochs=args.epochs, device_name="cpu")
         wall = time.perf_counter() - start
-        metrics = [engines.read_checkpoint(path, "cpu")["metrics"] for _, path in sorted(experiment.checkpoints().items())]
+        metrics = experiment.history()["epochs"]
     finally:
         shutil.rmtree(experiment.root, ignore_errors=True)
     keys = ("train_seconds", "test_seconds", "train_loss", "test_loss", "test_accuracy")
-    bf16 = engines.use_bf16(config["training"]["precision"], torch.device("cpu"))
+    bf16 = use_bf16(config["training"]["precision"], torch.device("cpu"))
     return {"epochs": [{k: float(m[k]) for k in keys} for m in metrics], "wall_seconds": wall,
             "precision": "bf16" if bf16 else "fp32", "train_images": sizes["train"], "test_images": sizes["test"]}
 
@@ -188,6 +189,7 @@ def run_bare(args) -> dict:
     from ignite.utils import manual_seed
 
     from ignite_mnist import engines
+    from ignite_mnist.device import use_bf16
     from ignite_mnist.experiment import draw_split, load_config
     from ignite_mnist.model import Net
 
@@ -195,7 +197,7 @@ def run_bare(args) -> dict:
     device = torch.device("cpu")
     start = time.perf_counter()
     torch.set_flush_denormal(True)  # as training() does, step for step below
-    bf16 = engines.use_bf16(cfg["precision"], device)
+    bf16 = use_bf16(cfg["precision"], device)
     manual_seed(args.seed)
     split = draw_split(args.sizes[0], 0, args.seed)
     sets = data.tensor_sets(args.dataset, args.data_path, split, device)

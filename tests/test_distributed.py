@@ -45,7 +45,7 @@ def runs(tmp_path_factory, small_data):
 
 
 def metrics(root: Path, epoch: int) -> dict:
-    return torch.load(root / "checkpoints" / f"checkpoint_{epoch}.pt", weights_only=True)["metrics"]
+    return torch.load(root / "checkpoints" / f"checkpoint_{epoch}.pt", weights_only=True)["history"]["epochs"][-1]
 
 
 def test_two_processes_train_with_one_writer(runs):
@@ -92,7 +92,7 @@ def test_a_two_process_checkpoint_resumes_in_one_process_and_back(runs, small_da
     assert r.returncode == 0, r.stderr
     assert "resuming experiment two from epoch 3" in r.stderr and "x 2 processes" in r.stderr
     checkpoint = torch.load(tmp_path / "experiments" / "two" / "checkpoints" / "checkpoint_4.pt", weights_only=True)
-    assert checkpoint["trainer"]["iteration"] == 4 * 25 and checkpoint["metrics"]["test_accuracy"] > 80
+    assert checkpoint["trainer"]["iteration"] == 4 * 25 and checkpoint["history"]["epochs"][-1]["test_accuracy"] > 80
 
 
 def test_torchrun_launches_the_same_command(runs, small_data, tmp_path):
@@ -151,7 +151,7 @@ def test_a_rank_that_dies_takes_the_group_down_and_is_named(small_data, tmp_path
     assert last.startswith("error: rank ") and "was killed by SIGKILL; the other ranks were stopped" in last, last
     wait_for(lambda: not any(alive(pid) for pid in ranks), timeout=30)
     checkpoints = tmp_path / "experiments" / "dies" / "checkpoints"
-    assert all(torch.load(p, weights_only=True)["metrics"] for p in checkpoints.glob("checkpoint_*.pt"))
+    assert all(torch.load(p, weights_only=True)["history"]["epochs"][-1] for p in checkpoints.glob("checkpoint_*.pt"))
 
 
 def test_sigint_to_the_launcher_stops_every_rank_cleanly(small_data, tmp_path):

@@ -1,6 +1,7 @@
 """Crashes and interruptions, with real processes: SIGKILL at random moments and in the middle of a
 checkpoint save, SIGINT and SIGTERM, two trainings at once. Nothing half-written, nothing lost, and the
-run that finishes equals the one that was never interrupted."""
+run that finishes equals the one that was never interrupted. The killed runs keep 2 checkpoints
+(training.keep_checkpoints), so kills also land while retention deletes old ones."""
 
 import json
 import random
@@ -17,6 +18,7 @@ from conftest import assert_same, g, make_config, run_cli, wait_for
 from ignite_mnist.experiment import open_experiment
 
 EPOCHS = 4
+KEEP = 2
 
 
 def start_train(options, cwd, max_epochs=EPOCHS):
@@ -34,32 +36,44 @@ def assert_every_file_loads(experiment: Path, with_info: bool = False):
     if with_info:
         r = run_cli("--experiments-path", experiment.parent, "-e", experiment.name, "info", "--json")
         assert r.returncode == 0, r.stderr
-        assert not [c for c in json.loads(r.stdout)["checkpoints"] if "error" in c]
+        assert not [e for e in json.loads(r.stdout)["epochs"] if "error" in e]
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_data):
-    """The experiment of make_config() trained straight through, to compare with."""
+    """The experiment of make_config(keep_checkpoints=KEEP) trained straight through, to compare with."""
     folder = tmp_path_factory.mktemp("reference")
     opts = g(folder, "straight", tiny_data)
-    assert run_cli(*opts, "init", "--config-path", make_config(folder)).returncode == 0
+    assert run_cli(*opts, "init", "--config-path", kept_config(folder)).returncode == 0
     r = run_cli(*opts, "train", "--max-epochs", EPOCHS, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     return folder / "experiments" / "straight"
 
 
+def kept_config(folder: Path) -> Path:
+    return make_config(folder, **{"training.keep_checkpoints": KEEP})
+
+
 def assert_same_as(reference: Path, experiment: Path):
-    for epoch in range(1, EPOCHS + 1):
+    """The same checkpoints kept (the last KEEP and the best), bitwise equal; the same metrics.json."""
+    history = json.loads((reference / "metrics.json").read_text())
+    best = max(history["epochs"], key=lambda e: (e["validation_accuracy"], -e["epoch"]))["epoch"]
+    kept = sorted({*range(EPOCHS - KEEP + 1, EPOCHS + 1), best})
+    for folder in (reference, experiment):
+        assert sorted(int(p.stem.split("_")[1]) for p in (folder / "checkpoints").glob("checkpoint_*.pt")) == kept
+    for epoch in kept:
         name = f"checkpoints/checkpoint_{epoch}.pt"
         assert_same(torch.load(reference / name, weights_only=True), torch.load(experiment / name, weights_only=True),
                     f"epoch {epoch}")
+    assert_same(history, json.loads((experiment / "metrics.json").read_text()), "metrics.json")
 
 
 def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(workdir, tiny_data, reference):
     opts = g(workdir, "killed", tiny_data)
-    assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
+    assert run_cli(*opts, "init", "--config-path", kept_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "killed"
-    epochs = lambda: len(list((experiment / "checkpoints").glob("checkpoint_*.pt")))  # noqa: E731
+    epochs = lambda: max((int(p.stem.split("_")[1]) for p in (experiment / "checkpoints").glob("checkpoint_*.pt")),  # noqa: E731
+                         default=0)  # the last epoch saved
     rng, kills, in_training, deadline = random.Random(1234), 0, 0, time.monotonic() + 45
     while kills < 6 and time.monotonic() < deadline:
         process, before = start_train(opts, workdir), epochs()
@@ -84,7 +98,7 @@ def test_sigkill_at_random_moments_then_resume_equals_the_uninterrupted_run(work
 
 def test_sigkill_in_the_middle_of_a_checkpoint_save_leaves_it_absent_not_broken(workdir, tiny_data, reference):
     opts = g(workdir, "mid-save", tiny_data)
-    assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
+    assert run_cli(*opts, "init", "--config-path", kept_config(workdir)).returncode == 0
     experiment = workdir / "experiments" / "mid-save"
     temporary = lambda: set((experiment / "checkpoints").glob("tmp*"))  # noqa: E731
     mid_save = 0

@@ -5,7 +5,8 @@ import torch
 
 from conftest import assert_same, make_config
 from ignite_mnist import data
-from ignite_mnist.engines import read_checkpoint, run_training
+from ignite_mnist.checkpoints import read_checkpoint
+from ignite_mnist.launch import run_training
 from ignite_mnist.experiment import create_experiment, load_config
 
 
@@ -31,7 +32,7 @@ def test_resumed_training_equals_uninterrupted_training(workdir, tiny_data, prec
     last = read_checkpoint(straight.checkpoints()[3], "cpu")
     first = read_checkpoint(straight.checkpoints()[1], "cpu")
     assert not torch.equal(last["model"]["fc2.weight"], first["model"]["fc2.weight"]), "training changed the model"
-    assert last["metrics"]["test_accuracy"] > 50  # 320 digits, 3 epochs: it learns
+    assert last["history"]["epochs"][-1]["test_accuracy"] > 50  # 320 digits, 3 epochs: it learns
 
 
 def test_training_is_reproducible_from_the_seed_and_differs_with_another(workdir, tiny_data):

@@ -60,11 +60,13 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     assert {"training/batch_loss", "training/loss", "lr/group_0", "validation/accuracy", "validation/loss",
             "test/accuracy", "test/loss"} <= tensorboard_tags(experiment / "tensorboard")
     checkpoint = torch.load(experiment / "checkpoints" / "checkpoint_2.pt", weights_only=True)
-    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "trainer", "rng", "metrics"}
+    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "trainer", "rng", "history"}
     assert checkpoint["trainer"]["epoch_length"] == 10 and checkpoint["trainer"]["iteration"] == 20
     assert checkpoint["lr_scheduler"]["last_epoch"] == 2  # StepLR stepped once per epoch
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 1.0 * 0.7 ** 2
-    assert checkpoint["metrics"]["epoch"] == 2 and checkpoint["metrics"]["lr"] == 0.7
+    assert [e["epoch"] for e in checkpoint["history"]["epochs"]] == [1, 2]
+    assert checkpoint["history"]["epochs"][-1]["lr"] == 0.7 and checkpoint["history"]["stopped_early"] is None
+    assert json.loads((experiment / "metrics.json").read_text()) == checkpoint["history"]
 
     # the second train goes on from epoch 2, not from scratch
     r = run_cli(*opts, "train", "--max-epochs", "3", "--device", "cpu", cwd=tmp_path)
@@ -75,7 +77,7 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     r = run_cli(*opts, "test", "--epoch", "3", "--device", "cpu", "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    metrics = torch.load(experiment / "checkpoints" / "checkpoint_3.pt", weights_only=True)["metrics"]
+    metrics = torch.load(experiment / "checkpoints" / "checkpoint_3.pt", weights_only=True)["history"]["epochs"][-1]
     assert result["epoch"] == 3 and result["total"] == 100
     assert result["accuracy"] == 100 * result["correct"] / 100 == metrics["test_accuracy"]
     assert abs(result["loss"] - metrics["test_loss"]) < 1e-6
@@ -123,10 +125,14 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
     assert info["seed"] == 3 and info["config"] == meta["config"] and info["split"] == meta["split"]
-    assert [c["epoch"] for c in info["checkpoints"]] == [1, 2, 3]
-    assert info["checkpoints"][2]["metrics"]["test_accuracy"] == metrics["test_accuracy"]
-    assert {"validation_accuracy", "validation_loss", "test_loss"} <= set(info["checkpoints"][0]["metrics"])
-    assert [r["epoch"] for r in info["releases"]] == [3]
+    assert [e["epoch"] for e in info["epochs"]] == [1, 2, 3]
+    assert info["epochs"][2]["test_accuracy"] == metrics["test_accuracy"]
+    assert info["epochs"][2]["checkpoint"].endswith("checkpoint_3.pt")
+    assert {"validation_accuracy", "validation_loss", "test_loss"} <= set(info["epochs"][0])
+    best_of = lambda epochs: max(epochs, key=lambda e: (e["validation_accuracy"], -e["epoch"]))["epoch"]  # noqa: E731
+    assert info["best_epoch"] == best_of(info["epochs"]) and info["stopped_early"] is None
+    # export-release's, and each train's release of its best epoch so far
+    assert {r["epoch"] for r in info["releases"]} == {3, best_of(info["epochs"][:2]), best_of(info["epochs"])}
     r = run_cli(*opts, "info", cwd=tmp_path)
     assert r.returncode == 0 and "epoch 3:" in r.stdout and "release_epoch_3.pt" in r.stdout
 

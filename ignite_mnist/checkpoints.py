@@ -1,0 +1,116 @@
+"""Checkpoint files: what they hold besides model, optimizer, scheduler and trainer, and how they are read.
+
+A checkpoint is loaded with torch.load(weights_only=True) only, so everything in it is tensors and plain
+data: a crafted pickle is refused without being run.
+"""
+
+import random
+
+import numpy as np
+import torch
+from ignite.handlers import Checkpoint
+
+from ignite_mnist.errors import UserError
+
+FILENAME_PATTERN = "{name}_{global_step}.{ext}"  # checkpoint_<epoch>.pt: Experiment.checkpoints() reads these
+
+
+class RNGStates:
+    """The random generators (Python, NumPy, torch, CUDA): dropout masks go on as in an uninterrupted run.
+
+    The batch order needs no state here: ShuffledBatches draws it from (seed, epoch).
+    """
+
+    def state_dict(self) -> dict:
+        kind, keys, pos, has_gauss, cached = np.random.get_state()
+        state = {
+            "python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                      "has_gauss": has_gauss, "cached_gaussian": cached},
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        n = state["numpy"]
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+        torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class History:
+    """What every epoch measured (losses, accuracies in percent, learning rate, times), and whether early
+    stopping ended the run: saved whole in each checkpoint, so a resumed run knows every epoch before it
+    (even those whose checkpoint retention removed), and mirrored in the experiment's metrics.json.
+
+    Not a dict: Checkpoint would walk into a dict instead of calling its state_dict().
+    """
+
+    def __init__(self):
+        self.epochs, self.stopped_early = [], None
+
+    @property
+    def current(self) -> dict:
+        return self.epochs[-1]
+
+    def state_dict(self) -> dict:
+        return {"epochs": [dict(e) for e in self.epochs], "stopped_early": self.stopped_early}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs, self.stopped_early = [dict(e) for e in state["epochs"]], state["stopped_early"]
+
+
+def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) -> dict:
+    """torch.load with weights_only=True; any failure is one line that names the file.
+
+    mmap=True maps the tensors instead of reading them: for callers that only look at the plain data.
+    """
+    try:
+        loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({reason[:200]})"
+                        + (": move it away to go back to the one before" if what == "checkpoint" else "")) from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{what} {path} is not an ignite-mnist {what} (it holds a {type(loaded).__name__})")
+    return loaded
+
+
+def history_of(checkpoints: dict) -> dict:
+    """History's state as the last of `checkpoints` ({epoch: path}) saved it.
+
+    Checkpoints of ignite-mnist 0.1 hold only their own epoch's "metrics": the history is gathered from all.
+    """
+    if not checkpoints:
+        return History().state_dict()
+    last = read_checkpoint(checkpoints[max(checkpoints)], "cpu", mmap=True)
+    if isinstance(last.get("history"), dict):
+        return last["history"]
+    epochs = [read_checkpoint(path, "cpu", mmap=True).get("metrics") for path in checkpoints.values()]
+    return {"epochs": [e for e in epochs if isinstance(e, dict)], "stopped_early": None}
+
+
+def load_checkpoint(path, to_load: dict, device) -> None:
+    """Restore the objects of `to_load` from a checkpoint file, or name the file in a one-line error."""
+    checkpoint = read_checkpoint(path, device)
+    missing = [key for key in to_load if key not in checkpoint]
+    if missing:
+        raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: it is not an ignite-mnist checkpoint "
+                        "of this experiment")
+    try:
+        Checkpoint.load_objects(to_load, {key: checkpoint[key] for key in to_load})
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"checkpoint {path} does not fit this experiment ({reason[:200]})") from None
+
+
+def epoch_metrics(checkpoint: dict) -> dict:
+    """What the checkpoint's own epoch measured (ignite-mnist 0.1 kept it as "metrics")."""
+    history = checkpoint.get("history")
+    return history["epochs"][-1] if isinstance(history, dict) and history.get("epochs") else checkpoint.get("metrics", {})

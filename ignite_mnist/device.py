@@ -1,0 +1,37 @@
+"""Which device a command runs on, and in which precision."""
+
+import torch
+
+from ignite_mnist.errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """cpu, cuda, cuda:N or auto, checked against what this machine has."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise UserError(f"device {name!r} is not supported: use cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise UserError(f"device {name} is not available: this machine has no usable CUDA GPU; use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise UserError(f"device {name} does not exist: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return torch.device("cuda", device.index or 0)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does the hardware compute bf16 natively (CUDA with bf16, or a CPU with AVX512-BF16 or AMX)?"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))

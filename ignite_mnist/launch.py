@@ -1,0 +1,156 @@
+"""Starting a training run: checks of the request, the lock, and the processes (idist.Parallel: this one,
+N spawned, or those torchrun started), each of which runs engines.training()."""
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+from contextlib import contextmanager, nullcontext
+
+import ignite.distributed as idist
+import torch
+from ignite.utils import setup_logger
+
+from ignite_mnist.device import resolve_device
+from ignite_mnist.engines import STOP, training
+from ignite_mnist.errors import UserError
+from ignite_mnist.experiment import Experiment, log
+
+
+def run_training(experiment: Experiment, data_path, max_epochs: int, device_name: str = "auto",
+                 nproc_per_node: int = 1, backend: str = None, log_period: int = 50, verbose: bool = False) -> dict:
+    """Train `experiment` until epoch max_epochs (or until early stopping), resuming from its last checkpoint.
+
+    Returns what the last epoch measured; {} when there was nothing to do.
+    """
+    device = resolve_device(device_name)
+    done = max(experiment.checkpoints(), default=0)
+    if max_epochs < 1:
+        raise UserError(f"--max-epochs must be at least 1, not {max_epochs}")
+    if max_epochs < done:
+        raise UserError(f"experiment {experiment.name} is already at epoch {done}: --max-epochs is the epoch to "
+                        f"train until, so it must be at least {done}")
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun (or another launcher)
+    if launched and nproc_per_node > 1:
+        raise UserError("--nproc-per-node and torchrun both start processes: use one of them")
+    world_size = int(os.environ["WORLD_SIZE"]) if launched else nproc_per_node
+    if world_size < 1:
+        raise UserError(f"--nproc-per-node must be at least 1, not {nproc_per_node}")
+    batch_size = experiment.config["training"]["batch_size"]
+    if batch_size % world_size:
+        raise UserError(f"training.batch_size {batch_size} is the global batch: it must divide among "
+                        f"{world_size} processes")
+    if world_size > 1:
+        backend = backend or ("nccl" if device.type == "cuda" else "gloo")
+        if backend == "nccl" and device.type != "cuda":
+            raise UserError("backend nccl runs on CUDA GPUs only: use --backend gloo with --device cpu")
+        if device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
+            raise UserError(f"--nproc-per-node {nproc_per_node} with nccl needs as many GPUs; this machine has "
+                            f"{torch.cuda.device_count()}")
+    else:
+        backend = None
+    stopped = experiment.history()["stopped_early"] if done else None
+    if stopped:
+        log.info(f"experiment {experiment.name} stopped early at epoch {stopped}: {experiment.early_stopping_rule()}; "
+                 "nothing to do")
+        return {}
+    if max_epochs == done:
+        log.info(f"experiment {experiment.name} is already trained to epoch {done}: nothing to do")
+        return {}
+
+    job = {"experiment": experiment, "data_path": data_path, "device": str(device), "max_epochs": max_epochs,
+           "log_period": log_period, "verbose": verbose, "spawned": world_size > 1 and not launched,
+           "progress_bar": sys.stderr.isatty()}
+    _quiet_ignite_launcher()
+    spawn, spawned_env = {}, {}
+    if job["spawned"]:
+        spawn = {"nproc_per_node": nproc_per_node, "master_port": _free_port()}
+        # multiprocessing's resource tracker would end a run whose rank was killed with a warning about the
+        # semaphores that rank left: after our one-line error, not instead of it
+        spawned_env["PYTHONWARNINGS"] = os.environ.get("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
+        if device.type == "cpu":
+            spawned_env["CUDA_VISIBLE_DEVICES"] = ""  # --device cpu: spawned ranks must not pick a GPU
+    STOP.signum = 0
+    with _lock_on_rank_zero(experiment, launched), STOP, _environment(spawned_env):
+        try:
+            with idist.Parallel(backend=backend, **spawn) as parallel:
+                parallel.run(_rank_main, job)
+        except torch.multiprocessing.ProcessRaisedException as e:
+            raise _rank_failure(e) from None
+        except torch.multiprocessing.ProcessExitedException as e:
+            how = f"was killed by {signal.Signals(-e.exit_code).name}" if (e.exit_code or 0) < 0 else \
+                f"exited with code {e.exit_code}"
+            raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped", exit_code=1) from None
+    done = max(experiment.checkpoints(), default=0)
+    resume = f"run `ignite-mnist -e {experiment.name} train --max-epochs {max_epochs}` to resume"
+    if STOP.signum:
+        raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; checkpoints are kept up to "
+                        f"epoch {done}: {resume}", exit_code=128 + STOP.signum)
+    if launched and int(os.environ.get("RANK", "0")) != 0:
+        return {}
+    history = experiment.history()
+    if done < max_epochs and not history["stopped_early"]:
+        raise UserError(f"training ended at epoch {done}, before epoch {max_epochs}: a process was stopped; "
+                        f"{resume}", exit_code=1)
+    return history["epochs"][-1] if done else {}
+
+
+def _rank_main(local_rank: int, job: dict) -> None:
+    if job.get("spawned"):
+        _die_with_parent()
+    _quiet_ignite_launcher()
+    training(local_rank, job)
+
+
+def _die_with_parent() -> None:
+    """A spawned rank must not outlive its launcher (killed by SIGKILL, it cannot forward anything)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:
+            os._exit(1)
+
+
+def _quiet_ignite_launcher() -> None:
+    """idist's launcher and auto_model announce themselves at INFO on the console: keep it for our lines."""
+    for name in ("ignite.distributed.launcher.Parallel", "ignite.distributed.auto.auto_model"):
+        setup_logger(name, level=logging.WARNING)
+
+
+@contextmanager
+def _environment(values: dict):
+    """Set environment variables for the processes started inside; put the old values back after."""
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _lock_on_rank_zero(experiment: Experiment, launched: bool):
+    """Under torchrun every rank runs this command; rank 0 holds the lock for all of them."""
+    if launched and int(os.environ.get("RANK", "0")) != 0:
+        return nullcontext()
+    return experiment.training_lock()
+
+
+def _rank_failure(error) -> UserError:
+    """A spawned rank's exception, as one line that names the rank."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else type(error).__name__
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    if last.startswith(prefix):
+        return UserError(f"rank {error.error_index}: {last[len(prefix):]}")
+    return UserError(f"rank {error.error_index} failed: {last}", exit_code=1)

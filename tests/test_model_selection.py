@@ -1,0 +1,194 @@
+"""Model selection: the best epoch (validation only), --epoch best|last, early stopping that resumes exactly,
+checkpoint retention, and the release that training writes when it completes."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_same, g, invoke, make_config, snapshot
+from ignite_mnist import data
+from ignite_mnist.checkpoints import read_checkpoint
+from ignite_mnist.experiment import _ranges, create_experiment, load_config, open_experiment
+from ignite_mnist.launch import run_training
+
+# min_delta 100 points: no epoch after the first can improve, so early stopping fires at epoch patience + 1
+NEVER_BETTER = {"patience": 4, "min_delta": 100}
+
+
+def new_experiment(workdir, tiny_data, name, **changes):
+    config = load_config(make_config(workdir, **changes))
+    return create_experiment(workdir / "experiments", name, config, seed=5,
+                             sizes=data.dataset_sizes("mnist", tiny_data))
+
+
+def fake_history(experiment, validation: list, test: list, stopped_early=None):
+    """metrics.json and empty checkpoint files for epochs 1..n with these accuracies (no training needed)."""
+    experiment.checkpoints_dir.mkdir(exist_ok=True)
+    epochs = []
+    for epoch, (v, t) in enumerate(zip(validation, test), start=1):
+        (experiment.checkpoints_dir / f"checkpoint_{epoch}.pt").write_bytes(b"")
+        epochs.append({"epoch": epoch, **({"validation_accuracy": v} if v is not None else {}), "test_accuracy": t})
+    experiment.write_history({"epochs": epochs, "stopped_early": stopped_early})
+
+
+# ---- the best epoch -----------------------------------------------------------------------------
+
+
+def test_the_best_epoch_is_chosen_on_validation_never_on_test_and_ties_go_to_the_earlier(workdir, tiny_data):
+    experiment = new_experiment(workdir, tiny_data, "fake")
+    fake_history(experiment, validation=[60.0, 80.0, 75.0, 80.0, 70.0], test=[99.0, 50.0, 98.0, 97.0, 99.5])
+    assert experiment.best_epoch() == 2
+    assert experiment.resolve_epoch("best") == 2 and experiment.resolve_epoch("last") == 5
+    assert experiment.resolve_epoch("4") == 4
+
+
+@pytest.fixture(scope="module")
+def trained3(tmp_path_factory, tiny_data):
+    """An experiment trained 3 epochs with the CLI's own code, in this process."""
+    folder = tmp_path_factory.mktemp("trained3")
+    experiment = new_experiment(folder, tiny_data, "exp")
+    run_training(experiment, tiny_data, max_epochs=3, device_name="cpu")
+    return folder
+
+
+def test_epoch_best_and_last_on_test_and_export_release(trained3, tmp_path, capsys, tiny_data):
+    opts = g(trained3, "exp", tiny_data)
+    history = json.loads((trained3 / "experiments" / "exp" / "metrics.json").read_text())
+    best = max(history["epochs"], key=lambda e: (e["validation_accuracy"], -e["epoch"]))["epoch"]
+    code, out, err = invoke(capsys, *opts, "test", "--epoch", "best", "--device", "cpu", "--json")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["epoch"] == best and result["accuracy"] == history["epochs"][best - 1]["test_accuracy"]
+    code, out, err = invoke(capsys, *opts, "test", "--epoch", "last", "--device", "cpu", "--json")
+    assert code == 0 and json.loads(out.strip().splitlines()[-1])["epoch"] == 3
+    code, out, err = invoke(capsys, *opts, "export-release", "--epoch", "best")
+    assert code == 0 and out.strip().splitlines()[-1].endswith(f"release_epoch_{best}.pt")
+    code, out, err = invoke(capsys, *opts, "info")
+    assert code == 0 and f"epoch {best} (best):" in out and out.count("(best)") == 1
+    code, out, err = invoke(capsys, *opts, "info", "--json")
+    assert json.loads(out)["best_epoch"] == best and json.loads(out)["stopped_early"] is None
+
+
+def test_training_releases_the_best_epoch_when_it_completes(trained3):
+    experiment = open_experiment(trained3 / "experiments", "exp")
+    best = experiment.best_epoch()
+    release = torch.load(experiment.release_path(best), weights_only=True)
+    checkpoint = read_checkpoint(experiment.checkpoints()[best], "cpu")
+    assert release["epoch"] == best and release["metrics"]["validation_accuracy"] == \
+        checkpoint["history"]["epochs"][-1]["validation_accuracy"]
+    assert all(torch.equal(release["model"][k], v) for k, v in checkpoint["model"].items())
+    assert "optimizer" not in release
+    assert f"release of epoch {best} (the best) written: {experiment.release_path(best)}" in \
+        experiment.log_file.read_text()
+
+
+def test_without_validation_best_is_refused_and_the_last_epoch_is_released(workdir, tiny_data, capsys):
+    experiment = new_experiment(workdir, tiny_data, "noval", **{"data.val_split": 0})
+    run_training(experiment, tiny_data, max_epochs=2, device_name="cpu")
+    assert list(experiment.releases()) == [2] and experiment.best_epoch() is None
+    capsys.readouterr()
+    for command in ("test", "export-release"):
+        before = snapshot(experiment.root)
+        code, _, err = invoke(capsys, *g(workdir, "noval", tiny_data), command, "--epoch", "best")
+        assert code == 2 and err.count("\n") == 1 and err.startswith(
+            "error: experiment noval has no validation set (data.val_split 0), so it has no best epoch: "
+            "choosing on the test set would overfit it; use --epoch last or a number"), err
+        after = snapshot(experiment.root)
+        assert {k: v for k, v in after.items() if k != "verbose.log"} == \
+            {k: v for k, v in before.items() if k != "verbose.log"}
+
+
+def test_an_epoch_that_is_not_a_number_best_or_last_is_refused(trained3, capsys, tiny_data):
+    code, _, err = invoke(capsys, *g(trained3, "exp", tiny_data), "test", "--epoch", "first")
+    assert code == 2 and err.strip() == "error: --epoch takes an epoch number, best or last, not 'first'"
+
+
+# ---- early stopping -----------------------------------------------------------------------------
+
+
+def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workdir, tiny_data, capsys):
+    opts = g(workdir, "es", tiny_data)
+    config = make_config(workdir, **{"training.early_stopping": {"patience": 2, "min_delta": 100}})
+    assert invoke(capsys, *opts, "init", "--config-path", config)[0] == 0
+    code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "10", "--device", "cpu")
+    assert code == 0, err
+    assert "stopping early at epoch 3: validation accuracy did not improve by more than 100 points for 2 epochs" in err
+    experiment = open_experiment(workdir / "experiments", "es")
+    assert list(experiment.checkpoints()) == [1, 2, 3]
+    assert list(experiment.releases()) == [experiment.best_epoch()]
+    code, out, _ = invoke(capsys, *opts, "info")
+    assert "stopped early at epoch 3: validation accuracy did not improve" in out
+    code, out, _ = invoke(capsys, *opts, "info", "--json")
+    assert json.loads(out)["stopped_early"] == 3
+    before = snapshot(experiment.checkpoints_dir)
+    code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "20", "--device", "cpu")
+    assert code == 0 and err.strip().splitlines()[-1] == (
+        "experiment es stopped early at epoch 3: validation accuracy did not improve by more than 100 points "
+        "for 2 epochs; nothing to do")
+    assert snapshot(experiment.checkpoints_dir) == before
+
+
+def test_early_stopping_resumed_from_epoch_3_stops_where_the_uninterrupted_run_stops(workdir, tiny_data):
+    straight = new_experiment(workdir, tiny_data, "straight", **{"training.early_stopping": NEVER_BETTER})
+    resumed = new_experiment(workdir, tiny_data, "resumed", **{"training.early_stopping": NEVER_BETTER})
+    run_training(straight, tiny_data, max_epochs=10, device_name="cpu")
+    run_training(resumed, tiny_data, max_epochs=3, device_name="cpu")
+    state = read_checkpoint(resumed.checkpoints()[3], "cpu")["early_stopping"]
+    assert state["counter"] == 2
+    assert state["best_score"] == max(e["validation_accuracy"] for e in resumed.history()["epochs"])
+    run_training(resumed, tiny_data, max_epochs=10, device_name="cpu")
+    assert straight.history()["stopped_early"] == resumed.history()["stopped_early"] == 5
+    assert list(straight.checkpoints()) == list(resumed.checkpoints()) == [1, 2, 3, 4, 5]
+    for epoch in (3, 5):
+        assert_same(read_checkpoint(straight.checkpoints()[epoch], "cpu"),
+                    read_checkpoint(resumed.checkpoints()[epoch], "cpu"), f"epoch {epoch}")
+
+
+def test_early_stopping_without_a_validation_set_is_refused_at_init(workdir, tiny_data, capsys):
+    config = make_config(workdir, **{"data.val_split": 0, "training.early_stopping": {"patience": 3}})
+    code, _, err = invoke(capsys, *g(workdir, "x", tiny_data), "init", "--config-path", config)
+    assert code == 2 and err.count("\n") == 1 and "early stopping watches validation accuracy, but data.val_split " \
+        "is 0 (no validation set)" in err
+    assert not (workdir / "experiments" / "x").exists()
+
+
+# ---- retention ----------------------------------------------------------------------------------
+
+
+def test_retention_keeps_the_last_k_and_the_best(workdir, tiny_data):
+    experiment = new_experiment(workdir, tiny_data, "fake", **{"training.keep_checkpoints": 2})
+    fake_history(experiment, validation=[60.0, 90.0, 75.0, 80.0, 70.0, 85.0], test=[0] * 6)
+    experiment.remove_unretained_checkpoints()
+    assert list(experiment.checkpoints()) == [2, 5, 6]
+    fake_history(experiment, validation=[60.0, 70.0, 75.0, 80.0, 90.0, 85.0], test=[0] * 6)
+    experiment.remove_unretained_checkpoints()
+    assert list(experiment.checkpoints()) == [5, 6]  # the best among the last: K files in all
+
+
+def test_training_with_retention_and_a_removed_epoch(workdir, tiny_data, capsys):
+    experiment = new_experiment(workdir, tiny_data, "kept", **{"training.keep_checkpoints": 1})
+    run_training(experiment, tiny_data, max_epochs=4, device_name="cpu")
+    best = experiment.best_epoch()
+    assert list(experiment.checkpoints()) == sorted({best, 4})
+    assert [e["epoch"] for e in experiment.history()["epochs"]] == [1, 2, 3, 4]  # the metrics of all stay
+    removed = min({1, 2, 3} - {best})
+    capsys.readouterr()
+    code, _, err = invoke(capsys, *g(workdir, "kept", tiny_data), "test", "--epoch", str(removed))
+    assert code == 2 and err.strip() == (
+        f"error: experiment kept has no checkpoint of epoch {removed}: it was removed by retention "
+        f"(training.keep_checkpoints 1); epochs with a checkpoint: {_ranges(sorted({best, 4}))}")
+    code, out, _ = invoke(capsys, *g(workdir, "kept", tiny_data), "info")
+    assert f"epoch {removed}: checkpoint removed by retention, validation accuracy" in out
+
+
+def test_a_metrics_file_behind_the_last_checkpoint_is_read_from_the_checkpoint_and_mended(workdir, tiny_data):
+    """A kill between the checkpoint save and the metrics.json write: the checkpoint is the truth."""
+    experiment = new_experiment(workdir, tiny_data, "lag")
+    run_training(experiment, tiny_data, max_epochs=2, device_name="cpu")
+    whole = json.loads(experiment.metrics_file.read_text())
+    experiment.write_history({**whole, "epochs": whole["epochs"][:1]})
+    assert experiment.history() == whole
+    run_training(experiment, tiny_data, max_epochs=3, device_name="cpu")
+    assert [e["epoch"] for e in json.loads(experiment.metrics_file.read_text())["epochs"]] == [1, 2, 3]
