@@ -22,8 +22,9 @@ except ImportError:
     from click import exceptions as click_exceptions
 
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, create_experiment, load_config,
-                                     log, open_experiment, setup_logging, validate_name)
+from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, create_experiment, flatten,
+                                     load_config, log, open_experiment, setup_logging, summarize_experiments,
+                                     tensorboard_runs, validate_name)
 
 app = typer.Typer(
     add_completion=False,
@@ -74,12 +75,16 @@ def init(
     config_schema_path: Path = typer.Option(DEFAULT_SCHEMA, "--config-schema-path", "--config-schema-file",
                                             help="JSON schema the config must satisfy."),
     seed: int = typer.Option(0, help="Seed of the split, the initial weights and the batch order."),
+    overrides: Optional[List[str]] = typer.Option(
+        None, "--set", metavar="KEY=VALUE",
+        help="Change a config value: a dotted key, a JSON value or a string (training.lr=0.5). Repeatable."),
 ):
     """Create an experiment: validated config, seed, and the train/validation split, drawn once."""
     g: Globals = ctx.obj
     setup_logging(None, g.verbose)
     name = validate_name(g.experiment_name)
-    config = load_config(config_path, config_schema_path)
+    overrides = overrides or []
+    config = load_config(config_path, config_schema_path, overrides)
     if (g.experiments_path / name).exists():
         raise UserError(f"experiment {name!r} already exists in {g.experiments_path}: pick another name or delete it")
     if not 0 <= seed < 2**63:
@@ -87,7 +92,7 @@ def init(
     from ignite_mnist import data
 
     sizes = data.dataset_sizes(config["data"]["dataset"], g.data_path)
-    experiment = create_experiment(g.experiments_path, name, config, seed, sizes)
+    experiment = create_experiment(g.experiments_path, name, config, seed, sizes, overrides)
     setup_logging(experiment, g.verbose)
     split = experiment.meta["split"]
     log.info(f"created experiment {name} in {experiment.root}: {config['data']['dataset']}, "
@@ -124,16 +129,31 @@ def test(
     epoch: str = typer.Option(..., "--epoch", help="The epoch whose checkpoint to test: " + EPOCH_HELP),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto."),
     as_json: bool = typer.Option(False, "--json", help="End with one JSON object of the results."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE.png",
+                                        help="Draw the confusion matrix and the worst-classified digits in a PNG."),
 ):
-    """Restore the model of an epoch and measure its accuracy on the test set."""
+    """Restore the model of an epoch and measure it on the test set: accuracy, per class, confusion matrix."""
     experiment = _open(ctx)
     epoch = experiment.resolve_epoch(epoch)
     experiment.checkpoint(epoch)  # a missing epoch is named before torch is even imported
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG file: give a name ending in .png, not {plot.name!r}")
+    if plot is not None and not plot.parent.is_dir():
+        raise UserError(f"--plot {plot}: folder {plot.parent} does not exist")
     from ignite_mnist.engines import evaluate_checkpoint
 
-    result = evaluate_checkpoint(experiment, ctx.obj.data_path, epoch, device)
+    result = evaluate_checkpoint(experiment, ctx.obj.data_path, epoch, device, plot)
     log.info(f"test of epoch {epoch}: accuracy {result['accuracy']:.2f}% ({result['correct']}/{result['total']}), "
              f"loss {result['loss']:.4f}")
+    log.info("per class: " + ", ".join(f"{c['class']} {c['accuracy']:.1f}%" for c in result["per_class"]
+                                       if c["accuracy"] is not None))
+    width = max(4, *(len(str(n)) + 1 for row in result["confusion_matrix"] for n in row))
+    log.info("confusion matrix (rows: true class, columns: predicted):")
+    log.info(" " * 4 + "".join(f"{label:>{width}}" for label in range(len(result["confusion_matrix"]))))
+    for label, row in enumerate(result["confusion_matrix"]):
+        log.info(f"{label:>4}" + "".join(f"{n:>{width}}" for n in row))
+    if plot is not None:
+        log.info(f"figure written: {plot}")
     if as_json:
         print(json.dumps(result))
 
@@ -216,22 +236,64 @@ def info(
         print(f"  epoch {r['epoch']}: {r['path']}")
 
 
+@app.command("list")
+def list_experiments(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list of objects."),
+):
+    """Compare the experiments: best epoch and its accuracies, the config values that differ, releases."""
+    setup_logging(None, ctx.obj.verbose)
+    rows = summarize_experiments(ctx.obj.experiments_path)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        print(f"no experiments in {ctx.obj.experiments_path}")
+        return
+    configs = [flatten(r["config"]) for r in rows if "config" in r]
+    differing = [k for k in dict.fromkeys(k for c in configs for k in c) if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    percent = lambda v: "-" if v is None else f"{v:.2f}%"  # noqa: E731
+    table = [["name", "dataset", "epochs", "best", "val acc", "test acc", *differing, "releases"]]
+    for r in rows:
+        if "broken" in r:
+            continue
+        flat = flatten(r["config"])
+        epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "")
+        table.append([r["name"], r["dataset"], epochs, "-" if r["best_epoch"] is None else str(r["best_epoch"]),
+                      percent(r["best_val_accuracy"]), percent(r["test_accuracy"]),
+                      *(json.dumps(flat.get(k)) for k in differing), ", ".join(map(str, r["releases"])) or "-"])
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for r in rows:
+        if "broken" in r:
+            print(f"{r['name']}: broken: {r['broken']}")
+
+
 @app.command()
 def tensorboard(
     ctx: typer.Context,
     port: int = typer.Option(6006, help="Port to serve TensorBoard on."),
 ):
-    """Run TensorBoard on the experiment's logs (needs the tensorboard package)."""
+    """Run TensorBoard on one experiment (-e NAME) or on all of them, each a run named after it."""
     import importlib.util
 
-    experiment = _open(ctx, log_to_file=False)
+    g: Globals = ctx.obj
+    if g.experiment_name is not None:
+        experiments = [_open(ctx, log_to_file=False)]
+    else:
+        setup_logging(None, g.verbose)
+        names = [r["name"] for r in summarize_experiments(g.experiments_path) if "broken" not in r]
+        experiments = [open_experiment(g.experiments_path, name) for name in names]
     if importlib.util.find_spec("tensorboard") is None:
-        raise UserError("TensorBoard is not installed: pip install tensorboard (or pip install -e '.[tensorboard]')")
-    if not experiment.tensorboard_dir.is_dir():
-        raise UserError(f"experiment {experiment.name} has no TensorBoard logs yet: run `train` first")
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(experiment.tensorboard_dir),
-               "--port", str(port)]
-    log.info(f"TensorBoard on {experiment.tensorboard_dir}: http://localhost:{port}/ (Ctrl-C to stop)")
+        raise UserError("TensorBoard is not installed: pip install tensorboard")
+    experiments = [e for e in experiments if e.tensorboard_dir.is_dir()]
+    if not experiments:
+        which = f"experiment {g.experiment_name} has" if g.experiment_name else f"no experiment in {g.experiments_path} has"
+        raise UserError(f"{which} no TensorBoard logs yet: run `train` first")
+    runs = tensorboard_runs(g.experiments_path, experiments, g.experiment_name or "all")
+    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs), "--port", str(port)]
+    log.info(f"TensorBoard on {', '.join(e.name for e in experiments)}: http://localhost:{port}/ (Ctrl-C to stop)")
     sys.stderr.flush()
     os.execv(sys.executable, command)  # TensorBoard takes this process's place: signals reach it directly
 

@@ -16,15 +16,19 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.handlers import (Checkpoint, DiskSaver, EarlyStopping, ProgressBar, TensorboardLogger,
                              global_step_from_engine)
-from ignite.metrics import Accuracy, Average, Loss
+from ignite.metrics import Accuracy, Average, ConfusionMatrix, Loss
 from ignite.utils import manual_seed
 
-from ignite_mnist import data, release
+from ignite_mnist import data, release, summaries
+from ignite_mnist.analysis import WorstClassified
 from ignite_mnist.checkpoints import FILENAME_PATTERN, History, RNGStates, history_of, load_checkpoint
 from ignite_mnist.device import resolve_device, use_bf16
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import Experiment, log, setup_logging
 from ignite_mnist.model import Net
+
+
+WORST = 24  # worst-classified test digits shown at the end of training and by `test --plot`
 
 
 # ---- engines ------------------------------------------------------------------------------------
@@ -53,28 +57,33 @@ def create_trainer(model, optimizer, train_set: data.TensorSet, bf16: bool) -> E
     return trainer
 
 
-def create_evaluator(model, dataset: data.TensorSet, bf16: bool) -> Engine:
-    """Loss and accuracy (correct / samples) over `dataset`, in eval mode; reduced across processes."""
+def create_evaluator(model, dataset: data.TensorSet, bf16: bool, worst: int = 0) -> Engine:
+    """Over `dataset`, in eval mode, reduced across processes: accuracy (percent: correct / samples), loss,
+    confusion_matrix (rows: true class) and, with worst=k, the k worst-classified samples."""
     device = dataset.images.device
 
     def eval_step(engine, index):
         model.eval()
         x, y = dataset.batch(index)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(x).float(), y
+            y_pred = model(x).float()
+        return {"y_pred": y_pred, "y": y, "index": index, "criterion_kwargs": {}}  # each metric takes its keys
 
     evaluator = Engine(eval_step)
-    Accuracy(device=device).attach(evaluator, "accuracy")
+    (Accuracy(device=device) * 100).attach(evaluator, "accuracy")  # percent, as every command prints it
     Loss(F.nll_loss, device=device).attach(evaluator, "loss")
+    ConfusionMatrix(num_classes=10, device=device).attach(evaluator, "confusion_matrix")  # the network's 10 outputs
+    if worst:
+        WorstClassified(worst).attach(evaluator, "worst")
     return evaluator
 
 
 def evaluate(evaluator: Engine, n: int, batch_size: int) -> dict:
     """Run `evaluator` over this process's share of n items: {accuracy (%), correct, total, loss}."""
     evaluator.run(data.eval_batches(n, batch_size, idist.get_rank(), idist.get_world_size()))
-    accuracy = evaluator.state.metrics["accuracy"]
-    return {"accuracy": 100 * accuracy, "correct": round(accuracy * n), "total": n,
-            "loss": evaluator.state.metrics["loss"]}
+    metrics = evaluator.state.metrics
+    correct = int(metrics["confusion_matrix"].trace())
+    return {"accuracy": metrics["accuracy"], "correct": correct, "total": n, "loss": metrics["loss"]}
 
 
 # ---- stopping on a signal -----------------------------------------------------------------------
@@ -124,6 +133,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
     """Every event handler of a training run, in the order they fire at each event."""
     experiment: Experiment = job["experiment"]
     eval_batch_size = experiment.config["training"]["eval_batch_size"]
+    classes = data.DATASETS[experiment.config["data"]["dataset"]]["classes"]
     is_writer = idist.get_rank() == 0  # only rank 0 writes checkpoints, logs, events, releases, the progress bar
 
     @trainer.on(Events.EPOCH_STARTED)
@@ -204,6 +214,8 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
                      + f" written: {path}")
 
         tb = TensorboardLogger(log_dir=experiment.tensorboard_dir)
+        if not job["resumed"]:  # the run's hyper-parameters, once, for the HParams dashboard
+            summaries.write_hparams(tb.writer, experiment)
         tb.attach_output_handler(trainer, Events.ITERATION_COMPLETED(every=job["log_period"]), tag="training",
                                  output_transform=lambda loss: {"batch_loss": loss.item()})
         tb.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="training", metric_names=["loss"])
@@ -211,6 +223,19 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         for name, evaluator in evaluators.items():
             tb.attach_output_handler(evaluator, Events.COMPLETED, tag=name, metric_names=["loss", "accuracy"],
                                      global_step_transform=global_step_from_engine(trainer, Events.EPOCH_COMPLETED))
+
+        @trainer.on(Events.EPOCH_COMPLETED)
+        def log_epoch_pictures(engine):
+            summaries.write_best(tb.writer, experiment, history.state_dict(), engine.state.epoch)
+            if "validation" in evaluators:
+                summaries.write_confusion_matrix(tb.writer, evaluators["validation"].state.metrics["confusion_matrix"],
+                                                   classes, "validation", engine.state.epoch)
+
+        @trainer.on(Events.COMPLETED)
+        def log_worst_digits(engine):
+            summaries.write_worst(tb.writer, evaluators["test"].state.metrics["worst"], sets["test"].images, classes,
+                                    engine.state.epoch)
+
         trainer.add_event_handler(Events.COMPLETED | Events.TERMINATE, lambda _: tb.close())
         if job["progress_bar"]:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss.item()})
@@ -252,14 +277,15 @@ def _training(local_rank: int, job: dict) -> None:
 
     batches = data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], experiment.seed, rank, world_size, device)
     trainer = create_trainer(step_model, optimizer, sets["train"], bf16)
-    evaluators = {name: create_evaluator(net, sets[name], bf16) for name in ("validation", "test") if len(sets[name])}
+    evaluators = {name: create_evaluator(net, sets[name], bf16, worst=WORST if name == "test" else 0)
+                  for name in ("validation", "test") if len(sets[name])}
     history = History()
     to_save = {"model": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "trainer": trainer,
                "rng": RNGStates(), "history": history}
     if cfg["early_stopping"]:
         to_save["early_stopping"] = EarlyStopping(
             patience=cfg["early_stopping"]["patience"], threshold=cfg["early_stopping"]["min_delta"], trainer=trainer,
-            score_function=lambda evaluator: float(100 * evaluator.state.metrics["accuracy"]))  # plain float: weights_only
+            score_function=lambda evaluator: float(evaluator.state.metrics["accuracy"]))  # plain float: weights_only
         # its own logger prints to the console in its own format: this one goes to verbose.log (setup_logging)
         to_save["early_stopping"].logger = logging.getLogger("ignite.handlers.early_stopping")
         to_save["early_stopping"].logger.setLevel(logging.DEBUG)
@@ -267,6 +293,7 @@ def _training(local_rank: int, job: dict) -> None:
     if rank == 0:
         experiment.remove_partial_files()  # of a save killed half-way; the lock keeps them ours
     checkpoints = experiment.checkpoints()
+    job["resumed"] = bool(checkpoints)
     if checkpoints:  # resume, before any handler writes anything
         last = max(checkpoints)
         history.load_state_dict(history_of(checkpoints))  # (0.1's checkpoints hold no history: gathered)
@@ -298,13 +325,30 @@ def _training(local_rank: int, job: dict) -> None:
 # ---- evaluation of a checkpoint (the `test` command) --------------------------------------------
 
 
-def evaluate_checkpoint(experiment: Experiment, data_path, epoch: int, device_name: str = "auto") -> dict:
-    """Restore the model of `epoch` and measure it on the test set: {epoch, accuracy, correct, total, loss}."""
+def evaluate_checkpoint(experiment: Experiment, data_path, epoch: int, device_name: str = "auto",
+                        plot_path=None) -> dict:
+    """Restore the model of `epoch` and measure it on the test set: {epoch, accuracy, correct, total, loss,
+    per_class, confusion_matrix}; with plot_path, also draw the confusion matrix and the worst digits there."""
     path = experiment.checkpoint(epoch)
     device = resolve_device(device_name)
     model = Net().to(device, memory_format=torch.channels_last)
     load_checkpoint(path, {"model": model}, device)
-    sets = data.tensor_sets(experiment.config["data"]["dataset"], data_path, {}, device)
+    dataset = experiment.config["data"]["dataset"]
+    test_set = data.tensor_sets(dataset, data_path, {}, device)["test"]
     cfg = experiment.config["training"]
-    evaluator = create_evaluator(model, sets["test"], use_bf16(cfg["precision"], device))
-    return {"epoch": epoch, **evaluate(evaluator, len(sets["test"]), cfg["eval_batch_size"])}
+    evaluator = create_evaluator(model, test_set, use_bf16(cfg["precision"], device), worst=WORST)
+    result = {"epoch": epoch, **evaluate(evaluator, len(test_set), cfg["eval_batch_size"])}
+    matrix = evaluator.state.metrics["confusion_matrix"].cpu()
+    classes = data.DATASETS[dataset]["classes"]
+    result["per_class"] = [
+        {"label": label, "class": classes[label], "accuracy": 100 * correct / total if total else None,
+         "correct": correct, "total": total}
+        for label, (correct, total) in enumerate(zip(matrix.diagonal().tolist(), matrix.sum(1).tolist()))]
+    result["confusion_matrix"] = matrix.tolist()
+    if plot_path is not None:
+        from ignite_mnist.analysis import save_test_figure
+
+        title = (f"{experiment.name}, epoch {epoch}: test accuracy {result['accuracy']:.2f}% "
+                 f"({result['correct']}/{result['total']})")
+        save_test_figure(plot_path, matrix, evaluator.state.metrics["worst"], test_set.images, classes, title)
+    return result

@@ -14,7 +14,9 @@ Every file is written whole or not at all (a temporary file, then os.replace), a
 folder under a temporary name and renames it into place, so a failure leaves nothing half-made.
 """
 
+import copy
 import datetime
+import difflib
 import fcntl
 import json
 import logging
@@ -94,23 +96,62 @@ def _semantic_violations(config: dict) -> list:
     return []
 
 
-def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA) -> dict:
-    """Read and validate a config: every violation is reported, each with its JSON path.
+def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA, overrides=()) -> dict:
+    """Read a config, apply `overrides` ("training.lr=0.5", as `init --set` takes them) and validate the
+    result: every violation is reported, each with its JSON path.
 
     The config must satisfy the given schema and also the packaged one, which describes what this
     program understands (a custom schema cannot let through a field the code would not know).
     """
     schema = read_json(schema_path, "config schema")
-    config = read_json(path, "config")
-    violations = _schema_violations(config, schema, schema_path)
     builtin = read_json(DEFAULT_SCHEMA, "config schema")
+    config = apply_overrides(read_json(path, "config"), overrides, builtin)
+    violations = _schema_violations(config, schema, schema_path)
     if not violations and builtin != schema:
         violations = _schema_violations(config, builtin, DEFAULT_SCHEMA)
     config = _with_defaults(config, builtin) if not violations else config
     violations = violations or _semantic_violations(config)
     if violations:
         n = len(violations)
-        raise UserError(f"invalid config {path} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
+        given = f" with --set {' '.join(overrides)}" if overrides else ""
+        raise UserError(f"invalid config {path}{given} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
+    return config
+
+
+def config_keys(schema: dict, prefix: str = "") -> list:
+    """Every dotted key that the schema describes: data.dataset, training.early_stopping.patience, ..."""
+    keys = []
+    for key, sub in schema.get("properties", {}).items():
+        keys.append(prefix + key)
+        keys += config_keys(sub, f"{prefix}{key}.")
+    return keys
+
+
+def apply_overrides(config, overrides, schema: dict):
+    """Set each "dotted.key=value" of `overrides` in a copy of config; the value is read as JSON if it
+    parses (0.5, true, null, {"patience": 3}), else taken as a string (mnist-sample)."""
+    config = copy.deepcopy(config)
+    keys = config_keys(schema)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set takes KEY=VALUE with a dotted key into the config (training.lr=0.5), not {override!r}")
+        if key not in keys:
+            nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0)
+            raise UserError(f"--set {key}: the config has no such key"
+                            + (f"; the nearest is {nearest[0]}" if nearest else ""))
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        *parents, leaf = key.split(".")
+        node = config if isinstance(config, dict) else {}
+        for parent in parents:  # a section that is absent or null (early_stopping) becomes an object
+            if not isinstance(node.get(parent), dict):
+                node[parent] = {}
+            node = node[parent]
+        node[leaf] = value
     return config
 
 
@@ -360,6 +401,66 @@ def open_experiment(experiments_path: Path, name: str) -> Experiment:
     return Experiment(root, {**meta, "config": config})
 
 
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"training": {"lr": 1.0}} -> {"training.lr": 1.0}: the dotted keys that --set takes."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def summarize_experiments(experiments_path: Path) -> list:
+    """One summary per experiment folder under experiments_path, best validation accuracy first:
+    {name, dataset, epochs, best_epoch, best_val_accuracy, test_accuracy (at the best epoch),
+    stopped_early, config, releases}; a folder that cannot be read is {name, broken: why}, last.
+
+    Reads experiment.json and metrics.json only (the checkpoints only if metrics.json lags behind them)."""
+    folder = Path(experiments_path)
+    if not folder.is_dir():
+        raise UserError(f"no experiments folder {folder}: create an experiment with `init` first")
+    rows = []
+    for root in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if not (root / "experiment.json").is_file():
+            rows.append({"name": root.name, "broken": f"{root} holds no experiment.json"})
+            continue
+        try:
+            experiment = open_experiment(folder, root.name)
+            history = experiment.history()
+        except UserError as e:
+            rows.append({"name": root.name, "broken": str(e)})
+            continue
+        best = experiment.best_epoch(history)
+        at_best = next((e for e in history["epochs"] if e["epoch"] == best), {})
+        rows.append({
+            "name": experiment.name, "dataset": experiment.config["data"]["dataset"],
+            "epochs": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
+            "best_epoch": best, "best_val_accuracy": at_best.get("validation_accuracy"),
+            "test_accuracy": at_best.get("test_accuracy"), "stopped_early": history["stopped_early"],
+            "config": experiment.config, "releases": list(experiment.releases()),
+        })
+    rank = lambda row: ("broken" in row, -(row.get("best_val_accuracy") or -1), row["name"])  # noqa: E731
+    return sorted(rows, key=rank)
+
+
+def tensorboard_runs(experiments_path: Path, experiments: list, view: str) -> Path:
+    """A folder of links, one per experiment, named after it, to its TensorBoard logs: given as --logdir, it
+    makes TensorBoard name each run after its experiment (its own logs would make a run named "."). Kept in
+    EXPERIMENTS/.tensorboard/VIEW/ (a hidden folder, which list ignores), refreshed at each call."""
+    folder = Path(experiments_path) / ".tensorboard" / view
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for link in folder.iterdir():
+            link.unlink()
+        for experiment in experiments:
+            (folder / experiment.name).symlink_to(os.path.relpath(experiment.tensorboard_dir.resolve(), folder.resolve()))
+    except OSError as e:
+        raise UserError(f"cannot write {folder}: {e.strerror}") from None
+    return folder
+
+
 def draw_split(train_size: int, val_split: float, seed: int) -> dict:
     """Hold out round(val_split * n) training images for validation, chosen at random from the seed."""
     indexes = list(range(train_size))
@@ -370,10 +471,12 @@ def draw_split(train_size: int, val_split: float, seed: int) -> dict:
     return {"train": sorted(indexes[n_val:]), "validation": sorted(indexes[:n_val])}
 
 
-def create_experiment(experiments_path: Path, name: str, config: dict, seed: int, sizes: dict) -> Experiment:
+def create_experiment(experiments_path: Path, name: str, config: dict, seed: int, sizes: dict,
+                      overrides=(), extra: dict = None) -> Experiment:
     """Create the experiment folder whole, or not at all.
 
     sizes: {"train": n, "test": n} of the dataset; the validation split is drawn from the training set.
+    overrides: the --set values the config was made with (recorded); extra: more to record in experiment.json.
     """
     root = Path(experiments_path) / validate_name(name)
     if root.exists():
@@ -384,6 +487,8 @@ def create_experiment(experiments_path: Path, name: str, config: dict, seed: int
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "config": config,
+        "overrides": list(overrides),
+        **(extra or {}),
         "split": {"train": len(split["train"]), "validation": len(split["validation"]), "test": sizes["test"]},
         "versions": package_versions(),
     }

@@ -1,0 +1,201 @@
+"""Comparing runs and looking at them: init --set, list, TensorBoard across experiments (run names, percent
+accuracy, hparams, pictures), and test's per-class accuracy, confusion matrix and --plot."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import g, invoke, make_config, snapshot
+
+
+def new(capsys, folder, name, tiny_data, *sets, config=None):
+    args = [*g(folder, name, tiny_data), "init", "--config-path", config or make_config(folder)]
+    for s in sets:
+        args += ["--set", s]
+    return invoke(capsys, *args)
+
+
+# ---- init --set ---------------------------------------------------------------------------------
+
+
+def test_set_changes_each_kind_of_field_and_is_recorded(workdir, tiny_data, capsys):
+    sets = ["training.lr=0.5", "training.batch_size=16", "data.dataset=mnist", "training.cuda_graphs=true",
+            "training.keep_checkpoints=3", "training.keep_checkpoints=null", "training.early_stopping.patience=3",
+            "data.val_split=0.25"]
+    code, _, err = new(capsys, workdir, "set", tiny_data, *sets)
+    assert code == 0, err
+    meta = json.loads((workdir / "experiments" / "set" / "experiment.json").read_text())
+    training = meta["config"]["training"]
+    assert training["lr"] == 0.5 and training["batch_size"] == 16 and training["cuda_graphs"] is True
+    assert training["keep_checkpoints"] is None  # the last --set of a key wins
+    assert training["early_stopping"] == {"patience": 3, "min_delta": 0}  # the section was null: made, defaults filled
+    assert meta["config"]["data"] == {"dataset": "mnist", "val_split": 0.25} and meta["split"]["validation"] == 100
+    assert meta["overrides"] == sets
+    code, _, err = new(capsys, workdir, "obj", tiny_data, 'training.early_stopping={"patience": 2, "min_delta": 0.5}')
+    assert code == 0, err
+    meta = json.loads((workdir / "experiments" / "obj" / "experiment.json").read_text())
+    assert meta["config"]["training"]["early_stopping"] == {"patience": 2, "min_delta": 0.5}
+
+
+def test_set_defaults_to_the_packaged_config(workdir, tiny_data, capsys):
+    code, _, err = invoke(capsys, *g(workdir, "default", tiny_data), "init", "--set", "data.dataset=mnist")
+    assert code == 0, err
+    config = json.loads((workdir / "experiments" / "default" / "experiment.json").read_text())["config"]
+    assert config["training"]["lr"] == 1.0 and config["training"]["precision"] == "auto"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.learning_rate=0.5", "error: --set training.learning_rate: the config has no such key; the nearest is "
+                                   "training.lr"),
+    ("trainig.lr=0.5", "error: --set trainig.lr: the config has no such key; the nearest is training.lr"),
+    ("training.lr=-1", "(1 problem): $.training.lr: -1 is less than or equal to the minimum of 0"),
+    ("training.lr=fast", "(1 problem): $.training.lr: 'fast' is not of type 'number'"),
+    ("data.dataset=cifar", "$.data.dataset: 'cifar' is not one of ['mnist', 'mnist-sample', 'fashion-mnist']"),
+    ("training.lr", "error: --set takes KEY=VALUE with a dotted key into the config (training.lr=0.5), not "
+                    "'training.lr'"),
+])
+def test_set_refuses_unknown_keys_and_bad_values(workdir, tiny_data, capsys, override, message):
+    config = make_config(workdir)
+    before = snapshot(workdir)
+    code, _, err = new(capsys, workdir, "bad", tiny_data, override, config=config)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (workdir / "experiments" / "bad").exists() and snapshot(workdir) == before
+
+
+# ---- two trained experiments: list, TensorBoard, test --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, tiny_data):
+    """Experiments "fast" (lr 1.0) and "slow" (lr 0.1), each trained 2 epochs, and a broken folder."""
+    folder = tmp_path_factory.mktemp("compared")
+    for name, lr in (("fast", 1.0), ("slow", 0.1)):
+        opts = g(folder, name, tiny_data)
+        from ignite_mnist.cli import main
+
+        for args in (["init", "--config-path", make_config(folder), "--set", f"training.lr={lr}"],
+                     ["train", "--max-epochs", "2", "--device", "cpu"]):
+            try:
+                main([str(a) for a in [*opts, *args]])
+            except SystemExit as e:
+                assert e.code == 0, args
+    (folder / "experiments" / "broken").mkdir()
+    (folder / "experiments" / "broken" / "experiment.json").write_text("{oops")
+    return folder
+
+
+def test_list_compares_the_experiments_best_first_and_shows_a_broken_one(compared, capsys, tiny_data):
+    code, out, err = invoke(capsys, "--experiments-path", compared / "experiments", "list", "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["name"] for r in rows[:2]] == sorted(["fast", "slow"], key=lambda n: -next(
+        r["best_val_accuracy"] for r in rows if r["name"] == n))
+    assert rows[2]["name"] == "broken" and "is not valid JSON" in rows[2]["broken"]
+    for row in rows[:2]:
+        history = json.loads((compared / "experiments" / row["name"] / "metrics.json").read_text())
+        best = max(history["epochs"], key=lambda e: (e["validation_accuracy"], -e["epoch"]))
+        assert set(row) == {"name", "dataset", "epochs", "best_epoch", "best_val_accuracy", "test_accuracy",
+                            "stopped_early", "config", "releases"}
+        assert (row["epochs"], row["best_epoch"], row["best_val_accuracy"], row["test_accuracy"]) == \
+            (2, best["epoch"], best["validation_accuracy"], best["test_accuracy"])
+        assert row["releases"] == [best["epoch"]] and row["dataset"] == "mnist"
+    assert {r["config"]["training"]["lr"] for r in rows[:2]} == {1.0, 0.1}
+
+    code, out, err = invoke(capsys, "--experiments-path", compared / "experiments", "list")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    header = lines[0].split()
+    assert header[:6] == ["name", "dataset", "epochs", "best", "val", "acc"] and "training.lr" in header
+    assert "training.batch_size" not in header  # only the values that differ
+    assert lines[1].split()[0] == rows[0]["name"] and lines[2].split()[0] == rows[1]["name"]
+    assert lines[-1].startswith("broken: broken: experiment file") and "is not valid JSON" in lines[-1]
+
+
+def read_events(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_tensorboard_logs_percent_accuracy_hparams_and_pictures(compared):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for name, lr in (("fast", 1.0), ("slow", 0.1)):
+        root = compared / "experiments" / name
+        events = read_events(root / "tensorboard")
+        history = json.loads((root / "metrics.json").read_text())
+        accuracy = [e.value for e in events.Scalars("validation/accuracy")]
+        assert accuracy == pytest.approx([e["validation_accuracy"] for e in history["epochs"]])
+        assert max(accuracy) > 1  # percent, not a fraction
+        best = max(history["epochs"], key=lambda e: (e["validation_accuracy"], -e["epoch"]))
+        assert events.Scalars("best/validation_accuracy")[-1].value == pytest.approx(best["validation_accuracy"])
+        content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        assert start.hparams["training.lr"].number_value == lr
+        assert start.hparams["data.dataset"].string_value == "mnist"
+        images = events.Tags()["images"]
+        assert "validation/confusion_matrix" in images and "test/worst_classified" in images
+        assert [e.step for e in events.Images("validation/confusion_matrix")] == [1, 2]
+        picture = events.Images("test/worst_classified")[-1]
+        assert picture.step == 2 and picture.encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_tensorboard_serves_every_experiment_as_a_run_named_after_it(compared):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for options, runs in (([], ["fast", "slow"]), (["-e", "slow"], ["slow"])):
+        process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", "--experiments-path", compared / "experiments",
+                                    *options, "tensorboard", "--port", str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline, served = time.monotonic() + 60, None
+            while time.monotonic() < deadline and served != runs:
+                try:
+                    with urllib.request.urlopen(f"http://localhost:{port}/data/runs", timeout=2) as page:
+                        served = sorted(json.loads(page.read()))
+                except OSError:
+                    pass
+                time.sleep(0.5)
+            assert served == runs
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+
+def test_tensorboard_without_logs_says_so(workdir, tiny_data, capsys):
+    assert new(capsys, workdir, "fresh", tiny_data)[0] == 0
+    for options in ([], ["-e", "fresh"]):
+        code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", *options, "tensorboard")
+        assert code == 2 and "no TensorBoard logs yet: run `train` first" in err
+
+
+def test_test_reports_per_class_accuracy_and_the_confusion_matrix_and_plots_them(compared, capsys, tiny_data, tmp_path):
+    opts = g(compared, "fast", tiny_data)
+    code, out, err = invoke(capsys, *opts, "test", "--epoch", "best", "--device", "cpu", "--json",
+                            "--plot", tmp_path / "fast.png")
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    matrix = result["confusion_matrix"]
+    assert len(matrix) == 10 and all(len(row) == 10 for row in matrix)
+    assert sum(map(sum, matrix)) == result["total"] == 100
+    assert sum(matrix[i][i] for i in range(10)) == result["correct"]
+    assert [c["total"] for c in result["per_class"]] == [sum(row) for row in matrix]
+    assert all(c["accuracy"] == pytest.approx(100 * matrix[i][i] / sum(matrix[i]))
+               for i, c in enumerate(result["per_class"]) if c["total"])
+    assert "confusion matrix (rows: true class, columns: predicted):" in err and "per class: 0 " in err
+    with Image.open(tmp_path / "fast.png") as picture:
+        assert picture.format == "PNG" and picture.size[0] > 600 and picture.size[1] > 300
+    code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "fast.jpg")
+    assert code == 2 and "--plot writes a PNG file" in err
+    code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "nowhere" / "a.png")
+    assert code == 2 and "does not exist" in err
