@@ -22,9 +22,8 @@ except ImportError:
     from click import exceptions as click_exceptions
 
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, create_experiment, flatten,
-                                     load_config, log, open_experiment, setup_logging, summarize_experiments,
-                                     tensorboard_runs, validate_name)
+from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, flatten, init_experiment, log,
+                                     open_experiment, setup_logging, summarize_experiments, tensorboard_runs)
 
 app = typer.Typer(
     add_completion=False,
@@ -82,20 +81,11 @@ def init(
     """Create an experiment: validated config, seed, and the train/validation split, drawn once."""
     g: Globals = ctx.obj
     setup_logging(None, g.verbose)
-    name = validate_name(g.experiment_name)
-    overrides = overrides or []
-    config = load_config(config_path, config_schema_path, overrides)
-    if (g.experiments_path / name).exists():
-        raise UserError(f"experiment {name!r} already exists in {g.experiments_path}: pick another name or delete it")
-    if not 0 <= seed < 2**63:
-        raise UserError(f"--seed must be between 0 and 2**63 - 1, not {seed}")
-    from ignite_mnist import data
-
-    sizes = data.dataset_sizes(config["data"]["dataset"], g.data_path)
-    experiment = create_experiment(g.experiments_path, name, config, seed, sizes, overrides)
+    experiment = init_experiment(g.experiments_path, g.experiment_name, config_path, config_schema_path,
+                                 overrides or [], seed, g.data_path)
     setup_logging(experiment, g.verbose)
     split = experiment.meta["split"]
-    log.info(f"created experiment {name} in {experiment.root}: {config['data']['dataset']}, "
+    log.info(f"created experiment {experiment.name} in {experiment.root}: {experiment.config['data']['dataset']}, "
              f"{split['train']} training, {split['validation']} validation and {split['test']} test images, seed {seed}")
 
 
@@ -215,7 +205,7 @@ def info(
     summary = {"name": experiment.name, "path": str(experiment.root), "created": meta.get("created"),
                "seed": experiment.seed, "config": experiment.config, "split": meta.get("split"),
                "versions": meta.get("versions"), "epochs": epochs, "best_epoch": best,
-               "stopped_early": history["stopped_early"], "releases": releases}
+               "stopped_early": history["stopped_early"], "releases": releases, "sweep": meta.get("sweep")}
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -231,6 +221,11 @@ def info(
               + (f" ({e['error']})" if "error" in e else scores))
     if history["stopped_early"]:
         print(f"stopped early at epoch {history['stopped_early']}: {experiment.early_stopping_rule()}")
+    if "sweep" in meta:
+        s = meta["sweep"]
+        state = s["state"] + (f" at epoch {s['pruned_at_epoch']}" if "pruned_at_epoch" in s else "")
+        score = f", score {s['score']:.2f}% (best validation accuracy)" if s.get("score") is not None else ""
+        print(f"sweep {s['study']}: trial {s['trial']}, {state}{score}, params {json.dumps(s['params'])}")
     print("releases:" if releases else "releases: none yet")
     for r in releases:
         print(f"  epoch {r['epoch']}: {r['path']}")
@@ -268,6 +263,66 @@ def list_experiments(
     for r in rows:
         if "broken" in r:
             print(f"{r['name']}: broken: {r['broken']}")
+
+
+class Pruner(str, enum.Enum):
+    median = "median"
+    none = "none"
+
+
+@app.command()
+def sweep(
+    ctx: typer.Context,
+    name: str = typer.Option(..., "--name", help="The sweep (Optuna study); its trials are experiments NAME-<n>."),
+    space: Optional[Path] = typer.Option(None, "--space", help="The search space: dotted config keys -> distributions."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Run trials until the study has this many finished."),
+    max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Epochs each trial trains (at most)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (postgresql://...) or a journal "
+                                          "file on a shared folder (default: sqlite EXPERIMENTS/NAME.sweep.db)."),
+    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config-path", help="The config the trials start from."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto."),
+    seed: int = typer.Option(0, help="Every trial's experiment seed."),
+    pruner: Pruner = typer.Option(Pruner.median, help="Optuna's median pruner on validation accuracy, or none."),
+    pruner_startup_trials: int = typer.Option(5, min=0, help="Trials that finish before the pruner prunes any."),
+    pruner_warmup_epochs: int = typer.Option(0, min=0, help="Epochs of each trial before it can be pruned."),
+    status: bool = typer.Option(False, "--status", help="Show the trials instead of running them."),
+    as_json: bool = typer.Option(False, "--json", help="With --status: print one JSON object."),
+):
+    """Search hyper-parameters with Optuna: every trial an experiment, pruned when unpromising."""
+    g: Globals = ctx.obj
+    setup_logging(None, g.verbose)
+    try:
+        import optuna  # noqa: F401
+        import optuna_integration  # noqa: F401
+    except ImportError:
+        raise UserError("sweeps need Optuna: pip install 'ignite-mnist[sweep]' (optuna, optuna-integration)") from None
+    from ignite_mnist import sweep as sweeps
+
+    if status:
+        result = sweeps.sweep_status(name, g.experiments_path, storage)
+    else:
+        missing = [flag for flag, value in (("--space", space), ("--trials", trials), ("--max-epochs", max_epochs))
+                   if value is None]
+        if missing:
+            raise UserError(f"sweep needs {', '.join(missing)} (or --status to show a sweep)")
+        result = sweeps.run_sweep(name, space, trials, max_epochs, g.experiments_path, g.data_path, storage,
+                                  config_path, device, seed, pruner.value, pruner_startup_trials,
+                                  pruner_warmup_epochs, g.verbose)
+    if as_json:
+        print(json.dumps({"trials": result["trials"], "best": result["best"]}))
+        return
+    percent = lambda v: "-" if v is None else f"{v:.2f}%"  # noqa: E731
+    print(f"sweep {name} ({result['storage']}): {sum(t['state'] in ('COMPLETE', 'PRUNED') for t in result['trials'])} "
+          f"finished trials")
+    for t in result["trials"]:
+        params = " ".join(f"{k}={json.dumps(v)}" for k, v in t["params"].items())
+        print(f"  trial {t['number']}: {t['state']:<8} {t['experiment'] or '-'}  best epoch "
+              f"{t['best_epoch'] if t['best_epoch'] is not None else '-'}  validation {percent(t['best_val_accuracy'])}"
+              f"  {params}")
+    if result["best"] is not None:
+        best = next(t for t in result["trials"] if t["number"] == result["best"])
+        print(f"best: trial {best['number']}; export its best epoch with: "
+              f"ignite-mnist -e {best['experiment']} export-release --epoch best")
 
 
 @app.command()

@@ -205,6 +205,12 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, STOP.check)  # a signal during evaluation: stop here
 
+    if job.get("trial") is not None:  # a sweep's trial: Optuna's pruner judges the validation accuracy, once
+        from optuna_integration import PyTorchIgnitePruningHandler  # the epoch is saved (a pruned trial keeps it)
+
+        pruning = PyTorchIgnitePruningHandler(job["trial"], "accuracy", trainer)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: pruning(evaluators["validation"]))
+
     if is_writer:
         @trainer.on(Events.COMPLETED)  # max_epochs reached or early stopping; not after a stop by signal
         def export_best_release(engine):
@@ -237,6 +243,11 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
                                     engine.state.epoch)
 
         trainer.add_event_handler(Events.COMPLETED | Events.TERMINATE, lambda _: tb.close())
+
+        @trainer.on(Events.EXCEPTION_RAISED)  # a pruned trial, a full disk: the events so far reach the file
+        def close_logs(engine, error):
+            tb.close()
+            raise error
         if job["progress_bar"]:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss.item()})
 

@@ -62,7 +62,7 @@ def read_json(path: Path, what: str):
         raise UserError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 
 
-def _schema_violations(config, schema, schema_path: Path) -> list:
+def schema_violations(config, schema, schema_path: Path) -> list:
     import jsonschema
 
     validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
@@ -98,24 +98,29 @@ def _semantic_violations(config: dict) -> list:
 
 def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA, overrides=()) -> dict:
     """Read a config, apply `overrides` ("training.lr=0.5", as `init --set` takes them) and validate the
-    result: every violation is reported, each with its JSON path.
-
-    The config must satisfy the given schema and also the packaged one, which describes what this
-    program understands (a custom schema cannot let through a field the code would not know).
-    """
-    schema = read_json(schema_path, "config schema")
+    result: every violation is reported, each with its JSON path."""
     builtin = read_json(DEFAULT_SCHEMA, "config schema")
-    config = apply_overrides(read_json(path, "config"), overrides, builtin)
-    violations = _schema_violations(config, schema, schema_path)
-    if not violations and builtin != schema:
-        violations = _schema_violations(config, builtin, DEFAULT_SCHEMA)
-    config = _with_defaults(config, builtin) if not violations else config
-    violations = violations or _semantic_violations(config)
+    config, violations = validate_config(apply_overrides(read_json(path, "config"), overrides, builtin), schema_path)
     if violations:
         n = len(violations)
         given = f" with --set {' '.join(overrides)}" if overrides else ""
         raise UserError(f"invalid config {path}{given} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
     return config
+
+
+def validate_config(config, schema_path: Path = DEFAULT_SCHEMA):
+    """(config with the defaults filled, [violations]): it must satisfy the given schema and also the
+    packaged one, which describes what this program understands (a custom schema cannot let through a
+    field the code would not know)."""
+    schema = read_json(schema_path, "config schema")
+    builtin = read_json(DEFAULT_SCHEMA, "config schema")
+    violations = schema_violations(config, schema, schema_path)
+    if not violations and builtin != schema:
+        violations = schema_violations(config, builtin, DEFAULT_SCHEMA)
+    if violations:
+        return config, violations
+    config = _with_defaults(config, builtin)
+    return config, _semantic_violations(config)
 
 
 def config_keys(schema: dict, prefix: str = "") -> list:
@@ -392,10 +397,7 @@ def open_experiment(experiments_path: Path, name: str) -> Experiment:
     meta = read_json(root / "experiment.json", "experiment file")
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(meta.get("seed"), int):
         raise UserError(f"experiment file {root / 'experiment.json'} is malformed: it needs 'config' and 'seed'")
-    builtin = read_json(DEFAULT_SCHEMA, "config schema")
-    violations = _schema_violations(meta["config"], builtin, DEFAULT_SCHEMA)
-    config = _with_defaults(meta["config"], builtin) if not violations else None
-    violations = violations or _semantic_violations(config)
+    config, violations = validate_config(meta["config"])
     if violations:
         raise UserError(f"the config stored in {root / 'experiment.json'} is invalid: " + "; ".join(violations))
     return Experiment(root, {**meta, "config": config})
@@ -506,6 +508,22 @@ def create_experiment(experiments_path: Path, name: str, config: dict, seed: int
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"cannot create experiment {name!r} in {experiments_path}: {e.strerror}") from None
     return Experiment(root, meta)
+
+
+def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAULT_CONFIG,
+                    schema_path: Path = DEFAULT_SCHEMA, overrides=(), seed: int = 0, data_path: Path = Path("data"),
+                    extra: dict = None) -> Experiment:
+    """What `init` does: the config with its overrides, validated; the dataset's sizes; the folder."""
+    name = validate_name(name)
+    config = load_config(config_path, schema_path, overrides)
+    if (Path(experiments_path) / name).exists():
+        raise UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
+    if not 0 <= seed < 2**63:
+        raise UserError(f"--seed must be between 0 and 2**63 - 1, not {seed}")
+    from ignite_mnist import data
+
+    sizes = data.dataset_sizes(config["data"]["dataset"], data_path)
+    return create_experiment(experiments_path, name, config, seed, sizes, overrides, extra)
 
 
 # ---- logs ---------------------------------------------------------------------------------------

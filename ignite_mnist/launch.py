@@ -20,8 +20,10 @@ from ignite_mnist.experiment import Experiment, log
 
 
 def run_training(experiment: Experiment, data_path, max_epochs: int, device_name: str = "auto",
-                 nproc_per_node: int = 1, backend: str = None, log_period: int = 50, verbose: bool = False) -> dict:
+                 nproc_per_node: int = 1, backend: str = None, log_period: int = 50, verbose: bool = False,
+                 trial=None) -> dict:
     """Train `experiment` until epoch max_epochs (or until early stopping), resuming from its last checkpoint.
+    trial: an Optuna trial that may prune the run (a sweep's; one process only).
 
     Returns what the last epoch measured; {} when there was nothing to do.
     """
@@ -62,7 +64,7 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
 
     job = {"experiment": experiment, "data_path": data_path, "device": str(device), "max_epochs": max_epochs,
            "log_period": log_period, "verbose": verbose, "spawned": world_size > 1 and not launched,
-           "progress_bar": sys.stderr.isatty()}
+           "progress_bar": sys.stderr.isatty(), "trial": trial}
     _quiet_ignite_launcher()
     spawn, spawned_env = {}, {}
     if job["spawned"]:

@@ -7,5 +7,5 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch and torchvision are pinned to the releases this project is tested with.
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[test]"
+.venv/bin/python -m pip install --quiet -e ".[test,sweep]"
 echo "installed: $(.venv/bin/ignite-mnist --help >/dev/null && echo ignite-mnist) in $(pwd)/.venv"

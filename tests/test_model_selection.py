@@ -2,7 +2,6 @@
 checkpoint retention, and the release that training writes when it completes."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

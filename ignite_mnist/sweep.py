@@ -1,0 +1,238 @@
+"""Hyper-parameter sweeps on Optuna: every trial an experiment S-<trial number>, scored by its best
+validation accuracy, pruned by Optuna's pruner through its Ignite handler.
+
+A study lives in a storage that any number of workers share (SQLite by default; any Optuna storage URL,
+or a journal file on a shared folder); each worker takes trials from it until the study has N finished
+(complete or pruned) ones. A worker killed mid-trial leaves that trial RUNNING: the next worker on the
+same host fails it at once (its pid is gone), RDB storages also by heartbeat; its experiment stays.
+"""
+
+import json
+import os
+import socket
+import warnings
+from pathlib import Path
+
+from ignite_mnist.errors import UserError
+from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, apply_overrides,
+                                     init_experiment, load_config, log, read_json, schema_violations, setup_logging,
+                                     validate_config, validate_name, write_json)
+
+SPACE_SCHEMA = CONFIG_DIR / "space.schema.json"
+HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # RDB storages: a trial without a heartbeat for a minute has died
+HOST = socket.gethostname()
+
+
+class NotNeeded(Exception):
+    """The study reached its number of trials while this one was being asked for."""
+
+
+# ---- the search space ---------------------------------------------------------------------------
+
+
+def load_space(path: Path, config_path: Path) -> dict:
+    """The search space, checked: its schema, its keys (config keys), and the extreme values of each
+    distribution against the config schema, so that a sweep does not fail at its tenth trial."""
+    space = read_json(path, "search space")
+    violations = schema_violations(space, read_json(SPACE_SCHEMA, "search space schema"), SPACE_SCHEMA)
+    if violations:
+        n = len(violations)
+        raise UserError(f"invalid search space {path} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
+    base = read_json(config_path, "config")
+    schema = read_json(DEFAULT_SCHEMA, "config schema")
+    for key, distribution in space.items():
+        try:
+            apply_overrides(base, [f"{key}=0"], schema)  # an unknown key: names the nearest
+        except UserError as e:
+            raise UserError(f"search space {path}: {str(e).removeprefix('--set ')}") from None
+        kind = next(k for k in ("float", "int", "choice") if k in distribution)
+        values = distribution[kind]
+        if kind != "choice" and values[0] > values[1]:
+            raise UserError(f"search space {path}: {key}: the low bound {values[0]} is above the high one {values[1]}")
+        if kind != "choice" and distribution.get("log") and values[0] <= 0:
+            raise UserError(f"search space {path}: {key}: a log scale needs a low bound above 0, not {values[0]}")
+        for value in values:
+            _, problems = validate_config(apply_overrides(base, [f"{key}={json.dumps(value)}"], schema))
+            if problems:
+                raise UserError(f"search space {path}: {key} = {json.dumps(value)} is refused by the config schema: "
+                                + "; ".join(problems))
+    return space
+
+
+def suggest(trial, key: str, distribution: dict):
+    if "choice" in distribution:
+        return trial.suggest_categorical(key, distribution["choice"])
+    kind = "float" if "float" in distribution else "int"
+    low, high = distribution[kind]
+    suggest_value = trial.suggest_float if kind == "float" else trial.suggest_int
+    return suggest_value(key, low, high, log=distribution.get("log", False), step=distribution.get("step"))
+
+
+# ---- the study ----------------------------------------------------------------------------------
+
+
+def storage_url(name: str, experiments_path: Path, storage) -> str:
+    return storage or f"sqlite:///{(Path(experiments_path) / f'{name}.sweep.db').resolve()}"
+
+
+def open_storage(url: str, experiments_path: Path):
+    """An Optuna storage: an URL (sqlite:///..., postgresql://...) or the path of a journal file."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat's
+    try:
+        if "://" not in url:
+            from optuna.storages.journal import JournalFileBackend
+
+            return optuna.storages.JournalStorage(JournalFileBackend(url))
+        if url.startswith("sqlite:///"):
+            Path(experiments_path).mkdir(parents=True, exist_ok=True)
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                          grace_period=GRACE_SECONDS)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot open the sweep storage {url}: {reason[:200]}") from None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def record_in_experiment(experiments_path: Path, name: str, **values) -> None:
+    """Update the trial's record ("sweep") in its experiment's experiment.json."""
+    path = Path(experiments_path) / name / "experiment.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # the experiment was never made (or is gone): the study has the record
+    meta.setdefault("sweep", {}).update(values)
+    write_json(path, meta)
+
+
+def fail_dead_trials(study, experiments_path: Path) -> None:
+    """RUNNING trials of this host whose worker is gone (killed): FAIL, at once; their experiments stay."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        attrs = trial.user_attrs
+        if attrs.get("host") == HOST and attrs.get("pid") and not _pid_alive(attrs["pid"]):
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            record_in_experiment(experiments_path, attrs.get("experiment", ""), state="FAIL")
+            log.info(f"trial {trial.number} ({attrs.get('experiment')}) lost its worker (pid {attrs['pid']}): "
+                     "marked failed; its experiment is kept and can be resumed with `train`")
+
+
+def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experiments_path: Path, data_path: Path,
+              storage=None, config_path: Path = DEFAULT_CONFIG, device: str = "auto", seed: int = 0,
+              pruner: str = "median", startup_trials: int = 5, warmup_epochs: int = 0, verbose: bool = False) -> dict:
+    """Run trials of study `name` until it has `trials` finished ones; returns sweep_status()."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from ignite_mnist.launch import run_training
+
+    validate_name(f"{name}-{trials}")
+    if trials < 1 or max_epochs < 1:
+        raise UserError(f"--trials and --max-epochs must be at least 1, not {trials} and {max_epochs}")
+    space = load_space(space_path, config_path)
+    if load_config(config_path)["data"]["val_split"] == 0:
+        raise UserError(f"config {config_path} has data.val_split 0: a sweep scores trials on validation accuracy, "
+                        "so it needs a validation set")
+    url = storage_url(name, experiments_path, storage)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happens
+    pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
+                                                             n_warmup_steps=warmup_epochs),
+               "none": optuna.pruners.NopPruner}
+    study = optuna.create_study(study_name=name, storage=open_storage(url, experiments_path), direction="maximize",
+                                load_if_exists=True, pruner=pruners[pruner]())
+
+    def objective(trial):
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE,
+                                                                      TrialState.PRUNED))
+                 if t.number < trial.number and not t.user_attrs.get("not_needed")]
+        if len(ahead) >= trials:  # another worker took the last trial at the same moment
+            trial.set_user_attr("not_needed", True)
+            raise NotNeeded()
+        experiment_name = f"{name}-{trial.number}"
+        for key, value in {"host": HOST, "pid": os.getpid(), "experiment": experiment_name}.items():
+            trial.set_user_attr(key, value)
+        params = {key: suggest(trial, key, distribution) for key, distribution in space.items()}
+        overrides = [f"{key}={json.dumps(value)}" for key, value in params.items()]
+        record = {"study": name, "storage": url, "trial": trial.number, "params": params, "state": "RUNNING"}
+        experiment = init_experiment(experiments_path, experiment_name, config_path, DEFAULT_SCHEMA, overrides, seed,
+                                     data_path, extra={"sweep": record})
+        setup_logging(experiment, verbose)
+        log.info(f"sweep {name}: trial {trial.number} of {trials}, experiment {experiment_name}: {' '.join(overrides)}")
+        try:
+            run_training(experiment, data_path, max_epochs, device, verbose=verbose, trial=trial)
+        except optuna.TrialPruned:
+            epoch = len(experiment.history()["epochs"])
+            _score(trial, experiment, state="PRUNED", pruned_at_epoch=epoch)
+            log.info(f"sweep {name}: trial {trial.number} pruned at epoch {epoch} (median pruner)")
+            raise
+        except BaseException:
+            record_in_experiment(experiments_path, experiment_name, state="FAIL")
+            raise
+        score = _score(trial, experiment, state="COMPLETE")
+        log.info(f"sweep {name}: trial {trial.number} complete: best validation accuracy {score:.2f}%")
+        return score
+
+    while True:
+        fail_dead_trials(study, experiments_path)
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if len(done) >= trials:
+            break
+        if len(done) + len(running) >= trials:
+            log.info(f"sweep {name}: the remaining {trials - len(done)} trial(s) are running in other workers")
+            break
+        try:
+            study.optimize(objective, n_trials=1)
+        except NotNeeded:
+            continue
+        except UserError as e:
+            stopped = e.exit_code in (130, 143)
+            raise UserError(f"sweep {name}: " + ("stopped: " if stopped else "")
+                            + f"{e}; the trial is marked failed, its experiment kept; run the same `sweep` "
+                            "command to go on", exit_code=e.exit_code) from None
+    return sweep_status(name, experiments_path, storage)
+
+
+def _score(trial, experiment: Experiment, **record) -> float:
+    """Best validation accuracy so far (the trial's score): into the study's trial and the experiment."""
+    history = experiment.history()
+    best = experiment.best_epoch(history)
+    score = next((e["validation_accuracy"] for e in history["epochs"] if e["epoch"] == best), None)
+    trial.set_user_attr("best_epoch", best)
+    trial.set_user_attr("best_val_accuracy", score)
+    record_in_experiment(experiment.root.parent, experiment.name, best_epoch=best, score=score, **record)
+    return score
+
+
+def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
+    """{"trials": [{number, state, params, experiment, best_epoch, best_val_accuracy}], best first; "best"}."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    url = storage_url(name, experiments_path, storage)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise UserError(f"no sweep {name!r}: {url.removeprefix('sqlite:///')} does not exist (run `sweep` first, "
+                        "or pass the --storage it used)")
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(url, experiments_path))
+    except KeyError:
+        raise UserError(f"no sweep {name!r} in {url}") from None
+    rows = [{"number": t.number, "state": t.state.name, "params": t.params, "experiment": t.user_attrs.get("experiment"),
+             "best_epoch": t.user_attrs.get("best_epoch"), "best_val_accuracy": t.user_attrs.get("best_val_accuracy")}
+            for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("not_needed")]
+    order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
+    rows.sort(key=lambda r: (order.get(r["state"], 5), -(r["best_val_accuracy"] or -1), r["number"]))
+    best = rows[0]["number"] if rows and rows[0]["state"] == "COMPLETE" else None
+    return {"study": name, "storage": url, "trials": rows, "best": best}

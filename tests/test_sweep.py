@@ -1,0 +1,136 @@
+"""Sweeps on Optuna: trials as experiments, best trial, two workers on one study, a killed worker, pruning,
+and one-line errors for bad search spaces."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import invoke, make_config, snapshot, wait_for
+
+SPACE = {"training.lr": {"float": [0.2, 1.5], "log": True}, "training.batch_size": {"choice": [16, 32]}}
+
+
+def sweep_args(folder: Path, tiny_data, name="s", trials=3, epochs=1, space=SPACE, *extra):
+    space_path = folder / f"space-{name}.json"
+    space_path.write_text(json.dumps(space))
+    config = folder / "sweep-config.json"
+    if not config.exists():
+        config.write_bytes(make_config(folder).read_bytes())
+    return ["--experiments-path", folder / "experiments", "--data-path", tiny_data, "sweep", "--name", name,
+            "--space", space_path, "--trials", trials, "--max-epochs", epochs, "--config-path", config,
+            "--device", "cpu", *extra]
+
+
+def status(capsys, folder, name="s", storage=()):
+    code, out, err = invoke(capsys, "--experiments-path", folder / "experiments", "sweep", "--name", name, "--status",
+                            *storage, "--json")
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_data, capsys):
+    code, out, err = invoke(capsys, *sweep_args(workdir, tiny_data, "s", 3, 1, SPACE, "--pruner", "none"))
+    assert code == 0, err
+    result = status(capsys, workdir)
+    assert [t["state"] for t in result["trials"]] == ["COMPLETE"] * 3
+    assert sorted(t["experiment"] for t in result["trials"]) == ["s-0", "s-1", "s-2"]
+    for t in result["trials"]:
+        meta = json.loads((workdir / "experiments" / t["experiment"] / "experiment.json").read_text())
+        assert meta["sweep"]["trial"] == t["number"] and meta["sweep"]["params"] == t["params"]
+        assert meta["sweep"]["state"] == "COMPLETE" and meta["sweep"]["score"] == t["best_val_accuracy"]
+        assert meta["config"]["training"]["lr"] == t["params"]["training.lr"]  # through init --set's code path
+        assert meta["overrides"] == [f"{k}={json.dumps(v)}" for k, v in t["params"].items()]
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list", "--json")
+    listed = json.loads(out)
+    assert listed[0]["name"] == f"s-{result['best']}" == result["trials"][0]["experiment"]
+    assert listed[0]["best_val_accuracy"] == result["trials"][0]["best_val_accuracy"]
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "s", "--status")
+    assert f"ignite-mnist -e s-{result['best']} export-release --epoch best" in out
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "-e", "s-0", "info")
+    assert "sweep s: trial 0, COMPLETE, score" in out
+
+
+def start_worker(folder, tiny_data, *args):
+    return subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, sweep_args(folder, tiny_data, *args))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_workers_on_one_study_finish_exactly_n_trials_with_distinct_experiments(workdir, tiny_data, capsys):
+    workers = [start_worker(workdir, tiny_data, "two", 4, 1, SPACE, "--pruner", "none") for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], [err for _, err in outputs]
+    trials = status(capsys, workdir, "two")["trials"]
+    finished = [t for t in trials if t["state"] in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 4 and len({t["experiment"] for t in finished}) == 4
+    made = sorted(p.name for p in (workdir / "experiments").iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert made == sorted(t["experiment"] for t in trials)  # no experiment for a trial that was not needed
+    assert all("sweep two: trial" in err for _, err in outputs), "both workers trained"
+
+
+def test_a_worker_killed_mid_trial_then_rerun_reaches_n(workdir, tiny_data, capsys):
+    args = ("killed", 1, 8, SPACE, "--pruner", "none")
+    worker = start_worker(workdir, tiny_data, *args)
+    first = workdir / "experiments" / "killed-0"
+    wait_for(lambda: (first / "checkpoints" / "checkpoint_1.pt").exists() or worker.poll() is not None, timeout=120)
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    assert worker.returncode == -signal.SIGKILL
+    assert status(capsys, workdir, "killed")["trials"][0]["state"] == "RUNNING"  # as the killed worker left it
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, *args))
+    assert code == 0, err
+    assert "trial 0 (killed-0) lost its worker" in err
+    trials = {t["number"]: t for t in status(capsys, workdir, "killed")["trials"]}
+    assert trials[0]["state"] == "FAIL" and trials[1]["state"] == "COMPLETE"
+    assert json.loads((first / "experiment.json").read_text())["sweep"]["state"] == "FAIL"
+    kept = sorted(first.joinpath("checkpoints").glob("checkpoint_*.pt"))
+    assert kept, "the killed trial's experiment is kept"
+    code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", "--data-path", tiny_data,
+                          "-e", "killed-0", "train", "--max-epochs", "8", "--device", "cpu")
+    assert code == 0 and "resuming experiment killed-0" in err  # and resumable
+
+
+def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir, tiny_data, capsys):
+    import optuna
+
+    space = {"training.lr": {"float": [1e-5, 2.0], "log": True}}
+    storage = f"sqlite:///{workdir / 'pruned.db'}"
+    study = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+    study.enqueue_trial({"training.lr": 1.0})
+    study.enqueue_trial({"training.lr": 1e-5})  # learns nothing: below the median at epoch 1
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "p", 2, 2, space, "--storage", storage,
+                                              "--pruner-startup-trials", "1"))
+    assert code == 0, err
+    trials = {t["number"]: t for t in status(capsys, workdir, "p", ["--storage", storage])["trials"]}
+    assert trials[0]["state"] == "COMPLETE" and trials[1]["state"] == "PRUNED"
+    sweep = json.loads((workdir / "experiments" / "p-1" / "experiment.json").read_text())["sweep"]
+    assert sweep["state"] == "PRUNED" and sweep["pruned_at_epoch"] == 1
+    assert (workdir / "experiments" / "p-1" / "checkpoints" / "checkpoint_1.pt").exists()  # the pruned epoch stays
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "-e", "p-1", "info")
+    assert "sweep p: trial 1, PRUNED at epoch 1" in out
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"training.learning_rate": {"float": [0.1, 1]}}, "training.learning_rate: the config has no such key; the "
+                                                      "nearest is training.lr"),
+    ({"training.lr": {"float": [1]}}, "$['training.lr']: {'float': [1]} is not valid under any of the given schemas"),
+    ({"training.lr": {"uniform": [0, 1]}}, "is not valid under any of the given schemas"),
+    ({"training.lr": {"float": [-1, 0.5]}}, "training.lr = -1 is refused by the config schema: $.training.lr: -1 is "
+                                            "less than or equal to the minimum of 0"),
+    ({"training.batch_size": {"choice": [32, "many"]}}, 'training.batch_size = "many" is refused by the config schema'),
+    ({"training.lr": {"float": [2, 1]}}, "training.lr: the low bound 2 is above the high one 1"),
+])
+def test_bad_search_spaces_are_refused_in_one_line(workdir, tiny_data, capsys, space, message):
+    args = sweep_args(workdir, tiny_data, "bad", 2, 1, space)
+    before = snapshot(workdir)
+    code, _, err = invoke(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert snapshot(workdir) == before
+
+
+def test_status_of_an_unknown_sweep(workdir, capsys):
+    code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "nope", "--status")
+    assert code == 2 and err.startswith("error: no sweep 'nope'")
