@@ -205,12 +205,6 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, STOP.check)  # a signal during evaluation: stop here
 
-    if job.get("trial") is not None:  # a sweep's trial: Optuna's pruner judges the validation accuracy, once
-        from optuna_integration import PyTorchIgnitePruningHandler  # the epoch is saved (a pruned trial keeps it)
-
-        pruning = PyTorchIgnitePruningHandler(job["trial"], "accuracy", trainer)
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: pruning(evaluators["validation"]))
-
     if is_writer:
         @trainer.on(Events.COMPLETED)  # max_epochs reached or early stopping; not after a stop by signal
         def export_best_release(engine):
@@ -234,13 +228,14 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         def log_epoch_pictures(engine):
             summaries.write_best(tb.writer, experiment, history.state_dict(), engine.state.epoch)
             if "validation" in evaluators:
-                summaries.write_confusion_matrix(tb.writer, evaluators["validation"].state.metrics["confusion_matrix"],
-                                                   classes, "validation", engine.state.epoch)
+                matrix = evaluators["validation"].state.metrics["confusion_matrix"]
+                summaries.write_confusion_matrix(tb.writer, matrix, classes, "validation", engine.state.epoch)
 
         @trainer.on(Events.COMPLETED)
         def log_worst_digits(engine):
-            summaries.write_worst(tb.writer, evaluators["test"].state.metrics["worst"], sets["test"].images, classes,
-                                    engine.state.epoch)
+            if "test" in evaluators:
+                summaries.write_worst(tb.writer, evaluators["test"].state.metrics["worst"], sets["test"].images,
+                                      classes, engine.state.epoch)
 
         trainer.add_event_handler(Events.COMPLETED | Events.TERMINATE, lambda _: tb.close())
 
@@ -248,8 +243,15 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         def close_logs(engine, error):
             tb.close()
             raise error
+
         if job["progress_bar"]:
             ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss.item()})
+
+    if job.get("trial") is not None:  # a sweep's trial: Optuna's pruner judges the validation accuracy, last:
+        from optuna_integration import PyTorchIgnitePruningHandler  # a pruned epoch is saved and logged
+
+        pruning = PyTorchIgnitePruningHandler(job["trial"], "accuracy", trainer)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: pruning(evaluators["validation"]))
 
 
 def training(local_rank: int, job: dict) -> None:

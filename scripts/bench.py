@@ -1,38 +1,46 @@
-"""Benchmark: the PyTorch MNIST example's recipe against ignite-mnist's training, on the same data and work.
+"""Benchmark: the PyTorch MNIST example against ignite-mnist, on the same data and work, in two ways.
 
     .venv/bin/python scripts/bench.py                       # Fashion-MNIST (60,000 + 10,000), 1 epoch, 1 repeat
-    .venv/bin/python scripts/bench.py --epochs 2 --repeats 3
+    .venv/bin/python scripts/bench.py --epochs 2 --repeats 3 --process-repeats 5
     .venv/bin/python scripts/bench.py --quick               # smoke test: the bundled sample (5,000 + 1,000), 1 epoch
+    .venv/bin/python scripts/bench.py --device cuda         # the same on a GPU (the reference with --accel)
     .venv/bin/python scripts/bench.py --dataset mnist --data-path data   # MNIST's IDX files, torchvision's layout or flat
 
-Three contenders, each run in its own subprocess (so that peak RSS is its own), alternating: for each
-repeat, reference, then ignite-mnist, then bare. All train on the whole training set (no validation
-split) and evaluate on the whole test set after every epoch, on the CPU, with torch's default threads.
-
-- reference: pytorch/examples mnist/main.py rebuilt here: torchvision (Fashion)MNIST with ToTensor +
-  Normalize, DataLoader batch 64 shuffled (the example shuffles on accelerators only; the sample is sorted
-  by class, so we always shuffle), the example's Net, its plain train and test loops (test batch 1000),
-  Adadelta lr 1.0, StepLR gamma 0.7, fp32.
+1. In-process epochs. Three contenders, each in its own subprocess (so that peak RSS is its own),
+alternating: for each repeat, reference, then ignite-mnist, then bare. All train on the whole training set
+(no validation split) and evaluate on the whole test set after every epoch, with torch's default threads.
+- reference: scripts/reference_mnist.py's functions: pytorch/examples mnist/main.py's recipe (torchvision
+  (Fashion)MNIST with ToTensor + Normalize, DataLoader batch 64 shuffled, the example's Net and loops, test
+  batch 1000, Adadelta lr 1.0, StepLR gamma 0.7, fp32).
 - ignite-mnist: what `ignite-mnist train` runs, not a copy: a temporary experiment from
   config/config.default.json (data.dataset set, data.val_split 0, precision from --precision), then
-  launch.run_training(..., device_name="cpu"). Times per epoch come from the experiment's metrics.json.
+  launch.run_training(). Times per epoch come from the experiment's metrics.json.
 - bare: ignite-mnist's own data, model, optimiser, train step and evaluator, driven by a plain Python
   loop instead of Ignite's Engine and handlers: it measures what the engine costs.
 
-Reported per contender (median over repeats): train images/s, whole-epoch time (train + test-set
-evaluation, per epoch), wall time per epoch (the whole run, setup included), evaluation images/s, peak
-RSS (ru_maxrss of the child, MiB), final test accuracy. Then
-    speedup         = reference whole-epoch time / ignite-mnist whole-epoch time
-    train_speedup   = ignite-mnist train images/s / reference train images/s
+2. Whole processes, what the user waits for: `python scripts/reference_mnist.py --epochs E` against
+`ignite-mnist train --max-epochs E` (its experiment made by an untimed `init`), alternating, start to exit.
+
+3. The machine's own limit, in the same run: the best GFLOP/s of a 2048x2048 GEMM in fp32 and bf16, the
+network's FLOPs per training image (torch's FlopCounterMode, forward and backward), and so the training
+step's achieved GFLOP/s as a fraction of the bf16 peak. The CPU's model and kind (AMX or not) are named.
+
+Reported: per contender (median over repeats) train images/s, whole-epoch time (train + test-set
+evaluation, per epoch), wall time per epoch, evaluation images/s, peak RSS (MiB), final test accuracy; then
+    speedup         = reference whole-epoch time / ignite-mnist whole-epoch time (in-process)
+    process_speedup = reference process time / ignite-mnist process time (whole processes)
     engine_overhead = ignite-mnist train time per epoch / bare train time per epoch - 1   (target <= 3%)
-The last line of the output is one JSON object with all of these. Timings need a quiet machine: the
-table's last row is the share of the CPU that other processes took during each run (warned above 5%).
+    peak_fraction   = step_gflops / bf16_peak_gflops
+and the time each process spent outside its epochs. The last line of the output is one JSON object with
+all of these. Timings need a quiet machine: the share of the CPU that other processes took during each
+in-process run is reported (warned above 5%).
 """
 
 import argparse
 import gzip
 import json
 import os
+import platform
 import shutil
 import statistics
 import subprocess
@@ -46,7 +54,6 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing: the pac
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
 
 from ignite_mnist import data  # noqa: E402
 from ignite_mnist.errors import UserError  # noqa: E402
@@ -86,73 +93,30 @@ def prepare_torchvision_root(dataset: str, data_path: Path, work_dir: Path) -> P
 # ---- contender 1: the PyTorch example's recipe ------------------------------------------------
 
 
-class ExampleNet(nn.Module):
-    """pytorch/examples mnist/main.py's Net, exactly (ReLU before max-pool, as there)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 32, 3, 1)
-        self.conv2 = nn.Conv2d(32, 64, 3, 1)
-        self.dropout1 = nn.Dropout(0.25)
-        self.dropout2 = nn.Dropout(0.5)
-        self.fc1 = nn.Linear(9216, 128)
-        self.fc2 = nn.Linear(128, 10)
-
-    def forward(self, x):
-        x = F.relu(self.conv1(x))
-        x = F.relu(self.conv2(x))
-        x = F.max_pool2d(x, 2)
-        x = self.dropout1(x)
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
-        x = self.dropout2(x)
-        x = self.fc2(x)
-        return F.log_softmax(x, dim=1)
-
-
 def run_reference(args) -> dict:
-    from torch.optim.lr_scheduler import StepLR
-    from torchvision import datasets, transforms
+    """scripts/reference_mnist.py's own functions (the example's loops), timed per epoch, in this process."""
+    import reference_mnist
 
     torch.manual_seed(args.seed)
     start = time.perf_counter()
-    spec = data.DATASETS[args.dataset]
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((spec["mean"],), (spec["std"],))])
-    cls = datasets.FashionMNIST if args.dataset == "fashion-mnist" else datasets.MNIST
-    root = torchvision_root(args.work_dir, args.dataset)
-    train_set = cls(root, train=True, download=False, transform=transform)
-    test_set = cls(root, train=False, download=False, transform=transform)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=64, shuffle=True)  # shuffle: our fix
-    test_loader = torch.utils.data.DataLoader(test_set, batch_size=1000)
-    model = ExampleNet()
+    device = torch.device(args.device)
+    train_loader, test_loader = reference_mnist.loaders(torchvision_root(args.work_dir, args.dataset), args.dataset,
+                                                        device)
+    model = reference_mnist.Net().to(device)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
-    scheduler = StepLR(optimizer, step_size=1, gamma=0.7)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
     epochs = []
-    for _ in range(args.epochs):
+    for epoch in range(1, args.epochs + 1):
         t0 = time.perf_counter()
-        model.train()  # the example's train(); its every-10-batches print is left out (stdout is our channel)
-        train_loss = 0.0  # the mean of the batch losses, as ignite-mnist's Average
-        for x, y in train_loader:
-            optimizer.zero_grad()
-            loss = F.nll_loss(model(x), y)
-            loss.backward()
-            optimizer.step()
-            train_loss += loss.item()
+        train_loss = reference_mnist.train(model, device, train_loader, optimizer, epoch, quiet=True)
         t1 = time.perf_counter()
-        model.eval()  # the example's test()
-        test_loss, correct = 0.0, 0
-        with torch.no_grad():
-            for x, y in test_loader:
-                output = model(x)
-                test_loss += F.nll_loss(output, y, reduction="sum").item()
-                pred = output.argmax(dim=1, keepdim=True)
-                correct += pred.eq(y.view_as(pred)).sum().item()
+        test_loss, accuracy = reference_mnist.test(model, device, test_loader, quiet=True)
         t2 = time.perf_counter()
         scheduler.step()
-        epochs.append({"train_seconds": t1 - t0, "test_seconds": t2 - t1, "train_loss": train_loss / len(train_loader),
-                       "test_loss": test_loss / len(test_set), "test_accuracy": 100.0 * correct / len(test_set)})
+        epochs.append({"train_seconds": t1 - t0, "test_seconds": t2 - t1, "train_loss": train_loss,
+                       "test_loss": test_loss, "test_accuracy": accuracy})
     return {"epochs": epochs, "wall_seconds": time.perf_counter() - start, "precision": "fp32",
-            "train_images": len(train_set), "test_images": len(test_set)}
+            "train_images": len(train_loader.dataset), "test_images": len(test_loader.dataset)}
 
 
 # ---- contender 2: ignite-mnist, as `ignite-mnist train` runs it --------------------------------
@@ -171,13 +135,13 @@ def run_ignite(args) -> dict:
     experiment = create_experiment(args.work_dir / "experiments", name, config, args.seed, sizes)
     try:
         start = time.perf_counter()
-        run_training(experiment, args.data_path, max_epochs=args.epochs, device_name="cpu")
+        run_training(experiment, args.data_path, max_epochs=args.epochs, device_name=args.device)
         wall = time.perf_counter() - start
         metrics = experiment.history()["epochs"]
     finally:
         shutil.rmtree(experiment.root, ignore_errors=True)
     keys = ("train_seconds", "test_seconds", "train_loss", "test_loss", "test_accuracy")
-    bf16 = use_bf16(config["training"]["precision"], torch.device("cpu"))
+    bf16 = use_bf16(config["training"]["precision"], torch.device(args.device))
     return {"epochs": [{k: float(m[k]) for k in keys} for m in metrics], "wall_seconds": wall,
             "precision": "bf16" if bf16 else "fp32", "train_images": sizes["train"], "test_images": sizes["test"]}
 
@@ -194,9 +158,9 @@ def run_bare(args) -> dict:
     from ignite_mnist.model import Net
 
     cfg = {**load_config(CONFIG)["training"], "precision": args.precision}
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     start = time.perf_counter()
-    torch.set_flush_denormal(True)  # as training() does, step for step below
+    torch.set_flush_denormal(device.type == "cpu")  # as training() does, step for step below
     bf16 = use_bf16(cfg["precision"], device)
     manual_seed(args.seed)
     split = draw_split(args.sizes[0], 0, args.seed)
@@ -215,14 +179,21 @@ def run_bare(args) -> dict:
         for index in batches:
             total += step(None, index)
             count += 1
+        synchronize(device)
         t1 = time.perf_counter()
         result = engines.evaluate(evaluator, len(sets["test"]), cfg["eval_batch_size"])
+        synchronize(device)
         t2 = time.perf_counter()
         lr_scheduler.step()
         epochs.append({"train_seconds": t1 - t0, "test_seconds": t2 - t1, "train_loss": total.item() / count,
                        "test_loss": result["loss"], "test_accuracy": result["accuracy"]})
     return {"epochs": epochs, "wall_seconds": time.perf_counter() - start, "precision": "bf16" if bf16 else "fp32",
             "train_images": len(sets["train"]), "test_images": len(sets["test"])}
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 WORKERS = {"reference": run_reference, "ignite": run_ignite, "bare": run_bare}
@@ -244,7 +215,8 @@ def run_worker(name: str, args, sizes: tuple) -> dict:
     """Run one contender in a child process; its JSON line, plus its peak RSS from wait4."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--dataset", args.dataset,
            "--data-path", str(args.data_path), "--work-dir", str(args.work_dir), "--epochs", str(args.epochs),
-           "--seed", str(args.seed), "--sizes", f"{sizes[0]},{sizes[1]}", "--precision", args.precision]
+           "--seed", str(args.seed), "--sizes", f"{sizes[0]},{sizes[1]}", "--precision", args.precision,
+           "--device", args.device]
     logs = args.work_dir / "logs"
     logs.mkdir(exist_ok=True)
     with open(logs / f"{name}.out", "w+") as out, open(logs / f"{name}.err", "w+") as err:
@@ -290,6 +262,116 @@ def summarise(run: dict) -> dict:
     }
 
 
+# ---- what the user waits for: whole processes, start to exit -----------------------------------
+
+
+def timed_process(cmd: list, log_path: Path) -> tuple:
+    """(wall seconds from start to exit, peak RSS MiB, stdout) of one command; its output in log_path."""
+    with open(log_path, "w+") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        text = out.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"error: {' '.join(map(str, cmd))} failed:\n" + "\n".join(text.splitlines()[-15:]))
+    return wall, usage.ru_maxrss / 1024, text
+
+
+def run_processes(args) -> dict:
+    """`python reference_mnist.py --epochs E` against `ignite-mnist train --max-epochs E`, alternating, each a
+    whole process on the same files; ignite-mnist's experiment is made by an untimed `init` before."""
+    import re
+
+    cli = [sys.executable, "-m", "ignite_mnist", "--experiments-path", str(args.work_dir / "processes"),
+           "--data-path", str(args.data_path)]
+    reference = [sys.executable, str(Path(__file__).with_name("reference_mnist.py")), "--epochs", str(args.epochs),
+                 "--data", str(torchvision_root(args.work_dir, args.dataset)), "--dataset", args.dataset,
+                 "--seed", str(args.seed)] + (["--accel"] if args.device != "cpu" else [])
+    logs = args.work_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    runs = {"reference": [], "ignite": []}
+    for r in range(args.process_repeats):
+        wall, rss, out = timed_process(reference, logs / f"reference-process-{r}.out")
+        found = re.search(r"final test accuracy ([0-9.]+)%, epochs ([0-9.]+)s", out)
+        runs["reference"].append({"process_s": wall, "epochs_s": float(found.group(2)), "peak_rss_mb": rss,
+                                  "accuracy": float(found.group(1))})
+        name = f"process-{r}"
+        timed_process([*cli, "-e", name, "init", "--seed", str(args.seed), "--set", f"data.dataset={args.dataset}",
+                       "--set", "data.val_split=0", "--set", f"training.precision={args.precision}"],
+                      logs / f"ignite-init-{r}.out")
+        wall, rss, _ = timed_process([*cli, "-e", name, "train", "--max-epochs", str(args.epochs),
+                                      "--device", args.device], logs / f"ignite-process-{r}.out")
+        history = json.loads((args.work_dir / "processes" / name / "metrics.json").read_text())["epochs"]
+        runs["ignite"].append({"process_s": wall, "peak_rss_mb": rss, "accuracy": history[-1]["test_accuracy"],
+                               "epochs_s": sum(e["train_seconds"] + e["test_seconds"] for e in history)})
+        shutil.rmtree(args.work_dir / "processes" / name, ignore_errors=True)
+        print(f"process {r + 1}/{args.process_repeats}: reference {runs['reference'][-1]['process_s']:.1f}s, "
+              f"ignite-mnist {wall:.1f}s", file=sys.stderr, flush=True)
+    import_torch = min(timed_process([sys.executable, "-c", "import torch"], logs / "import-torch.out")[0]
+                       for _ in range(3))
+    med = {side: {k: statistics.median(run[k] for run in runs[side]) for k in runs[side][0]} for side in runs}
+    return {
+        "process_speedup": med["reference"]["process_s"] / med["ignite"]["process_s"],
+        "reference_process_s": med["reference"]["process_s"], "ignite_mnist_process_s": med["ignite"]["process_s"],
+        "reference_outside_epochs_s": med["reference"]["process_s"] - med["reference"]["epochs_s"],
+        "ignite_mnist_outside_epochs_s": med["ignite"]["process_s"] - med["ignite"]["epochs_s"],
+        "import_torch_s": import_torch,
+        "reference_process_accuracy": med["reference"]["accuracy"],
+        "ignite_mnist_process_accuracy": med["ignite"]["accuracy"],
+        "reference_process_peak_rss_mb": med["reference"]["peak_rss_mb"],
+        "ignite_mnist_process_peak_rss_mb": med["ignite"]["peak_rss_mb"],
+        "process_runs": {("ignite_mnist" if k == "ignite" else k): [{n: round(v, 3) for n, v in run.items()}
+                                                                    for run in v] for k, v in runs.items()},
+    }
+
+
+# ---- the machine's own limit ------------------------------------------------------------------
+
+
+def cpu_kind() -> dict:
+    """The CPU's model name and whether it has AMX / AVX512-BF16 (what bf16 runs on)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+    kind = "AMX" if "amx_tile" in flags else "AVX512-BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
+    return {"cpu": f"{model or platform.machine()} ({kind}, {os.cpu_count()} cores)", "amx": "amx_tile" in flags,
+            "avx512_bf16": "avx512_bf16" in flags}
+
+
+def gemm_peak_gflops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
+    """The best GFLOP/s of an n x n matrix product, with torch's default threads: the machine's own limit."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first is a warm-up
+        synchronize(device)
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def flops_per_image() -> float:
+    """FLOPs of one training image, forward and backward, counted by torch's FlopCounterMode on our Net."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ignite_mnist.model import Net
+
+    model, x, y = Net(), torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    with FlopCounterMode(display=False) as counter:
+        F.nll_loss(model(x), y).backward()
+    return counter.get_total_flops() / 64
+
+
+def machine_limit(args) -> dict:
+    device = torch.device(args.device)
+    return {**cpu_kind(), "fp32_peak_gflops": gemm_peak_gflops(torch.float32, device),
+            "bf16_peak_gflops": gemm_peak_gflops(torch.bfloat16, device), "flops_per_image": flops_per_image()}
+
+
 # ---- the report -------------------------------------------------------------------------------
 
 
@@ -307,13 +389,15 @@ ROWS = [  # (label, key, format)
 ]
 
 
-def report(args, sizes, medians: dict, runs: dict, precision: dict) -> None:
+def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: dict, limit: dict) -> None:
     ref, ign, bare = medians["reference"], medians["ignite"], medians["bare"]
     speedup = ref["epoch_s"] / ign["epoch_s"]
     train_speedup = ign["img_s"] / ref["img_s"]
     overhead = ign["train_s"] / bare["train_s"] - 1
+    step_gflops = limit["flops_per_image"] * ign["img_s"] / 1e9
     print(f"\n{args.dataset}: {sizes[0]} training images, {sizes[1]} test images; {args.epochs} epoch(s), "
-          f"{args.repeats} repeat(s) (medians); torch {torch.__version__}, {torch.get_num_threads()} threads\n")
+          f"{args.repeats} repeat(s) (medians); torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.device}\nCPU: {limit['cpu']}\n")
     print(f"{'':40}" + "".join(f"{LABELS[c]:>14}" for c in CONTENDERS))
     print(f"{'precision':40}" + "".join(f"{precision[c]:>14}" for c in CONTENDERS))
     for label, key, fmt in ROWS:
@@ -324,6 +408,17 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict) -> None:
     verdict = "ok" if overhead <= ENGINE_OVERHEAD_TARGET else "ABOVE TARGET"
     print(f"engine overhead (ignite-mnist / bare train time - 1): {100 * overhead:+.1f}%"
           f"   (target <= {100 * ENGINE_OVERHEAD_TARGET:.0f}%: {verdict})")
+    print(f"machine limit (2048x2048 GEMM): fp32 {limit['fp32_peak_gflops']:.0f}, bf16 {limit['bf16_peak_gflops']:.0f} "
+          f"GFLOP/s; the training step: {limit['flops_per_image'] / 1e6:.1f} MFLOP/image x {ign['img_s']:.0f} images/s = "
+          f"{step_gflops:.0f} GFLOP/s, {100 * step_gflops / limit['bf16_peak_gflops']:.0f}% of the bf16 peak")
+    if processes:
+        print(f"whole processes ({args.process_repeats} each, medians): reference {processes['reference_process_s']:.1f}s"
+              f" ({processes['reference_process_accuracy']:.2f}%), ignite-mnist {processes['ignite_mnist_process_s']:.1f}s"
+              f" ({processes['ignite_mnist_process_accuracy']:.2f}%): {processes['process_speedup']:.2f}x; outside the "
+              f"epochs: {processes['reference_outside_epochs_s']:.1f}s against "
+              f"{processes['ignite_mnist_outside_epochs_s']:.1f}s (import torch: {processes['import_torch_s']:.1f}s); "
+              f"peak RSS {processes['reference_process_peak_rss_mb']:.0f} against "
+              f"{processes['ignite_mnist_process_peak_rss_mb']:.0f} MiB")
     shares = [r["other_cpu"] for c in CONTENDERS for r in runs[c] if r["other_cpu"] is not None]
     other_cpu = max(shares, default=None)
     if other_cpu is not None and other_cpu > 0.05:
@@ -338,6 +433,9 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict) -> None:
         "precision": precision["ignite"], "reference_precision": precision["reference"],
         "speedup": speedup, "speedup_basis": "reference whole-epoch time / ignite-mnist whole-epoch time",
         "train_speedup": train_speedup, "engine_overhead": overhead, "engine_overhead_target": ENGINE_OVERHEAD_TARGET,
+        "device": args.device, **{k: v for k, v in limit.items()},
+        "step_gflops": step_gflops, "peak_fraction": step_gflops / limit["bf16_peak_gflops"],
+        **{k: v for k, v in processes.items() if k != "process_runs"},
     }
     for c in CONTENDERS:
         prefix = "ignite_mnist" if c == "ignite" else c
@@ -348,6 +446,8 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict) -> None:
                         f"{prefix}_accuracy": m["accuracy"]})
     summary["runs"] = {("ignite_mnist" if c == "ignite" else c): [
         {k: v if v is None else round(v, 4) for k, v in s.items()} for s in runs[c]] for c in CONTENDERS}
+    if processes:
+        summary["process_runs"] = processes["process_runs"]
     print(json.dumps(summary))
 
 
@@ -366,11 +466,14 @@ def parse_args():
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="ignite-mnist's (and bare's) training.precision; the reference is always fp32")
     p.add_argument("--work-dir", type=Path, help="keeps the uncompressed data between runs (default: a temporary folder)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: every contender runs there (the reference "
+                   "with the example's --accel)")
+    p.add_argument("--process-repeats", type=int, default=3, help="whole-process runs of each side (0: none)")
     p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=lambda s: tuple(int(n) for n in s.split(",")), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
-        args.dataset, args.epochs, args.repeats = "mnist-sample", 1, 1
+        args.dataset, args.epochs, args.repeats, args.process_repeats = "mnist-sample", 1, 1, 1
     if args.epochs < 1 or args.repeats < 1:
         p.error("--epochs and --repeats must be at least 1")
     if args.data_path is None:
@@ -403,7 +506,8 @@ def main() -> None:
                 print(f"repeat {r + 1}/{args.repeats} {LABELS[c]:>12}: {runs[c][-1]['img_s']:7.0f} train img/s, "
                       f"{runs[c][-1]['accuracy']:.2f}% ({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
         medians = {c: {k: median([s[k] for s in runs[c]]) for k in runs[c][0]} for c in CONTENDERS}
-        report(args, sizes, medians, runs, precision)
+        processes = run_processes(args) if args.process_repeats else {}
+        report(args, sizes, medians, runs, precision, processes, machine_limit(args))
     except UserError as e:  # data not found, and the like: one line, as ignite-mnist says it
         sys.exit(f"error: {e}")
     finally:
