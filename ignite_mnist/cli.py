@@ -292,7 +292,7 @@ def sweep(
     g: Globals = ctx.obj
     setup_logging(None, g.verbose)
     try:
-        import optuna  # noqa: F401
+        import optuna  # noqa: F401  (imported here to say what is missing; sweep.py uses them)
         import optuna_integration  # noqa: F401
     except ImportError:
         raise UserError("sweeps need Optuna: pip install 'ignite-mnist[sweep]' (optuna, optuna-integration)") from None

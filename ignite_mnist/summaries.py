@@ -38,9 +38,9 @@ def write_best(writer, experiment: Experiment, history: dict, step: int) -> None
 
 def write_confusion_matrix(writer, matrix, classes: list, name: str, step: int) -> None:
     figure = analysis.confusion_matrix_figure(matrix.cpu(), classes, f"{name}, epoch {step}")
-    writer.add_figure(f"{name}/confusion_matrix", figure, step)  # closes the figure
+    writer.add_image(f"{name}/confusion_matrix", analysis.pixels(figure), step, dataformats="HWC")
 
 
 def write_worst(writer, worst: list, images, classes: list, step: int) -> None:
     figure = analysis.worst_figure(worst, images, classes, f"worst-classified test digits, epoch {step}")
-    writer.add_figure("test/worst_classified", figure, step)
+    writer.add_image("test/worst_classified", analysis.pixels(figure), step, dataformats="HWC")
