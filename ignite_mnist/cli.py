@@ -39,6 +39,12 @@ class Backend(str, enum.Enum):
     nccl = "nccl"
 
 
+class ReleaseFormat(str, enum.Enum):
+    pt = "pt"
+    pt2 = "pt2"
+    onnx = "onnx"
+
+
 @dataclass
 class Globals:
     experiment_name: Optional[str]
@@ -138,13 +144,15 @@ def test(
 def export_release(
     ctx: typer.Context,
     epoch: Optional[int] = typer.Option(None, "--epoch", help="The epoch to release (default: the last)."),
+    release_format: ReleaseFormat = typer.Option(ReleaseFormat.pt, "--format",
+                                                 help="pt (a state dict), pt2 (torch.export) or onnx."),
 ):
-    """Write a release of an epoch: the model alone, for inference. Prints its path last."""
+    """Write a release of an epoch: the model alone, for inference, verified on the test set. Prints its path last."""
     experiment = _open(ctx)
     experiment.checkpoint(epoch)
     from ignite_mnist import release
 
-    path = release.export_release(experiment, epoch)
+    path = release.export_release(experiment, epoch, release_format.value, ctx.obj.data_path)
     log.info(f"release written: {path}")
     print(path)
 
@@ -152,7 +160,7 @@ def export_release(
 @app.command()
 def predict(
     ctx: typer.Context,
-    release_path: Path = typer.Option(..., "--release", help="A release file (from export-release)."),
+    release_path: Path = typer.Option(..., "--release", help="A release file (from export-release): .pt, .pt2 or .onnx."),
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...), any size."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list of {path, label, class, probability}."),
 ):
