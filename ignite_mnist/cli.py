@@ -178,6 +178,28 @@ def predict(
 
 
 @app.command()
+def serve(
+    ctx: typer.Context,
+    release_path: Path = typer.Option(..., "--release", help="A release file (from export-release): .pt, .pt2 or .onnx."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images in one forward pass."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a request waits for others to batch with."),
+    max_body: int = typer.Option(1_000_000, "--max-body", min=1, help="Largest request body, in bytes (413 above)."),
+):
+    """Serve a release over HTTP: POST /predict, GET /health, GET /info, and a draw-a-digit page at /."""
+    import importlib.util
+
+    setup_logging(None, ctx.obj.verbose)
+    missing = [name for name in ("starlette", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"serve needs {', '.join(missing)}: pip install -e '.[serve]'")
+    from ignite_mnist import serve as serving
+
+    serving.serve(release_path, host, port, max_batch, max_wait_ms, max_body)
+
+
+@app.command()
 def info(
     ctx: typer.Context,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
