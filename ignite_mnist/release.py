@@ -343,6 +343,7 @@ def _open_onnx(path: Path) -> LoadedRelease:
         raise UserError(f"running the ONNX release {path} needs onnxruntime: pip install -e '.[export]'") from None
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
     try:
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
