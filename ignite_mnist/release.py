@@ -241,12 +241,17 @@ def format_of(path: Path) -> str:
     return {".pt2": "pt2", ".onnx": "onnx"}.get(Path(path).suffix.lower(), "pt")
 
 
-def open_release(path: Path, fmt: str = None) -> LoadedRelease:
-    """Load a release file of any format (by default, told by its suffix), checked, as untrusted input."""
+def open_release(path: Path, fmt: str = None, threads: int = None) -> LoadedRelease:
+    """Load a release file of any format (by default, told by its suffix), checked, as untrusted input.
+
+    threads: torch's CPU threads (for the whole process) for a pt or pt2 release; onnxruntime keeps its own
+    choice (it measured best at its default, once kept from busy-waiting)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"release {path} does not exist" if not path.exists() else f"release {path} is not a file")
     fmt = fmt or format_of(path)
+    if threads and fmt != "onnx":
+        torch.set_num_threads(threads)
     return {"pt": _open_pt, "pt2": _open_pt2, "onnx": _open_onnx}[fmt](path)
 
 
