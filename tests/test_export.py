@@ -239,3 +239,20 @@ def test_bad_onnx_and_pt2_files_are_one_line_errors(releases, tmp_path, capsys, 
         torch.export.save(torch.export.export(module, (torch.zeros(2, 3),)), path)
     code, _, err = invoke(capsys, "predict", "--release", path, tmp_path / "whatever.png")
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_the_readme_snippets_for_pt2_and_onnx_run_without_ignite_mnist(releases, tmp_path):
+    import re
+
+    from conftest import ROOT
+
+    section = (ROOT / "README.md").read_text().split("## Portable releases", 1)[1].split("\n## ", 1)[0]
+    snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(snippets) == 2
+    for snippet, fmt in zip(snippets, ("pt2", "onnx")):
+        code = "import sys\nsys.modules['ignite_mnist'] = None\n" + snippet.replace(
+            f'"experiments/demo/releases/release_epoch_10.{fmt}"', repr(str(releases[fmt])))
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        printed = eval(r.stdout.strip().splitlines()[-1])
+        assert len(printed) == 5 and all(label in [str(d) for d in range(10)] for label in printed)
