@@ -191,7 +191,8 @@ def serve(
     import importlib.util
 
     setup_logging(None, ctx.obj.verbose)
-    missing = [name for name in ("starlette", "uvicorn", "multipart") if importlib.util.find_spec(name) is None]
+    packages = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
+    missing = [package for module, package in packages.items() if importlib.util.find_spec(module) is None]
     if missing:
         raise UserError(f"serve needs {', '.join(missing)}: pip install -e '.[serve]'")
     from ignite_mnist import serve as serving

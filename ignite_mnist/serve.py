@@ -156,7 +156,7 @@ async def _uploads(request: Request, body: bytes, max_files: int) -> list:
     try:
         async with Request(request.scope, replay).form(max_files=max_files, max_fields=max_files) as form:
             fields = form.multi_items()
-            files = [(value.filename or f"file {i + 1}", await value.read())
+            files = [(" ".join((value.filename or "").split())[:100] or f"file {i + 1}", await value.read())
                      for i, (key, value) in enumerate(fields) if key == "file" and not isinstance(value, str)]
     except HTTPException as e:  # what Starlette makes of python-multipart's errors
         raise HTTPException(e.status_code, f"malformed multipart upload: {e.detail}") from None
