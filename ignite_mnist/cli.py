@@ -39,6 +39,12 @@ class Backend(str, enum.Enum):
     nccl = "nccl"
 
 
+class ReleaseFormat(str, enum.Enum):
+    pt = "pt"
+    pt2 = "pt2"
+    onnx = "onnx"
+
+
 @dataclass
 class Globals:
     experiment_name: Optional[str]
@@ -152,14 +158,16 @@ def test(
 def export_release(
     ctx: typer.Context,
     epoch: str = typer.Option("last", "--epoch", help="The epoch to release: " + EPOCH_HELP),
+    release_format: ReleaseFormat = typer.Option(ReleaseFormat.pt, "--format",
+                                                 help="pt (a state dict), pt2 (torch.export) or onnx."),
 ):
-    """Write a release of an epoch: the model alone, for inference. Prints its path last."""
+    """Write a release of an epoch: the model alone, for inference, verified on the test set. Prints its path last."""
     experiment = _open(ctx)
     epoch = experiment.resolve_epoch(epoch)
     experiment.checkpoint(epoch)
     from ignite_mnist import release
 
-    path = release.export_release(experiment, epoch)
+    path = release.export_release(experiment, epoch, release_format.value, ctx.obj.data_path)
     log.info(f"release written: {path}")
     print(path)
 
@@ -167,7 +175,7 @@ def export_release(
 @app.command()
 def predict(
     ctx: typer.Context,
-    release_path: Path = typer.Option(..., "--release", help="A release file (from export-release)."),
+    release_path: Path = typer.Option(..., "--release", help="A release file (from export-release): .pt, .pt2 or .onnx."),
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...), any size."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON list of {path, label, class, probability}."),
 ):
@@ -182,6 +190,29 @@ def predict(
         for r in results:
             name = f" ({r['class']})" if r["class"] != str(r["label"]) else ""
             print(f"{r['path']}: {r['label']}{name} {100 * r['probability']:.1f}%")
+
+
+@app.command()
+def serve(
+    ctx: typer.Context,
+    release_path: Path = typer.Option(..., "--release", help="A release file (from export-release): .pt, .pt2 or .onnx."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
+    max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images in one forward pass."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, help="How long a request waits for others to batch with."),
+    max_body: int = typer.Option(1_000_000, "--max-body", min=1, help="Largest request body, in bytes (413 above)."),
+):
+    """Serve a release over HTTP: POST /predict, GET /health, GET /info, and a draw-a-digit page at /."""
+    import importlib.util
+
+    setup_logging(None, ctx.obj.verbose)
+    packages = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
+    missing = [package for module, package in packages.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise UserError(f"serve needs {', '.join(missing)}: pip install -e '.[serve]'")
+    from ignite_mnist import serve as serving
+
+    serving.serve(release_path, host, port, max_batch, max_wait_ms, max_body)
 
 
 @app.command()
@@ -200,7 +231,7 @@ def info(
         problem = e["checkpoint"] and experiment.checkpoint_problem(Path(e["checkpoint"]))
         if problem:
             e["error"] = problem
-    releases = [{"epoch": epoch, "path": str(path)} for epoch, path in experiment.releases().items()]
+    releases = experiment.releases()
     meta = experiment.meta
     summary = {"name": experiment.name, "path": str(experiment.root), "created": meta.get("created"),
                "seed": experiment.seed, "config": experiment.config, "split": meta.get("split"),
@@ -228,7 +259,7 @@ def info(
         print(f"sweep {s['study']}: trial {s['trial']}, {state}{score}, params {json.dumps(s['params'])}")
     print("releases:" if releases else "releases: none yet")
     for r in releases:
-        print(f"  epoch {r['epoch']}: {r['path']}")
+        print(f"  epoch {r['epoch']} ({r['format']}): {r['path']}")
 
 
 @app.command("list")
@@ -256,7 +287,8 @@ def list_experiments(
         epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "")
         table.append([r["name"], r["dataset"], epochs, "-" if r["best_epoch"] is None else str(r["best_epoch"]),
                       percent(r["best_val_accuracy"]), percent(r["test_accuracy"]),
-                      *(json.dumps(flat.get(k)) for k in differing), ", ".join(map(str, r["releases"])) or "-"])
+                      *(json.dumps(flat.get(k)) for k in differing),
+                      ", ".join(f"{x['epoch']} ({x['format']})" for x in r["releases"]) or "-"])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -237,28 +237,52 @@ def eval_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) ->
 # ---- images for predict -------------------------------------------------------------------------
 
 
-def image_as_digit(path: Path) -> torch.Tensor:
-    """An image file as an MNIST digit: uint8 [28, 28], light strokes on a dark background.
+def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Tensor:
+    """An image as an MNIST digit: uint8 [28, 28], light strokes on a dark background.
 
-    A 28x28 image is taken as it is (inverted if its background is light). Any other size is prepared
-    as MNIST's digits were: the ink cropped, scaled to fit 20x20, centred by its centre of mass in 28x28.
+    `source` is a path, the file's bytes, or a binary file object; `name` names it in error messages (by
+    default the path, or "the image"). A 28x28 image is taken as it is (inverted if its background is
+    light). Any other size is prepared as MNIST's digits were: the ink cropped, scaled to fit 20x20,
+    centred by its centre of mass in 28x28. An image of more than `max_pixels` pixels (default: Pillow's
+    Image.MAX_IMAGE_PIXELS) is refused before it is decoded: a decompression bomb costs nothing.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    import io
+    import warnings
 
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, not an image file")
+    from PIL import Image, ImageOps
+
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source, name = io.BytesIO(source), name or "the image"
+    elif isinstance(source, (str, Path)):
+        source = Path(source)
+        name = name or str(source)
+        if source.is_dir():
+            raise UserError(f"{name} is a directory, not an image file")
+    else:
+        name = name or "the image"
+    limit = max_pixels or Image.MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, in one line
+            opened = Image.open(source)
+        with opened:
+            width, height = opened.size
+            if limit and width * height > limit:
+                raise UserError(f"{name} is {width}x{height} pixels, more than the limit of {limit} pixels "
+                                "(a decompression bomb?)")
             image = ImageOps.exif_transpose(opened)
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 white = Image.new("RGBA", image.size, "white")
                 image = Image.alpha_composite(white, image.convert("RGBA"))
             image = image.convert("L")
+    except UserError:
+        raise
     except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path} is not an image file that can be read ({type(e).__name__})") from None
+        raise UserError(f"{name} does not exist") from None
+    except Image.DecompressionBombError as e:  # Pillow's own check, on opening (over twice its limit)
+        raise UserError(f"{name} has too many pixels ({str(e).split(',')[0]}): a decompression bomb?") from None
+    except Exception as e:  # whatever a malformed file makes a decoder raise: OSError, SyntaxError, ValueError...
+        raise UserError(f"{name} is not an image file that can be read ({type(e).__name__})") from None
     pixels = np.asarray(image, dtype=np.float32)
     if np.median(pixels) > 127:  # dark strokes on a light background: make it MNIST's way round
         pixels = 255 - pixels

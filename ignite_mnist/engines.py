@@ -209,7 +209,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         @trainer.on(Events.COMPLETED)  # max_epochs reached or early stopping; not after a stop by signal
         def export_best_release(engine):
             epoch = experiment.best_epoch() or engine.state.epoch  # without validation: the last epoch
-            path = release.export_release(experiment, epoch)
+            path = release.export_release(experiment, epoch, "pt", job["data_path"])
             log.info(f"release of epoch {epoch}" + (" (the best)" if evaluators.get("validation") else "")
                      + f" written: {path}")
 

@@ -40,7 +40,7 @@ DEFAULT_SCHEMA = CONFIG_DIR / "config.schema.json"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _CHECKPOINT = re.compile(r"checkpoint_([0-9]+)\.pt")
-_RELEASE = re.compile(r"release_epoch_([0-9]+)\.pt")
+_RELEASE = re.compile(r"release_epoch_([0-9]+)\.(pt|pt2|onnx)")
 
 log = logging.getLogger("ignite_mnist")
 
@@ -340,11 +340,13 @@ class Experiment:
     def release_path(self, epoch: int) -> Path:
         return self.releases_dir / f"release_epoch_{epoch}.pt"
 
-    def releases(self) -> dict:
+    def releases(self) -> list:
+        """[{"epoch", "format", "path"}] of the release files (pt, pt2, onnx), by epoch."""
         if not self.releases_dir.is_dir():
-            return {}
+            return []
         found = ((_RELEASE.fullmatch(p.name), p) for p in self.releases_dir.iterdir())
-        return dict(sorted((int(m.group(1)), p) for m, p in found if m))
+        return [{"epoch": int(m.group(1)), "format": m.group(2), "path": str(p)}
+                for m, p in sorted(((m, p) for m, p in found if m), key=lambda mp: (int(mp[0].group(1)), mp[1].name))]
 
     @contextmanager
     def training_lock(self):
@@ -441,7 +443,8 @@ def summarize_experiments(experiments_path: Path) -> list:
             "epochs": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
             "best_epoch": best, "best_val_accuracy": at_best.get("validation_accuracy"),
             "test_accuracy": at_best.get("test_accuracy"), "stopped_early": history["stopped_early"],
-            "config": experiment.config, "releases": list(experiment.releases()),
+            "config": experiment.config,
+            "releases": [{"epoch": r["epoch"], "format": r["format"]} for r in experiment.releases()],
         })
     rank = lambda row: ("broken" in row, -(row.get("best_val_accuracy") or -1), row["name"])  # noqa: E731
     return sorted(rows, key=rank)

@@ -1,26 +1,60 @@
 """Releases: the trained model alone, with what inference needs, and the `predict` that uses one.
 
-A release holds no optimizer, scheduler or trainer state, only tensors and plain data: it loads with
-plain torch.load(path, weights_only=True) and the model class of the PyTorch MNIST example.
+Three formats, one input contract for the exported ones:
+- pt (the default): a dict of tensors and plain data, no optimizer, scheduler or trainer state: it loads
+  with plain torch.load(path, weights_only=True) and the model class of the PyTorch MNIST example;
+- pt2: a torch.export program (torch.export.save), run with torch.export.load(path).module();
+- onnx: one self-contained ONNX file (torch.onnx.export), run with onnxruntime.
+pt2 and onnx take float32 N x 1 x 28 x 28 pixels in [0, 1] and hold the dataset's normalisation in their
+graph; all three give N x 10 log-probabilities. The classes and the normalisation travel inside each file.
+Every release is verified before it takes its name: on the experiment's test set its predictions must
+equal the checkpoint's. open_release() loads any of the three, for `predict` and `serve`.
 """
 
+import contextlib
 import datetime
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
-from ignite.handlers import DiskSaver
+from torch import nn
 
 from ignite_mnist import data
 from ignite_mnist.checkpoints import epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import Experiment, package_versions
+from ignite_mnist.experiment import Experiment, log, package_versions
 from ignite_mnist.model import Net
 
 FORMAT = "ignite-mnist-release/1"
+SUFFIXES = {"pt": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
+METADATA_KEY = "ignite-mnist"  # ONNX metadata_props key; the pt2 program's extra file is METADATA_KEY + ".json"
+POLARITY = "light strokes on a dark background, as MNIST"
+VERIFY_BATCH = 256
 
 
-def export_release(experiment: Experiment, epoch: int = None) -> Path:
-    """Write the release of `epoch` (default: the last checkpoint) and return its path."""
+class Normalized(nn.Module):
+    """The exported graph: pixels in [0, 1] -> the dataset's normalisation -> Net -> log-probabilities."""
+
+    def __init__(self, net: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.net, self.mean, self.std = net, float(mean), float(std)
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
+
+
+def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = Path("data")) -> Path:
+    """Write the release of `epoch` (default: the last checkpoint) in format `fmt`, verified, and return its path."""
+    if fmt not in SUFFIXES:
+        raise UserError(f"unknown release format {fmt!r}: use pt, pt2 or onnx")
+    _check_export_packages(fmt)
     path = experiment.checkpoint(epoch)
     epoch = epoch if epoch is not None else max(experiment.checkpoints())
     checkpoint = read_checkpoint(path, "cpu")
@@ -46,12 +80,195 @@ def export_release(experiment: Experiment, epoch: int = None) -> Path:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": package_versions(),
     }
-    target = experiment.release_path(epoch)
+    target = experiment.release_path(epoch).with_suffix(SUFFIXES[fmt])
+    model.eval()
+    if fmt != "pt":  # a pt release holds the checkpoint's weights: reading them back bitwise equal is the proof
+        images = _test_images(dataset, data_path)
+        expected = _checkpoint_log_probabilities(model, spec, images)
     try:
-        DiskSaver(target.parent, require_empty=False)(release, target.name)  # atomic: whole or absent
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # a temporary name that Experiment.remove_partial_files() knows (tmp*), in the same folder: the
+        # release takes its name only once verified, whole; a failed export leaves nothing
+        fd, name = tempfile.mkstemp(prefix="tmp", suffix=SUFFIXES[fmt], dir=target.parent)
+        os.close(fd)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(name, 0o666 & ~umask)  # as any new file, not mkstemp's 0600
     except OSError as e:
         raise UserError(f"cannot write release {target}: {e.strerror}") from None
+    temporary = Path(name)
+    try:
+        _WRITERS[fmt](release, model, temporary)
+        if fmt == "pt":
+            _verify_weights(temporary, model, epoch)
+        else:
+            difference = _verify(temporary, fmt, images, expected, epoch)
+        os.replace(temporary, target)
+    except OSError as e:
+        raise UserError(f"cannot write release {target}: {e.strerror or e}") from None
+    finally:
+        temporary.unlink(missing_ok=True)
+    if fmt == "pt":
+        log.info(f"verified {target}: read back, bitwise the weights of checkpoint {path.name} (so the same "
+                 "predictions; largest difference of log-probabilities 0)")
+    else:
+        log.info(f"verified {target}: the same predictions as checkpoint {path.name} on the {len(images)} test "
+                 f"images of {dataset}; largest difference of log-probabilities {difference:.3g}")
     return target
+
+
+# ---- writing ------------------------------------------------------------------------------------
+
+
+def _check_export_packages(fmt: str) -> None:
+    import importlib.util
+
+    needed = {"onnx": ["onnx", "onnxscript", "onnxruntime"]}.get(fmt, [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"--format {fmt} needs {' and '.join(missing)}: pip install -e '.[export]'")
+
+
+def exported_metadata(release: dict, fmt: str) -> dict:
+    """What a pt2 or onnx release carries besides its graph: the release's plain data, its input contract."""
+    spec = release["input"]
+    meta = {k: v for k, v in release.items() if k != "model"}
+    meta["file_format"] = fmt
+    meta["input"] = {"shape": ["N", 1, 28, 28], "dtype": "float32", "range": [0.0, 1.0], "mean": spec["mean"],
+                     "std": spec["std"], "normalization": "inside the graph: (x - mean) / std",
+                     "polarity": spec["polarity"]}
+    meta["output"] = "N x 10 log-probabilities (log_softmax), in the order of classes"
+    return meta
+
+
+def _graph(release: dict, model: Net) -> Normalized:
+    return Normalized(model, release["input"]["mean"], release["input"]["std"]).eval()
+
+
+def _example_batch() -> torch.Tensor:
+    return torch.rand(2, 1, 28, 28)  # 2, not 1: torch.export specialises sizes 0 and 1
+
+
+def _write_pt(release: dict, model: Net, path: Path) -> None:
+    with open(path, "wb") as f:
+        torch.save(release, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_pt2(release: dict, model: Net, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(_graph(release, model), (_example_batch(),), dynamic_shapes={"x": {0: batch}})
+    extra = {METADATA_KEY + ".json": json.dumps(exported_metadata(release, "pt2"))}
+    with open(path, "wb") as f:
+        torch.export.save(program, f, extra_files=extra)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_onnx(release: dict, model: Net, path: Path) -> None:
+    meta = exported_metadata(release, "onnx")
+    with contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress
+        program = torch.onnx.export(_graph(release, model), (_example_batch(),), dynamo=True,
+                                    input_names=["x"], output_names=["log_probabilities"],
+                                    dynamic_shapes={"x": {0: "N"}})
+    program.model.metadata_props.update({
+        METADATA_KEY: json.dumps(meta),
+        "classes": json.dumps(meta["classes"]),
+        "normalization": json.dumps({"mean": meta["input"]["mean"], "std": meta["input"]["std"]}),
+        "input": "float32 N x 1 x 28 x 28, pixels in [0, 1], " + POLARITY,
+    })
+    program.model.doc_string = f"ignite-mnist release: {release['architecture']}, trained on {release['dataset']}"
+    program.save(str(path), external_data=False)  # one file: the weights inside, no .data file beside it
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+_WRITERS = {"pt": _write_pt, "pt2": _write_pt2, "onnx": _write_onnx}
+
+
+# ---- verifying ----------------------------------------------------------------------------------
+
+
+def _test_images(dataset: str, data_path: Path) -> torch.Tensor:
+    """The experiment's test images, uint8 [n, 28, 28]."""
+    images_path, labels_path = data.locate(dataset, data_path)["test"]
+    images, _ = data.read_split(images_path, labels_path, len(data.DATASETS[dataset]["classes"]))
+    return images
+
+
+def _checkpoint_log_probabilities(model: Net, spec: dict, images: torch.Tensor) -> torch.Tensor:
+    """The checkpoint's own answers, in fp32, normalised as in training (TensorSet.batch)."""
+    test_set = data.TensorSet(images, torch.zeros(len(images), dtype=torch.int64), spec["mean"], spec["std"])
+    with torch.inference_mode():
+        return torch.cat([model(test_set.batch(slice(i, i + VERIFY_BATCH))[0])
+                          for i in range(0, len(images), VERIFY_BATCH)])
+
+
+def _verify_weights(path: Path, model: Net, epoch: int) -> None:
+    """Load the written pt release as `predict` would: its weights must be the checkpoint's, bit for bit."""
+    loaded = load_release(path)["model"]
+    expected = model.state_dict()
+    if loaded.keys() != expected.keys() or not all(torch.equal(loaded[k], expected[k]) for k in expected):
+        raise UserError(f"the pt export of epoch {epoch} does not hold its checkpoint's weights: nothing was written")
+
+
+def _verify(path: Path, fmt: str, images: torch.Tensor, expected: torch.Tensor, epoch: int) -> float:
+    """Load the written file as `predict` would, run it on the test set, compare with the checkpoint."""
+    loaded = open_release(path, fmt)
+    got = torch.cat([loaded.log_probabilities_of(images[i:i + VERIFY_BATCH])
+                     for i in range(0, len(images), VERIFY_BATCH)])
+    if got.shape != expected.shape:
+        raise UserError(f"the {fmt} export of epoch {epoch} answers {tuple(got.shape)} for {len(images)} images, "
+                        f"not {tuple(expected.shape)}: nothing was written")
+    difference = float((got - expected).abs().max()) if len(images) else 0.0
+    other_labels = int((got.argmax(1) != expected.argmax(1)).sum())
+    if other_labels or not difference <= 1e-3:
+        raise UserError(f"the {fmt} export of epoch {epoch} does not match its checkpoint: {other_labels} of "
+                        f"{len(images)} test images get another label, largest difference of log-probabilities "
+                        f"{difference:.3g}; nothing was written")
+    return difference
+
+
+# ---- loading ------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedRelease:
+    """A release of any format, ready to run on the CPU in fp32."""
+
+    path: Path
+    file_format: str  # pt, pt2 or onnx
+    meta: dict  # plain data: classes, input, dataset, epoch, metrics, experiment, created, versions, ...
+    forward: Callable  # float32 [N, 1, 28, 28] pixels in [0, 1] -> float32 [N, 10] log-probabilities
+
+    @property
+    def classes(self) -> list:
+        return self.meta["classes"]
+
+    def log_probabilities_of(self, digits: torch.Tensor) -> torch.Tensor:
+        """uint8 digits [N, 28, 28] (as data.image_as_digit gives them) -> log-probabilities [N, 10]."""
+        with torch.inference_mode():
+            return self.forward(digits.unsqueeze(1).float().div_(255))
+
+
+def format_of(path: Path) -> str:
+    """pt2 and onnx by their suffix; anything else is read as a pt release."""
+    return {".pt2": "pt2", ".onnx": "onnx"}.get(Path(path).suffix.lower(), "pt")
+
+
+def open_release(path: Path, fmt: str = None, threads: int = None) -> LoadedRelease:
+    """Load a release file of any format (by default, told by its suffix), checked, as untrusted input.
+
+    threads: torch's CPU threads (for the whole process) for a pt or pt2 release; onnxruntime keeps its own
+    choice (it measured best at its default, once kept from busy-waiting)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"release {path} does not exist" if not path.exists() else f"release {path} is not a file")
+    fmt = fmt or format_of(path)
+    if threads and fmt != "onnx":
+        torch.set_num_threads(threads)
+    return {"pt": _open_pt, "pt2": _open_pt2, "onnx": _open_onnx}[fmt](path)
 
 
 def load_release(path: Path) -> dict:
@@ -64,18 +281,123 @@ def load_release(path: Path) -> dict:
     return release
 
 
-def predict(release_path: Path, image_paths: list) -> list:
-    """Classify image files with a release: [{path, label, class, probability}], in fp32 on the CPU."""
-    release = load_release(release_path)
+def _open_pt(path: Path) -> LoadedRelease:
+    release = load_release(path)  # torch.load(weights_only=True): a crafted pickle is refused unrun
     model = Net()
-    model.load_state_dict(release["model"])
-    model.eval()
+    try:
+        model.load_state_dict(release["model"])
+        spec = release["input"]
+        graph = Normalized(model, spec["mean"], spec["std"]).eval()  # x = digits / spec["scale"] (255)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"release {path} holds no model of this architecture ({str(e).splitlines()[0]})") from None
+    meta = {k: v for k, v in release.items() if k != "model"}
+    meta["file_format"] = "pt"
+    return LoadedRelease(path, "pt", meta, graph)
+
+
+# What torch.export.save writes (one program, named "model"): nothing else is accepted in a pt2 archive.
+_PT2_LAYOUT = re.compile(r"archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
+                         r"models/model\.json|data/weights/model_weights_config\.json|data/weights/weight_[0-9]+|"
+                         r"data/constants/model_constants_config\.json|data/constants/tensor_[0-9]+|"
+                         r"data/sample_inputs/model\.pt|extra/[A-Za-z0-9_.-]+")
+
+
+def _check_pt2_archive(path: Path) -> None:
+    """Refuse a pt2 file that torch.export.load would unpickle: torch.export.load reads pickled weights,
+    constants and objects, falls back to weights_only=False for sample inputs, and loads AOTInductor's
+    compiled code. What torch.export.save writes for a plain program has none of those: raw tensors,
+    JSON, and sample inputs that load with weights_only=True. Anything else is refused before loading."""
+
+    def refuse(reason):
+        raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason})")
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            roots = {name.split("/", 1)[0] for name in names}
+            if len(roots) != 1:
+                refuse("not a pt2 archive")
+            root = roots.pop() + "/"
+            for name in names:
+                if not _PT2_LAYOUT.fullmatch(name[len(root):]):
+                    refuse(f"unexpected file {name!r} in the archive")
+            if archive.read(root + "archive_format").decode().strip() != "pt2":
+                refuse("not a pt2 archive")
+            for kind in ("weights", "constants"):
+                config = json.loads(archive.read(f"{root}data/{kind}/model_{kind}_config.json"))["config"]
+                for fqn, entry in config.items():
+                    if entry.get("use_pickle") is not False or not re.fullmatch(r"(weight|tensor)_[0-9]+",
+                                                                                str(entry.get("path_name"))):
+                        refuse(f"{kind} {fqn!r} is stored as a pickle")
+            torch.load(io.BytesIO(archive.read(root + "data/sample_inputs/model.pt")), weights_only=True)
+    except UserError:
+        raise
+    except Exception as e:
+        refuse(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": "))
+
+
+def _metadata(path: Path, text) -> dict:
+    try:
+        meta = json.loads(text)
+    except (TypeError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("classes"), list):
+        raise UserError(f"{path} is not an ignite-mnist release (no {METADATA_KEY!r} metadata of format {FORMAT!r})")
+    return meta
+
+
+def _open_pt2(path: Path) -> LoadedRelease:
+    _check_pt2_archive(path)
+    extra = {METADATA_KEY + ".json": ""}
+    try:
+        module = torch.export.load(path, extra_files=extra).module()
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason[:200]})") from None
+    return LoadedRelease(path, "pt2", _metadata(path, extra[METADATA_KEY + ".json"]), module)
+
+
+def _open_onnx(path: Path) -> LoadedRelease:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(f"running the ONNX release {path} needs onnxruntime: pip install -e '.[export]'") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
+    try:
+        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason[:200]})") from None
+    meta = _metadata(path, meta)
+    input_name = session.get_inputs()[0].name
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {input_name: x.contiguous().numpy()})[0])
+
+    return LoadedRelease(path, "onnx", meta, forward)
+
+
+# ---- predict ------------------------------------------------------------------------------------
+
+
+def answer(release: LoadedRelease, log_probabilities: torch.Tensor) -> list:
+    """[{label, class, probability, probabilities}] for rows of log-probabilities."""
+    probabilities = log_probabilities.exp()
+    results = []
+    for row in probabilities.tolist():
+        label = max(range(len(row)), key=row.__getitem__)
+        results.append({"label": label, "class": release.classes[label], "probability": row[label],
+                        "probabilities": row})
+    return results
+
+
+def predict(release_path: Path, image_paths: list) -> list:
+    """Classify image files with a release of any format: [{path, label, class, probability}], fp32, CPU."""
+    release = open_release(release_path)
     digits = torch.stack([data.image_as_digit(path) for path in image_paths])
-    spec = release["input"]
-    x = digits.unsqueeze(1).float().div_(spec["scale"]).sub_(spec["mean"]).div_(spec["std"])
-    with torch.inference_mode():
-        probabilities, labels = model(x).exp().max(dim=1)
-    return [
-        {"path": str(path), "label": int(label), "class": release["classes"][label], "probability": float(p)}
-        for path, label, p in zip(image_paths, labels.tolist(), probabilities.tolist())
-    ]
+    results = answer(release, release.log_probabilities_of(digits))
+    return [{"path": str(path), **{k: r[k] for k in ("label", "class", "probability")}}
+            for path, r in zip(image_paths, results)]

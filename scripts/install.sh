@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install ignite-mnist into it (editable, with the test tools). Safe to run again.
+# Create .venv and install ignite-mnist into it (editable, with the test, export and serve extras). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -7,5 +7,7 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch and torchvision are pinned to the releases this project is tested with.
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[test,sweep]"
+# extras: test (pytest, httpx, selenium), export (onnx, onnxscript, onnxruntime), serve (starlette, uvicorn),
+# sweep (optuna, optuna-integration)
+.venv/bin/python -m pip install --quiet -e ".[test,export,serve,sweep]"
 echo "installed: $(.venv/bin/ignite-mnist --help >/dev/null && echo ignite-mnist) in $(pwd)/.venv"

@@ -151,3 +151,15 @@ def assert_same(a, b, path="checkpoint"):
             assert_same(x, y, f"{path}[{i}]")
     else:
         assert a == b, path
+
+
+@pytest.fixture(scope="session")
+def releases(tmp_path_factory, trained, tiny_data):
+    """The trained experiment (a copy) released in each format: {"pt": path, "pt2": path, "onnx": path}."""
+    from ignite_mnist import release
+    from ignite_mnist.experiment import open_experiment
+
+    folder = tmp_path_factory.mktemp("releases")
+    shutil.copytree(trained / "experiments", folder / "experiments")
+    experiment = open_experiment(folder / "experiments", "exp")
+    return {fmt: release.export_release(experiment, 2, fmt, tiny_data) for fmt in release.SUFFIXES}

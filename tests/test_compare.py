@@ -105,7 +105,7 @@ def test_list_compares_the_experiments_best_first_and_shows_a_broken_one(compare
                             "stopped_early", "config", "releases"}
         assert (row["epochs"], row["best_epoch"], row["best_val_accuracy"], row["test_accuracy"]) == \
             (2, best["epoch"], best["validation_accuracy"], best["test_accuracy"])
-        assert row["releases"] == [best["epoch"]] and row["dataset"] == "mnist"
+        assert row["releases"] == [{"epoch": best["epoch"], "format": "pt"}] and row["dataset"] == "mnist"
     assert {r["config"]["training"]["lr"] for r in rows[:2]} == {1.0, 0.1}
 
     code, out, err = invoke(capsys, "--experiments-path", compared / "experiments", "list")

@@ -86,7 +86,7 @@ def test_training_releases_the_best_epoch_when_it_completes(trained3):
 def test_without_validation_best_is_refused_and_the_last_epoch_is_released(workdir, tiny_data, capsys):
     experiment = new_experiment(workdir, tiny_data, "noval", **{"data.val_split": 0})
     run_training(experiment, tiny_data, max_epochs=2, device_name="cpu")
-    assert list(experiment.releases()) == [2] and experiment.best_epoch() is None
+    assert [(r["epoch"], r["format"]) for r in experiment.releases()] == [(2, "pt")] and experiment.best_epoch() is None
     capsys.readouterr()
     for command in ("test", "export-release"):
         before = snapshot(experiment.root)
@@ -116,7 +116,7 @@ def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workd
     assert "stopping early at epoch 3: validation accuracy did not improve by more than 100 points for 2 epochs" in err
     experiment = open_experiment(workdir / "experiments", "es")
     assert list(experiment.checkpoints()) == [1, 2, 3]
-    assert list(experiment.releases()) == [experiment.best_epoch()]
+    assert [r["epoch"] for r in experiment.releases()] == [experiment.best_epoch()]
     code, out, _ = invoke(capsys, *opts, "info")
     assert "stopped early at epoch 3: validation accuracy did not improve" in out
     code, out, _ = invoke(capsys, *opts, "info", "--json")

@@ -134,7 +134,7 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     # export-release's, and each train's release of its best epoch so far
     assert {r["epoch"] for r in info["releases"]} == {3, best_of(info["epochs"][:2]), best_of(info["epochs"])}
     r = run_cli(*opts, "info", cwd=tmp_path)
-    assert r.returncode == 0 and "epoch 3:" in r.stdout and "release_epoch_3.pt" in r.stdout
+    assert r.returncode == 0 and "  epoch 3" in r.stdout and "epoch 3 (pt): " in r.stdout and "release_epoch_3.pt" in r.stdout
 
 
 def test_console_script_and_help_are_quick_to_load():

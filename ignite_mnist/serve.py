@@ -1,0 +1,289 @@
+"""`ignite-mnist serve`: a release behind an HTTP API (Starlette on uvicorn), and a draw-a-digit page.
+
+- POST /predict: an image file as the body -> {label, class, probability, probabilities}; a multipart
+  upload of `file` fields -> a list of those. The image goes through data.image_as_digit, as in `predict`.
+- GET /health, GET /info (the release's metadata), GET / (the page, ignite_mnist/static/index.html).
+
+Concurrent requests are batched (Batcher): one worker takes what is queued, waits a few ms for more, up
+to a batch limit, and runs one forward pass in a thread, so the event loop keeps taking requests. Bad
+input is a 400 with a JSON error, a body over the limit a 413; neither reaches the model.
+"""
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+
+import torch
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse
+from starlette.routing import Route
+
+from ignite_mnist import data
+from ignite_mnist.errors import UserError
+from ignite_mnist.experiment import log
+from ignite_mnist.release import LoadedRelease, answer, open_release
+
+MAX_BODY = 1_000_000  # bytes of a request body (413 above)
+MAX_PIXELS = 25_000_000  # of one image, checked before it is decoded (400 above: a decompression bomb)
+MAX_FILES = 64  # files in one multipart upload
+MAX_BATCH = 64  # images in one forward pass
+MAX_WAIT_MS = 2.0  # how long the first request of a batch waits for others
+
+
+class Batcher:
+    """Dynamic batching: requests queue up; one worker gathers them into one forward pass.
+
+    The worker takes the first queued request, then whatever else arrives within `max_wait` seconds, up to
+    `max_batch` images, and runs the model on all of them at once in its own thread. `batch_sizes` records
+    the number of images of every forward pass (the most recent 10,000), for /health and the tests.
+    """
+
+    def __init__(self, release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait: float = MAX_WAIT_MS / 1000):
+        self.release, self.max_batch, self.max_wait = release, max_batch, max_wait
+        self.batch_sizes = collections.deque(maxlen=10_000)
+        self.forward_passes = self.images = 0
+        self._queue = None
+        self._carried = None  # a request that did not fit in the last batch: it starts the next one
+        self._task = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+
+    async def log_probabilities(self, digits: torch.Tensor) -> torch.Tensor:
+        """uint8 digits [k, 28, 28] -> their log-probabilities [k, 10], computed in a shared forward pass."""
+        future = asyncio.get_running_loop().create_future()
+        await self._queue.put((digits, future))
+        return await future
+
+    def _forward(self, digits: torch.Tensor) -> torch.Tensor:
+        self.batch_sizes.append(len(digits))
+        self.forward_passes += 1
+        self.images += len(digits)
+        return self.release.log_probabilities_of(digits)
+
+    async def _gather(self) -> list:
+        """The next batch: [(digits, future)], at least one request, at most max_batch images (unless one
+        request alone has more)."""
+        loop = asyncio.get_running_loop()
+        first, self._carried = self._carried or await self._queue.get(), None
+        batch, size = [first], len(first[0])
+        deadline = loop.time() + self.max_wait
+        while size < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if size + len(item[0]) > self.max_batch:
+                self._carried = item
+                break
+            batch.append(item)
+            size += len(item[0])
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [(digits, future) for digits, future in await self._gather() if not future.done()]
+            if not batch:  # every client of this batch went away
+                continue
+            try:
+                output = await loop.run_in_executor(self._executor, self._forward, torch.cat([d for d, _ in batch]))
+            except Exception as e:  # the model failed: each waiting request answers 500, the worker goes on
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (digits, future), rows in zip(batch, output.split([len(d) for d, _ in batch])):
+                if not future.done():
+                    future.set_result(rows)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or HTTPException 413 as soon as it is known to be over `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise HTTPException(400, f"invalid Content-Length {declared!r}")
+        if int(declared) > limit:
+            raise HTTPException(413, f"the body is {int(declared)} bytes, over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"the body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _uploads(request: Request, body: bytes, max_files: int) -> list:
+    """[(name, bytes)] of the `file` fields of a multipart body (already read, within the size limit)."""
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        async with Request(request.scope, replay).form(max_files=max_files, max_fields=max_files) as form:
+            fields = form.multi_items()
+            files = [(" ".join((value.filename or "").split())[:100] or f"file {i + 1}", await value.read())
+                     for i, (key, value) in enumerate(fields) if key == "file" and not isinstance(value, str)]
+    except HTTPException as e:  # what Starlette makes of python-multipart's errors
+        raise HTTPException(e.status_code, f"malformed multipart upload: {e.detail}") from None
+    if any(key == "file" and isinstance(value, str) for key, value in fields):
+        raise HTTPException(400, "each `file` field must be a file, not text")
+    if not files:
+        raise HTTPException(400, "the multipart upload has no `file` field: send images as `file` fields")
+    return files
+
+
+def _decode(uploads: list, max_pixels: int) -> torch.Tensor:
+    """The uploads as uint8 digits [k, 28, 28], by the preprocessing of `predict`; UserError names a bad one."""
+    digits = []
+    for name, content in uploads:
+        if not content:
+            raise UserError(f"{name} is empty: send an image file (PNG, JPEG, ...)")
+        digits.append(data.image_as_digit(content, name=name, max_pixels=max_pixels))
+    return torch.stack(digits)
+
+
+def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
+               max_body: int = MAX_BODY, max_pixels: int = MAX_PIXELS, max_files: int = MAX_FILES) -> Starlette:
+    """The ASGI app serving `release`; app.state.batcher is its Batcher."""
+    batcher = Batcher(release, max_batch, max_wait_ms / 1000)
+    logging.getLogger("python_multipart").setLevel(logging.ERROR)  # a malformed upload is the client's 400, not a log line
+    page = resources.files("ignite_mnist").joinpath("static/index.html").read_text(encoding="utf-8")
+    started = time.time()
+    info = {**release.meta, "file": str(release.path), "file_format": release.file_format,
+            "server": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body,
+                       "max_pixels": max_pixels, "max_files": max_files}}
+
+    async def predict(request: Request):
+        body = await _read_body(request, max_body)
+        many = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+        if many:
+            uploads = await _uploads(request, body, max_files)
+        elif not body:
+            return _error(400, "the body is empty: send the image file (PNG, JPEG, ...) as the request body")
+        else:
+            uploads = [("the body", body)]
+        try:
+            digits = await run_in_threadpool(_decode, uploads, max_pixels)
+        except UserError as e:
+            return _error(400, str(e))
+        try:
+            log_probabilities = await batcher.log_probabilities(digits)
+        except Exception as e:  # the model failed (answered here: an unhandled error would close the connection)
+            log.error(f"forward pass failed: {type(e).__name__}: {e}")
+            return _error(500, f"internal error ({type(e).__name__})")
+        results = answer(release, log_probabilities)
+        return JSONResponse(results if many else results[0])
+
+    async def health(request: Request):
+        sizes = list(batcher.batch_sizes)
+        return JSONResponse({"status": "ok", "uptime_seconds": round(time.time() - started, 3),
+                             "forward_passes": batcher.forward_passes, "images": batcher.images,
+                             "mean_batch": round(sum(sizes) / len(sizes), 3) if sizes else None,
+                             "largest_batch": max(sizes, default=None)})
+
+    async def get_info(request: Request):
+        return JSONResponse(info)
+
+    async def index(request: Request):
+        return HTMLResponse(page)
+
+    async def http_error(request: Request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail))
+
+    async def server_error(request: Request, exc: Exception):
+        log.error(f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}")
+        return _error(500, f"internal error ({type(exc).__name__})")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = Starlette(
+        routes=[Route("/", index), Route("/predict", predict, methods=["POST"]), Route("/health", health),
+                Route("/info", get_info)],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    return app
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (port 0: a free one), or a one-line UserError."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError, OverflowError) as e:
+        raise UserError(f"cannot listen on {host}:{port}: {getattr(e, 'strerror', None) or e}") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
+def serve(release_path: Path, host: str = "127.0.0.1", port: int = 8000, max_batch: int = MAX_BATCH,
+          max_wait_ms: float = MAX_WAIT_MS, max_body: int = MAX_BODY, threads: int = None) -> None:
+    """Load the release, bind, and serve until Ctrl-C or SIGTERM."""
+    import uvicorn
+
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port must be between 0 and 65535, not {port}")
+    # torch's forward pass leaves a core to the event loop: on 2 cores, a second torch thread competing with
+    # it stalled requests (pt2: p99 60 ms instead of 7 at 1 client, 90 instead of 1,260 requests/s at 16)
+    release = open_release(release_path, threads=threads or max(1, (os.cpu_count() or 2) - 1))
+    app = create_app(release, max_batch, max_wait_ms, max_body)
+    sock = listen(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    log.info(f"serving {release.file_format} release {release_path} (epoch {release.meta.get('epoch')}, "
+             f"{release.meta.get('dataset')}) on http://{shown}:{bound_port}/ (Ctrl-C to stop)")
+    sys.stderr.flush()
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    # SIGINT and SIGTERM are the normal way to stop a server: uvicorn shuts down gracefully (answering the
+    # requests under way), then raises the signal again, which these handlers absorb: exit status 0
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, frame: None)
+    uvicorn.Server(config).run(sockets=[sock])
+    log.info("stopped")

@@ -1,0 +1,386 @@
+"""ignite-mnist serve: the HTTP API on a real uvicorn server (in a thread, or the command in a subprocess)."""
+
+import dataclasses
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from conftest import invoke, wait_for
+from ignite_mnist import data, release, serve as serving
+
+
+def digit_png(image: torch.Tensor, size: int = 28, fmt: str = "PNG") -> bytes:
+    picture = Image.fromarray(image.numpy())
+    if size != 28:
+        picture = picture.resize((size, size), Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    picture.convert("RGB" if fmt == "JPEG" else "L").save(buffer, fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digits(tiny_data):
+    """The tiny test set's first 40 digits: uint8 [40, 28, 28]."""
+    return data.read_split(tiny_data / "t10k-images-idx3-ubyte.gz", tiny_data / "t10k-labels-idx1-ubyte.gz")[0][:40]
+
+
+class Server:
+    """A real uvicorn server for `app` on a free localhost port, in a thread of this process."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        sock = serving.listen("127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.app = app
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.started, timeout=30)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def post(self, content=None, **kwargs):
+        return self.client.post("/predict", content=content, **kwargs)
+
+    def stop(self):
+        self.client.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(releases):
+    s = Server(serving.create_app(release.open_release(releases["pt"])))
+    yield s
+    s.stop()
+
+
+def served(releases, fmt="pt", wrap=None, **settings):
+    """A server of release `fmt`; wrap(forward) -> forward replaces the model's forward pass."""
+    loaded = release.open_release(releases[fmt])
+    if wrap:
+        loaded = dataclasses.replace(loaded, forward=wrap(loaded.forward))
+    return Server(serving.create_app(loaded, **settings))
+
+
+def expected_answers(releases, pngs: list) -> list:
+    loaded = release.open_release(releases["pt"])
+    digits = torch.stack([data.image_as_digit(png) for png in pngs])
+    return release.answer(loaded, loaded.log_probabilities_of(digits))
+
+
+def assert_same_answers(got: list, expected: list):
+    assert [g["label"] for g in got] == [e["label"] for e in expected]
+    assert [g["class"] for g in got] == [e["class"] for e in expected]
+    for g, e in zip(got, expected):
+        assert set(g) == {"label", "class", "probability", "probabilities"}
+        assert abs(g["probability"] - e["probability"]) < 1e-5 and len(g["probabilities"]) == 10
+        assert abs(sum(g["probabilities"]) - 1) < 1e-4 and g["probability"] == max(g["probabilities"])
+
+
+# ---- answers ------------------------------------------------------------------------------------
+
+def test_preprocessing_is_predicts_for_paths_bytes_and_file_objects(tmp_path, digits):
+    for name, content in [("d.png", digit_png(digits[0])), ("d.jpg", digit_png(digits[1], 300, "JPEG")),
+                          ("big.png", digit_png(digits[2], 500))]:
+        (tmp_path / name).write_bytes(content)
+        from_path = data.image_as_digit(tmp_path / name)
+        assert torch.equal(data.image_as_digit(content), from_path)
+        assert torch.equal(data.image_as_digit(io.BytesIO(content)), from_path)
+    assert torch.equal(data.image_as_digit(tmp_path / "d.png"), digits[0])
+
+
+def test_predict_answers_as_the_predict_command(server, releases, digits, tmp_path, capsys):
+    pngs = [digit_png(digits[0]), digit_png(digits[1], 300, "JPEG"), digit_png(digits[2], 120)]
+    got = []
+    for png in pngs:
+        r = server.post(png, headers={"content-type": "application/octet-stream"})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+        got.append(r.json())
+    assert_same_answers(got, expected_answers(releases, pngs))
+    paths = []
+    for i, png in enumerate(pngs):
+        paths.append(tmp_path / f"{i}.img")
+        paths[-1].write_bytes(png)
+    code, out, err = invoke(capsys, "predict", "--release", releases["pt"], "--json", *paths)
+    assert code == 0, err
+    assert [p["label"] for p in json.loads(out)] == [g["label"] for g in got]
+
+
+def test_a_multipart_upload_of_several_files_answers_a_list_in_order(server, releases, digits):
+    pngs = [digit_png(d) for d in digits[:5]]
+    r = server.post(files=[("file", (f"d{i}.png", png, "image/png")) for i, png in enumerate(pngs)])
+    assert r.status_code == 200, r.text
+    assert_same_answers(r.json(), expected_answers(releases, pngs))
+    r = server.post(files=[("file", ("one.png", pngs[0], "image/png"))])
+    assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 1
+
+
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_every_format_serves_the_same_answers(releases, digits, fmt):
+    pngs = [digit_png(d) for d in digits[:8]]
+    s = served(releases, fmt)
+    try:
+        r = s.post(files=[("file", (f"d{i}.png", png, "image/png")) for i, png in enumerate(pngs)])
+        assert r.status_code == 200, r.text
+        assert_same_answers(r.json(), expected_answers(releases, pngs))
+        assert s.client.get("/info").json()["file_format"] == fmt
+    finally:
+        s.stop()
+
+
+def test_health_and_info(server, releases):
+    health = server.client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    info = server.client.get("/info").json()
+    assert info["classes"] == [str(d) for d in range(10)] and info["epoch"] == 2 and info["dataset"] == "mnist"
+    assert info["file_format"] == "pt" and info["file"] == str(releases["pt"]) and info["format"] == release.FORMAT
+    assert info["server"]["max_body_bytes"] == 1_000_000 and "test_accuracy" in info["metrics"]
+    assert "model" not in info
+
+
+def test_the_page_is_served_by_the_same_process(server):
+    page = server.client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<canvas id="pad"' in page.text and 'id="clear"' in page.text and "fetch(\"predict\"" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: nothing from elsewhere
+
+
+# ---- batching -----------------------------------------------------------------------------------
+
+def recording(sizes: list):
+    def wrap(forward):
+        def recorded(x):
+            sizes.append(x.shape[0])  # the batch dimension of each real forward pass
+            return forward(x)
+        return recorded
+    return wrap
+
+
+def post_together(s: Server, pngs: list) -> list:
+    barrier = threading.Barrier(len(pngs))
+
+    def one(png):
+        barrier.wait()
+        return httpx.post(s.url + "/predict", content=png, timeout=30)
+
+    with ThreadPoolExecutor(len(pngs)) as pool:
+        return list(pool.map(one, pngs))
+
+
+def test_two_concurrent_requests_share_one_forward_pass(releases, digits):
+    sizes = []
+    s = served(releases, wrap=recording(sizes), max_wait_ms=1000, max_batch=2)
+    try:
+        pngs = [digit_png(digits[0]), digit_png(digits[1])]
+        responses = post_together(s, pngs)
+        assert [r.status_code for r in responses] == [200, 200]
+        assert sizes == [2], "both requests went through one forward pass"
+        assert list(s.app.state.batcher.batch_sizes) == [2]
+        assert_same_answers([r.json() for r in responses], expected_answers(releases, pngs))
+        health = s.client.get("/health").json()
+        assert health["forward_passes"] == 1 and health["images"] == 2 and health["largest_batch"] == 2
+    finally:
+        s.stop()
+
+
+def test_a_batch_stops_at_the_batch_limit(releases, digits):
+    sizes = []
+    s = served(releases, wrap=recording(sizes), max_wait_ms=1000, max_batch=3)
+    try:
+        pngs = [digit_png(d) for d in digits[:5]]
+        responses = post_together(s, pngs)
+        assert all(r.status_code == 200 for r in responses)
+        assert sorted(sizes) == [2, 3]
+        assert_same_answers([r.json() for r in responses], expected_answers(releases, pngs))
+    finally:
+        s.stop()
+
+
+def test_a_failing_forward_pass_is_a_500_and_the_server_goes_on(releases, digits):
+    failing = [True]
+
+    def wrap(forward):
+        def maybe_failing(x):
+            if failing[0]:
+                raise RuntimeError("out of memory")
+            return forward(x)
+        return maybe_failing
+
+    s = served(releases, wrap=wrap)
+    try:
+        r = s.post(digit_png(digits[0]))
+        assert r.status_code == 500 and r.json() == {"error": "internal error (RuntimeError)"}
+        failing[0] = False
+        assert s.post(digit_png(digits[0])).status_code == 200
+    finally:
+        s.stop()
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+
+def png_bomb(side: int) -> bytes:
+    """A valid grayscale PNG of side x side black pixels: tiny on the wire, side**2 bytes once decoded."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    compressor, row, parts = zlib.compressobj(9), b"\0" * (side + 1), []
+    for _ in range(side):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+def truncated(fmt):
+    picture = Image.new("L", (200, 200))
+    ImageDraw.Draw(picture).ellipse([40, 40, 160, 160], outline=255, width=12)
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt)
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+def multipart(parts: list, boundary="xyzzy") -> tuple:
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), {"content-type": f"multipart/form-data; boundary={boundary}"}
+
+
+def blank_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (28, 28)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+BAD_INPUTS = {
+    "not an image": (lambda: (b"hello, world", {}), 400, "the body is not an image file that can be read"),
+    "empty body": (lambda: (b"", {}), 400, "the body is empty"),
+    "truncated PNG": (lambda: (truncated("PNG"), {}), 400, "the body is not an image file that can be read"),
+    "truncated JPEG": (lambda: (truncated("JPEG"), {}), 400, "the body is not an image file that can be read"),
+    "bomb over the server's limit": (lambda: (png_bomb(6000), {}), 400,
+                                     "the body is 6000x6000 pixels, more than the limit of 25000000 pixels"),
+    "bomb over Pillow's limit": (lambda: (png_bomb(20000), {}), 400, "decompression bomb"),
+    "body over 1 MB": (lambda: (b"\0" * 1_000_001, {}), 413, "over the limit of 1000000 bytes"),
+    "body over 1 MB, chunked": (lambda: ((b"\0" * 100_000 for _ in range(11)), {}), 413,
+                                "over the limit of 1000000 bytes"),
+    "multipart without a file field": (lambda: multipart([("other", "a.png", b"x")]), 400, "has no `file` field"),
+    "multipart file as text": (lambda: multipart([("file", None, b"text")]), 400, "must be a file, not text"),
+    "multipart with a bad file": (lambda: multipart([("file", "good.png", blank_png()), ("file", "bad.png", b"hi")]),
+                                  400, "bad.png is not an image file that can be read"),
+    "multipart with an empty file": (lambda: multipart([("file", "empty.png", b"")]), 400, "empty.png is empty"),
+    "malformed multipart": (lambda: (b"--nope\r\ngarbage", {"content-type": "multipart/form-data; boundary=xyzzy"}),
+                            400, "malformed multipart upload: Invalid multipart data"),
+    "too many files": (lambda: multipart([("file", f"{i}.png", b"x") for i in range(65)]), 400, "Too many files"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_refused_with_a_json_error_and_the_server_goes_on(server, digits, case):
+    make, status, message = BAD_INPUTS[case]
+    content, headers = make()
+    r = server.post(content, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json" and message in r.json()["error"]
+    assert len(r.json()["error"].splitlines()) == 1
+    good = server.post(digit_png(digits[0]))
+    assert good.status_code == 200 and good.json()["label"] in range(10)
+    assert server.client.get("/health").json()["status"] == "ok"
+
+
+def test_wrong_paths_and_methods_are_json_errors(server):
+    r = server.client.get("/nope")
+    assert r.status_code == 404 and r.json() == {"error": "Not Found"}
+    r = server.client.get("/predict")
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}
+
+
+# ---- the command ----------------------------------------------------------------------------------
+
+def test_the_serve_command_binds_localhost_answers_and_stops_cleanly(releases, digits):
+    process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", "serve", "--release", releases["onnx"],
+                                "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        assert line.startswith("serving onnx release") and " on http://127.0.0.1:" in line, line
+        url = line.split(" on ")[1].split()[0].rstrip("/")
+        with httpx.Client(base_url=url, timeout=30) as client:
+            assert client.get("/health").json()["status"] == "ok"
+            assert client.get("/info").json()["file_format"] == "onnx"
+            assert_same_answers([client.post("/predict", content=digit_png(digits[3])).json()],
+                                expected_answers(releases, [digit_png(digits[3])]))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert process.stderr.read().strip() == "stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_serve_errors_are_one_line(releases, tmp_path, capsys):
+    def refused(*args):
+        code, out, err = invoke(capsys, "serve", *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+        return err.strip()
+
+    assert refused("--release", tmp_path / "missing.onnx") == f"error: release {tmp_path / 'missing.onnx'} does not exist"
+    (tmp_path / "junk.pt").write_bytes(os.urandom(100))
+    assert "is corrupt or not an ignite-mnist release" in refused("--release", tmp_path / "junk.pt")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert refused("--release", releases["pt"], "--port", port) == \
+            f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert refused("--release", releases["pt"], "--host", "no.such.host.invalid").startswith(
+        "error: cannot listen on no.such.host.invalid:8000")
+    assert "--port must be between 0 and 65535" in refused("--release", releases["pt"], "--port", "70000")
+    assert "Invalid value for '--max-batch'" in refused("--release", releases["pt"], "--max-batch", "0")
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_serve_refuses_a_crafted_release_unrun(tmp_path, capsys):
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {tmp_path / 'payload-ran'}",)
+
+    torch.save({"format": release.FORMAT, "model": Payload()}, tmp_path / "evil.pt")
+    (tmp_path / "evil.bin").write_bytes(pickle.dumps(Payload()))
+    for name in ("evil.pt", "evil.bin"):
+        code, _, err = invoke(capsys, "serve", "--release", tmp_path / name)
+        assert code == 2 and "is corrupt or not an ignite-mnist release" in err
+    assert not (tmp_path / "payload-ran").exists()
+
+
+def test_the_serve_extra_is_asked_for_when_missing(releases, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else find_spec(name, *a))
+    code, _, err = invoke(capsys, "serve", "--release", releases["pt"])
+    assert code == 2 and err.strip() == "error: serve needs uvicorn: pip install -e '.[serve]'"
+
+
+def test_importing_the_cli_imports_no_server_or_model_library():
+    code = ("import sys, ignite_mnist.cli; "
+            "sys.exit(any(m in sys.modules for m in ('torch', 'starlette', 'uvicorn', 'onnx', 'onnxruntime')))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+    assert Path(serving.__file__).with_name("static").joinpath("index.html").is_file()
