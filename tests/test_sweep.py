@@ -60,7 +60,7 @@ def start_worker(folder, tiny_data, *args):
 
 
 def test_two_workers_on_one_study_finish_exactly_n_trials_with_distinct_experiments(workdir, tiny_data, capsys):
-    workers = [start_worker(workdir, tiny_data, "two", 4, 1, SPACE, "--pruner", "none") for _ in range(2)]
+    workers = [start_worker(workdir, tiny_data, "two", 4, 2, SPACE, "--pruner", "none") for _ in range(2)]
     outputs = [w.communicate(timeout=300) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], [err for _, err in outputs]
     trials = status(capsys, workdir, "two")["trials"]
@@ -68,7 +68,8 @@ def test_two_workers_on_one_study_finish_exactly_n_trials_with_distinct_experime
     assert len(finished) == 4 and len({t["experiment"] for t in finished}) == 4
     made = sorted(p.name for p in (workdir / "experiments").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert made == sorted(t["experiment"] for t in trials)  # no experiment for a trial that was not needed
-    assert all("sweep two: trial" in err for _, err in outputs), "both workers trained"
+    trained = sum(err.count(" complete: best validation accuracy") for _, err in outputs)
+    assert trained == 4  # between them, each finished trial trained once (usually both share the work)
 
 
 def test_a_worker_killed_mid_trial_then_rerun_reaches_n(workdir, tiny_data, capsys):
