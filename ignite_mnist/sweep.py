@@ -10,6 +10,7 @@ same host fails it at once (its pid is gone), RDB storages also by heartbeat; it
 import json
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -75,24 +76,31 @@ def storage_url(name: str, experiments_path: Path, storage) -> str:
     return storage or f"sqlite:///{(Path(experiments_path) / f'{name}.sweep.db').resolve()}"
 
 
-def open_storage(url: str, experiments_path: Path):
-    """An Optuna storage: an URL (sqlite:///..., postgresql://...) or the path of a journal file."""
+def open_storage(url: str, experiments_path: Path, attempts: int = 5):
+    """An Optuna storage: an URL (sqlite:///..., postgresql://...) or the path of a journal file.
+
+    Workers that start together race to create a new database's tables (one of them fails on a unique
+    constraint): the loser tries again, and finds them made."""
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat's
-    try:
-        if "://" not in url:
-            from optuna.storages.journal import JournalFileBackend
+    for attempt in range(attempts):
+        try:
+            if "://" not in url:
+                from optuna.storages.journal import JournalFileBackend
 
-            return optuna.storages.JournalStorage(JournalFileBackend(url))
-        if url.startswith("sqlite:///"):
-            Path(experiments_path).mkdir(parents=True, exist_ok=True)
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                          grace_period=GRACE_SECONDS)
-    except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot open the sweep storage {url}: {reason[:200]}") from None
+                return optuna.storages.JournalStorage(JournalFileBackend(url))
+            if url.startswith("sqlite:///"):
+                Path(experiments_path).mkdir(parents=True, exist_ok=True)
+            kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                              grace_period=GRACE_SECONDS)
+        except Exception as e:
+            if attempt + 1 < attempts and ("IntegrityError" in str(e) or "already exists" in str(e)):
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"cannot open the sweep storage {url}: {reason[:200]}") from None
 
 
 def _pid_alive(pid: int) -> bool:
