@@ -128,8 +128,6 @@ def save_test_figure(path: Path, matrix, worst: list, images: torch.Tensor, clas
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise UserError(f"--plot writes a PNG file: give a name ending in .png, not {path.name!r}")
     figure = _figure(figsize=(13, 5.6), dpi=100)
     left, right = figure.subplots(1, 2, width_ratios=[1, 1.45])
     draw_confusion_matrix(left, matrix, classes, "confusion matrix")
@@ -146,5 +144,6 @@ def save_test_figure(path: Path, matrix, worst: list, images: torch.Tensor, clas
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {e.strerror}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone when replaced; left by a failure or Ctrl-C otherwise

@@ -370,15 +370,19 @@ def tensorboard(
         experiments = [_open(ctx, log_to_file=False)]
     else:
         setup_logging(None, g.verbose)
-        names = [r["name"] for r in summarize_experiments(g.experiments_path) if "broken" not in r]
-        experiments = [open_experiment(g.experiments_path, name) for name in names]
+        experiments = []
+        for meta in sorted(Path(g.experiments_path).glob("*/experiment.json")):
+            try:
+                experiments.append(open_experiment(g.experiments_path, meta.parent.name))
+            except UserError as e:
+                log.info(f"left out: {e}")
     if importlib.util.find_spec("tensorboard") is None:
         raise UserError("TensorBoard is not installed: pip install tensorboard")
     experiments = [e for e in experiments if e.tensorboard_dir.is_dir()]
     if not experiments:
         which = f"experiment {g.experiment_name} has" if g.experiment_name else f"no experiment in {g.experiments_path} has"
         raise UserError(f"{which} no TensorBoard logs yet: run `train` first")
-    runs = tensorboard_runs(g.experiments_path, experiments, g.experiment_name or "all")
+    runs = tensorboard_runs(g.experiments_path, experiments, g.experiment_name or "_all")
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs), "--port", str(port)]
     log.info(f"TensorBoard on {', '.join(e.name for e in experiments)}: http://localhost:{port}/ (Ctrl-C to stop)")
     sys.stderr.flush()

@@ -82,8 +82,8 @@ def evaluate(evaluator: Engine, n: int, batch_size: int) -> dict:
     """Run `evaluator` over this process's share of n items: {accuracy (%), correct, total, loss}."""
     evaluator.run(data.eval_batches(n, batch_size, idist.get_rank(), idist.get_world_size()))
     metrics = evaluator.state.metrics
-    correct = int(metrics["confusion_matrix"].trace())
-    return {"accuracy": metrics["accuracy"], "correct": correct, "total": n, "loss": metrics["loss"]}
+    return {"accuracy": metrics["accuracy"], "correct": round(metrics["accuracy"] * n / 100), "total": n,
+            "loss": metrics["loss"]}
 
 
 # ---- stopping on a signal -----------------------------------------------------------------------
@@ -200,8 +200,12 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
     if is_writer:
         @trainer.on(Events.EPOCH_COMPLETED)
         def publish_history(engine):  # the checkpoint is whole on disk: mirror its history, then apply retention
-            experiment.write_history(history.state_dict())
-            experiment.remove_unretained_checkpoints()
+            try:
+                experiment.write_history(history.state_dict())
+                experiment.remove_unretained_checkpoints()
+            except OSError as e:
+                raise UserError(f"cannot write {experiment.metrics_file} or apply retention after epoch "
+                                f"{engine.state.epoch} ({e.strerror}); the checkpoints are intact") from None
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, STOP.check)  # a signal during evaluation: stop here
 
@@ -237,7 +241,12 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
                 summaries.write_worst(tb.writer, evaluators["test"].state.metrics["worst"], sets["test"].images,
                                       classes, engine.state.epoch)
 
-        trainer.add_event_handler(Events.COMPLETED | Events.TERMINATE, lambda _: tb.close())
+        trainer.add_event_handler(Events.COMPLETED, lambda _: tb.close())  # after the pictures above
+
+        @trainer.on(Events.TERMINATE)  # early stopping goes on to COMPLETED; a stop by signal does not
+        def close_on_signal(engine):
+            if STOP.signum:
+                tb.close()
 
         @trainer.on(Events.EXCEPTION_RAISED)  # a pruned trial, a full disk: the events so far reach the file
         def close_logs(engine, error):

@@ -57,9 +57,16 @@ def read_json(path: Path, what: str):
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as e:
         raise UserError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError as e:  # NaN, Infinity
+        raise UserError(f"{what} {path} is not valid JSON: {e}") from None
+
+
+def _not_json(constant: str):
+    """NaN and Infinity are not JSON (Python's json reads them): a config or space must not hold them."""
+    raise ValueError(f"{constant} is not a JSON number")
 
 
 def schema_violations(config, schema, schema_path: Path) -> list:
@@ -147,7 +154,7 @@ def apply_overrides(config, overrides, schema: dict):
             raise UserError(f"--set {key}: the config has no such key"
                             + (f"; the nearest is {nearest[0]}" if nearest else ""))
         try:
-            value = json.loads(text)
+            value = json.loads(text, parse_constant=_not_json)
         except ValueError:
             value = text
         *parents, leaf = key.split(".")
@@ -320,11 +327,20 @@ class Experiment:
         keep_last = self.config["training"]["keep_checkpoints"]
         if not keep_last:
             return
-        epochs = list(self.checkpoints())
+        checkpoints = self.checkpoints()
+        epochs = list(checkpoints)
         keep = set(epochs[-keep_last:]) | {self.best_epoch()}
+        if set(epochs) <= keep:
+            return
+        for path in (checkpoints[epochs[-1]], self.checkpoints_dir):  # the new one durable before the old go
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         for epoch in epochs:
             if epoch not in keep:
-                self.checkpoints_dir.joinpath(f"checkpoint_{epoch}.pt").unlink(missing_ok=True)
+                checkpoints[epoch].unlink(missing_ok=True)
 
     def early_stopping_rule(self) -> str:
         rule = self.config["training"]["early_stopping"]
@@ -433,27 +449,33 @@ def summarize_experiments(experiments_path: Path) -> list:
         try:
             experiment = open_experiment(folder, root.name)
             history = experiment.history()
+            best = experiment.best_epoch(history)
+            at_best = next((e for e in history["epochs"] if e["epoch"] == best), {})
+            rows.append({
+                "name": experiment.name, "dataset": experiment.config["data"]["dataset"],
+                "epochs": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
+                "best_epoch": best, "best_val_accuracy": at_best.get("validation_accuracy"),
+                "test_accuracy": at_best.get("test_accuracy"), "stopped_early": history["stopped_early"],
+                "config": experiment.config,
+                "releases": [{"epoch": r["epoch"], "format": r["format"]} for r in experiment.releases()],
+            })
         except UserError as e:
             rows.append({"name": root.name, "broken": str(e)})
-            continue
-        best = experiment.best_epoch(history)
-        at_best = next((e for e in history["epochs"] if e["epoch"] == best), {})
-        rows.append({
-            "name": experiment.name, "dataset": experiment.config["data"]["dataset"],
-            "epochs": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
-            "best_epoch": best, "best_val_accuracy": at_best.get("validation_accuracy"),
-            "test_accuracy": at_best.get("test_accuracy"), "stopped_early": history["stopped_early"],
-            "config": experiment.config,
-            "releases": [{"epoch": r["epoch"], "format": r["format"]} for r in experiment.releases()],
-        })
-    rank = lambda row: ("broken" in row, -(row.get("best_val_accuracy") or -1), row["name"])  # noqa: E731
-    return sorted(rows, key=rank)
+        except (OSError, ValueError, TypeError, KeyError) as e:  # unreadable, or metrics.json edited by hand
+            rows.append({"name": root.name, "broken": f"{type(e).__name__}: {e}"})
+    return sorted(rows, key=lambda row: ("broken" in row, *best_first(row.get("best_val_accuracy")), row["name"]))
+
+
+def best_first(accuracy) -> tuple:
+    """A sort key: the highest accuracy first, None (no validation) after every number, 0 included."""
+    return (accuracy is None, -(accuracy or 0))
 
 
 def tensorboard_runs(experiments_path: Path, experiments: list, view: str) -> Path:
     """A folder of links, one per experiment, named after it, to its TensorBoard logs: given as --logdir, it
     makes TensorBoard name each run after its experiment (its own logs would make a run named "."). Kept in
-    EXPERIMENTS/.tensorboard/VIEW/ (a hidden folder, which list ignores), refreshed at each call."""
+    EXPERIMENTS/.tensorboard/VIEW/ (a hidden folder, which list ignores), refreshed at each call; VIEW is the
+    experiment's name, or _all (which no experiment can be named)."""
     folder = Path(experiments_path) / ".tensorboard" / view
     try:
         folder.mkdir(parents=True, exist_ok=True)

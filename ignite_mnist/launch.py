@@ -54,12 +54,14 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     else:
         backend = None
     stopped = experiment.history()["stopped_early"] if done else None
-    if stopped:
-        log.info(f"experiment {experiment.name} stopped early at epoch {stopped}: {experiment.early_stopping_rule()}; "
-                 "nothing to do")
-        return {}
-    if max_epochs == done:
-        log.info(f"experiment {experiment.name} is already trained to epoch {done}: nothing to do")
+    if stopped or max_epochs == done:
+        if stopped:
+            log.info(f"experiment {experiment.name} stopped early at epoch {stopped}: "
+                     f"{experiment.early_stopping_rule()}; nothing to do")
+        else:
+            log.info(f"experiment {experiment.name} is already trained to epoch {done}: nothing to do")
+        with _lock_on_rank_zero(experiment, int(os.environ.get("WORLD_SIZE", "1")) > 1):
+            _release_if_missing(experiment, data_path)
         return {}
 
     job = {"experiment": experiment, "data_path": data_path, "device": str(device), "max_epochs": max_epochs,
@@ -97,6 +99,18 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         raise UserError(f"training ended at epoch {done}, before epoch {max_epochs}: a process was stopped; "
                         f"{resume}", exit_code=1)
     return history["epochs"][-1] if done else {}
+
+
+def _release_if_missing(experiment: Experiment, data_path) -> None:
+    """The release a finished training writes, if a kill or a signal came before it: training is done."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    epoch = experiment.best_epoch() or max(experiment.checkpoints())
+    if not any(r["epoch"] == epoch and r["format"] == "pt" for r in experiment.releases()):
+        from ignite_mnist import release
+
+        path = release.export_release(experiment, epoch, "pt", data_path)
+        log.info(f"release of epoch {epoch} written: {path} (the last training ended before it could write it)")
 
 
 def _rank_main(local_rank: int, job: dict) -> None:

@@ -7,6 +7,7 @@ or a journal file on a shared folder); each worker takes trials from it until th
 same host fails it at once (its pid is gone), RDB storages also by heartbeat; its experiment stays.
 """
 
+import difflib
 import json
 import os
 import socket
@@ -16,8 +17,8 @@ from pathlib import Path
 
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, apply_overrides,
-                                     init_experiment, load_config, log, read_json, schema_violations, setup_logging,
-                                     validate_config, validate_name, write_json)
+                                     best_first, config_keys, init_experiment, load_config, log, read_json,
+                                     schema_violations, setup_logging, validate_config, validate_name, write_json)
 
 SPACE_SCHEMA = CONFIG_DIR / "space.schema.json"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # RDB storages: a trial without a heartbeat for a minute has died
@@ -26,6 +27,10 @@ HOST = socket.gethostname()
 
 class NotNeeded(Exception):
     """The study reached its number of trials while this one was being asked for."""
+
+
+class TrialRefused(UserError):
+    """A trial whose experiment cannot be made: running the sweep again would not help."""
 
 
 # ---- the search space ---------------------------------------------------------------------------
@@ -39,21 +44,27 @@ def load_space(path: Path, config_path: Path) -> dict:
     if violations:
         n = len(violations)
         raise UserError(f"invalid search space {path} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
-    base = read_json(config_path, "config")
+    base = load_config(config_path)  # a problem of the base config is named as such, not blamed on the space
     schema = read_json(DEFAULT_SCHEMA, "config schema")
+    keys = config_keys(schema)
     for key, distribution in space.items():
-        try:
-            apply_overrides(base, [f"{key}=0"], schema)  # an unknown key: names the nearest
-        except UserError as e:
-            raise UserError(f"search space {path}: {str(e).removeprefix('--set ')}") from None
+        if key not in keys:
+            nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0)
+            raise UserError(f"search space {path}: {key}: the config has no such key"
+                            + (f"; the nearest is {nearest[0]}" if nearest else ""))
         kind = next(k for k in ("float", "int", "choice") if k in distribution)
         values = distribution[kind]
         if kind != "choice" and values[0] > values[1]:
             raise UserError(f"search space {path}: {key}: the low bound {values[0]} is above the high one {values[1]}")
         if kind != "choice" and distribution.get("log") and values[0] <= 0:
             raise UserError(f"search space {path}: {key}: a log scale needs a low bound above 0, not {values[0]}")
+        if kind != "choice" and distribution.get("log") and "step" in distribution:
+            raise UserError(f"search space {path}: {key}: log and step do not go together (Optuna samples one or the "
+                            "other)")
         for value in values:
-            _, problems = validate_config(apply_overrides(base, [f"{key}={json.dumps(value)}"], schema))
+            config, problems = validate_config(apply_overrides(base, [f"{key}={json.dumps(value)}"], schema))
+            if not problems and config["data"]["val_split"] == 0:
+                problems = ["a sweep scores its trials on validation accuracy: it needs data.val_split above 0"]
             if problems:
                 raise UserError(f"search space {path}: {key} = {json.dumps(value)} is refused by the config schema: "
                                 + "; ".join(problems))
@@ -66,7 +77,10 @@ def suggest(trial, key: str, distribution: dict):
     kind = "float" if "float" in distribution else "int"
     low, high = distribution[kind]
     suggest_value = trial.suggest_float if kind == "float" else trial.suggest_int
-    return suggest_value(key, low, high, log=distribution.get("log", False), step=distribution.get("step"))
+    options = {"log": distribution.get("log", False)}
+    if "step" in distribution:
+        options["step"] = distribution["step"]
+    return suggest_value(key, low, high, **options)
 
 
 # ---- the study ----------------------------------------------------------------------------------
@@ -93,8 +107,10 @@ def open_storage(url: str, experiments_path: Path, attempts: int = 5):
             if url.startswith("sqlite:///"):
                 Path(experiments_path).mkdir(parents=True, exist_ok=True)
             kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                              grace_period=GRACE_SECONDS)
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+                heartbeat_stale_trial_callback=lambda study, trial: record_in_experiment(
+                    experiments_path, trial.user_attrs.get("experiment", ""), state="FAIL"))
         except Exception as e:
             if attempt + 1 < attempts and ("IntegrityError" in str(e) or "already exists" in str(e)):
                 time.sleep(0.2 * (attempt + 1))
@@ -125,9 +141,12 @@ def record_in_experiment(experiments_path: Path, name: str, **values) -> None:
 
 
 def fail_dead_trials(study, experiments_path: Path) -> None:
-    """RUNNING trials of this host whose worker is gone (killed): FAIL, at once; their experiments stay."""
+    """RUNNING trials whose worker is gone: FAIL; their experiments stay. On this host at once (its pid is
+    gone); elsewhere, with an RDB storage, once its heartbeat is older than GRACE_SECONDS."""
+    import optuna
     from optuna.trial import TrialState
 
+    optuna.storages.fail_stale_trials(study)  # RDB storages; their callback marks the experiments
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
         if attrs.get("host") == HOST and attrs.get("pid") and not _pid_alive(attrs["pid"]):
@@ -174,8 +193,15 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
         params = {key: suggest(trial, key, distribution) for key, distribution in space.items()}
         overrides = [f"{key}={json.dumps(value)}" for key, value in params.items()]
         record = {"study": name, "storage": url, "trial": trial.number, "params": params, "state": "RUNNING"}
-        experiment = init_experiment(experiments_path, experiment_name, config_path, DEFAULT_SCHEMA, overrides, seed,
-                                     data_path, extra={"sweep": record})
+        if (Path(experiments_path) / experiment_name).exists():
+            raise TrialRefused(f"experiment {experiment_name} already exists but is not trial {trial.number} of the "
+                               f"study in {url}: an earlier sweep of that name left it; use another --name, or move "
+                               f"the old {name}-* experiments away")
+        try:
+            experiment = init_experiment(experiments_path, experiment_name, config_path, DEFAULT_SCHEMA, overrides,
+                                         seed, data_path, extra={"sweep": record})
+        except UserError as e:
+            raise TrialRefused(f"trial {trial.number} ({' '.join(overrides)}): {e}", e.exit_code) from None
         setup_logging(experiment, verbose)
         log.info(f"sweep {name}: trial {trial.number} of {trials}, experiment {experiment_name}: {' '.join(overrides)}")
         try:
@@ -192,6 +218,8 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
         log.info(f"sweep {name}: trial {trial.number} complete: best validation accuracy {score:.2f}%")
         return score
 
+    heartbeat = "://" in url  # RDB storages beat (open_storage); a journal file does not
+    waiting = False
     while True:
         fail_dead_trials(study, experiments_path)
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
@@ -199,12 +227,21 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
         if len(done) >= trials:
             break
         if len(done) + len(running) >= trials:
-            log.info(f"sweep {name}: the remaining {trials - len(done)} trial(s) are running in other workers")
-            break
+            if not heartbeat:  # a journal file: no heartbeat tells a dead worker elsewhere from a slow one
+                log.info(f"sweep {name}: the remaining {trials - len(done)} trial(s) are running in other workers")
+                break
+            if not waiting:  # one of them may fail (its worker dies): then this worker takes its place
+                log.info(f"sweep {name}: waiting for the {len(running)} trial(s) running in other workers")
+            waiting = True
+            time.sleep(HEARTBEAT_SECONDS / 2)
+            continue
+        waiting = False
         try:
             study.optimize(objective, n_trials=1)
         except NotNeeded:
             continue
+        except TrialRefused as e:
+            raise UserError(f"sweep {name}: {e}", e.exit_code) from None
         except UserError as e:
             stopped = e.exit_code in (130, 143)
             raise UserError(f"sweep {name}: " + ("stopped: " if stopped else "")
@@ -233,6 +270,8 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no sweep {name!r}: {url.removeprefix('sqlite:///')} does not exist (run `sweep` first, "
                         "or pass the --storage it used)")
+    if "://" not in url and not Path(url).is_file():
+        raise UserError(f"no sweep {name!r}: the journal file {url} does not exist")
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, experiments_path))
     except KeyError:
@@ -241,6 +280,6 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
              "best_epoch": t.user_attrs.get("best_epoch"), "best_val_accuracy": t.user_attrs.get("best_val_accuracy")}
             for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("not_needed")]
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
-    rows.sort(key=lambda r: (order.get(r["state"], 5), -(r["best_val_accuracy"] or -1), r["number"]))
+    rows.sort(key=lambda r: (order.get(r["state"], 5), *best_first(r["best_val_accuracy"]), r["number"]))
     best = rows[0]["number"] if rows and rows[0]["state"] == "COMPLETE" else None
     return {"study": name, "storage": url, "trials": rows, "best": best}

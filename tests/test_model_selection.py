@@ -53,9 +53,16 @@ def trained3(tmp_path_factory, tiny_data):
 
 
 def test_epoch_best_and_last_on_test_and_export_release(trained3, tmp_path, capsys, tiny_data):
-    opts = g(trained3, "exp", tiny_data)
-    history = json.loads((trained3 / "experiments" / "exp" / "metrics.json").read_text())
-    best = max(history["epochs"], key=lambda e: (e["validation_accuracy"], -e["epoch"]))["epoch"]
+    import shutil
+
+    shutil.copytree(trained3, tmp_path / "t")
+    opts = g(tmp_path / "t", "exp", tiny_data)
+    metrics = tmp_path / "t" / "experiments" / "exp" / "metrics.json"
+    history = json.loads(metrics.read_text())
+    for e, accuracy in zip(history["epochs"], (90.0, 80.0, 90.0)):  # best: epoch 1 (the earlier of a tie), not 3
+        e["validation_accuracy"] = accuracy
+    metrics.write_text(json.dumps(history))
+    best = 1
     code, out, err = invoke(capsys, *opts, "test", "--epoch", "best", "--device", "cpu", "--json")
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
@@ -70,17 +77,32 @@ def test_epoch_best_and_last_on_test_and_export_release(trained3, tmp_path, caps
     assert json.loads(out)["best_epoch"] == best and json.loads(out)["stopped_early"] is None
 
 
-def test_training_releases_the_best_epoch_when_it_completes(trained3):
-    experiment = open_experiment(trained3 / "experiments", "exp")
-    best = experiment.best_epoch()
-    release = torch.load(experiment.release_path(best), weights_only=True)
-    checkpoint = read_checkpoint(experiment.checkpoints()[best], "cpu")
-    assert release["epoch"] == best and release["metrics"]["validation_accuracy"] == \
+def test_training_releases_the_best_epoch_when_it_completes(workdir, tiny_data, monkeypatch):
+    from ignite_mnist.experiment import Experiment
+
+    experiment = new_experiment(workdir, tiny_data, "released")
+    real = Experiment.best_epoch  # the best epoch: 2 once there is one, not the last (3)
+    monkeypatch.setattr(Experiment, "best_epoch", lambda self, history=None: min(2, real(self, history)))
+    run_training(experiment, tiny_data, max_epochs=3, device_name="cpu")
+    assert [(r["epoch"], r["format"]) for r in experiment.releases()] == [(2, "pt")]
+    release = torch.load(experiment.release_path(2), weights_only=True)
+    checkpoint = read_checkpoint(experiment.checkpoints()[2], "cpu")
+    assert release["epoch"] == 2 and release["metrics"]["validation_accuracy"] == \
         checkpoint["history"]["epochs"][-1]["validation_accuracy"]
     assert all(torch.equal(release["model"][k], v) for k, v in checkpoint["model"].items())
     assert "optimizer" not in release
-    assert f"release of epoch {best} (the best) written: {experiment.release_path(best)}" in \
-        experiment.log_file.read_text()
+    assert f"release of epoch 2 (the best) written: {experiment.release_path(2)}" in experiment.log_file.read_text()
+
+
+def test_a_release_that_a_kill_prevented_is_written_by_the_next_train(workdir, tiny_data, capsys):
+    experiment = new_experiment(workdir, tiny_data, "again")
+    run_training(experiment, tiny_data, max_epochs=2, device_name="cpu")
+    best = experiment.best_epoch()
+    experiment.release_path(best).unlink()  # as if killed after the last checkpoint, before the release
+    capsys.readouterr()
+    code, _, err = invoke(capsys, *g(workdir, "again", tiny_data), "train", "--max-epochs", "2", "--device", "cpu")
+    assert code == 0 and "is already trained to epoch 2: nothing to do" in err
+    assert f"release of epoch {best} written" in err and experiment.release_path(best).is_file()
 
 
 def test_without_validation_best_is_refused_and_the_last_epoch_is_released(workdir, tiny_data, capsys):

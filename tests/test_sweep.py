@@ -12,6 +12,9 @@ import pytest
 from conftest import invoke, make_config, snapshot, wait_for
 
 SPACE = {"training.lr": {"float": [0.2, 1.5], "log": True}, "training.batch_size": {"choice": [16, 32]}}
+EVERY_KIND = {"training.lr": {"float": [0.2, 1.5], "log": True}, "training.lr_gamma": {"float": [0.5, 0.9], "step": 0.1},
+              "training.batch_size": {"int": [16, 32], "step": 16}, "training.eval_batch_size": {"int": [32, 128], "log": True},
+              "training.precision": {"choice": ["fp32", "bf16"]}}
 
 
 def sweep_args(folder: Path, tiny_data, name="s", trials=3, epochs=1, space=SPACE, *extra):
@@ -33,7 +36,7 @@ def status(capsys, folder, name="s", storage=()):
 
 
 def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_data, capsys):
-    code, out, err = invoke(capsys, *sweep_args(workdir, tiny_data, "s", 3, 1, SPACE, "--pruner", "none"))
+    code, out, err = invoke(capsys, *sweep_args(workdir, tiny_data, "s", 3, 1, EVERY_KIND, "--pruner", "none"))
     assert code == 0, err
     result = status(capsys, workdir)
     assert [t["state"] for t in result["trials"]] == ["COMPLETE"] * 3
@@ -43,6 +46,9 @@ def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_
         assert meta["sweep"]["trial"] == t["number"] and meta["sweep"]["params"] == t["params"]
         assert meta["sweep"]["state"] == "COMPLETE" and meta["sweep"]["score"] == t["best_val_accuracy"]
         assert meta["config"]["training"]["lr"] == t["params"]["training.lr"]  # through init --set's code path
+        assert meta["config"]["training"]["batch_size"] in (16, 32)  # int with a step
+        assert round(meta["config"]["training"]["lr_gamma"], 9) in (0.5, 0.6, 0.7, 0.8, 0.9)  # float with a step
+        assert 32 <= meta["config"]["training"]["eval_batch_size"] <= 128  # int on a log scale
         assert meta["overrides"] == [f"{k}={json.dumps(v)}" for k, v in t["params"].items()]
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list", "--json")
     listed = json.loads(out)
@@ -123,6 +129,11 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
                                             "less than or equal to the minimum of 0"),
     ({"training.batch_size": {"choice": [32, "many"]}}, 'training.batch_size = "many" is refused by the config schema'),
     ({"training.lr": {"float": [2, 1]}}, "training.lr: the low bound 2 is above the high one 1"),
+    ({"training.batch_size": {"int": [16, 64], "log": True, "step": 16}}, "training.batch_size: log and step do not go "
+                                                                          "together"),
+    ({"data.val_split": {"choice": [0, 0.2]}}, "data.val_split = 0 is refused by the config schema: a sweep scores its "
+                                               "trials on validation accuracy: it needs data.val_split above 0"),
+    ({"training.batch_size": {"int": [16.5, 32]}}, "is not valid under any of the given schemas"),
 ])
 def test_bad_search_spaces_are_refused_in_one_line(workdir, tiny_data, capsys, space, message):
     args = sweep_args(workdir, tiny_data, "bad", 2, 1, space)
