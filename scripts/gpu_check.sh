@@ -25,7 +25,7 @@ step() {  # step NAME COMMAND...: run it, print its last line and time, remember
   local seconds
   seconds=$(awk "BEGIN { printf \"%.2f\", ($end - $start) / 1e9 }")
   printf '%-16s %6.1fs  %s  %s\n' "$name" "$seconds" "$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")" \
-    "$(tail -n 1 "$WORK/$name.out")"
+    "$(tail -n 1 "$WORK/$name.out" | cut -c1-150)"
   [ $rc -eq 0 ] || { failed=1; tail -n 20 "$WORK/$name.out" | sed 's/^/    /'; }
   results+=("\"$name\": {\"seconds\": $seconds, \"ok\": $([ $rc -eq 0 ] && echo true || echo false)}")
 }
