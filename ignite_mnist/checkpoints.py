@@ -98,7 +98,11 @@ def history_of(checkpoints: dict) -> dict:
 
 def load_checkpoint(path, to_load: dict, device) -> None:
     """Restore the objects of `to_load` from a checkpoint file, or name the file in a one-line error."""
-    checkpoint = read_checkpoint(path, device)
+    restore(path, read_checkpoint(path, device), to_load)
+
+
+def restore(path, checkpoint: dict, to_load: dict) -> None:
+    """Restore the objects of `to_load` from `checkpoint`, read from `path` (named in the one-line errors)."""
     missing = [key for key in to_load if key not in checkpoint]
     if missing:
         raise UserError(f"checkpoint {path} lacks {', '.join(missing)}: it is not an ignite-mnist checkpoint "

@@ -278,7 +278,6 @@ def list_experiments(
         return
     configs = [flatten(r["config"]) for r in rows if "config" in r]
     differing = [k for k in dict.fromkeys(k for c in configs for k in c) if len({json.dumps(c.get(k)) for c in configs}) > 1]
-    percent = lambda v: "-" if v is None else f"{v:.2f}%"  # noqa: E731
     table = [["name", "dataset", "epochs", "best", "val acc", "test acc", *differing, "releases"]]
     for r in rows:
         if "broken" in r:
@@ -286,7 +285,7 @@ def list_experiments(
         flat = flatten(r["config"])
         epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "")
         table.append([r["name"], r["dataset"], epochs, "-" if r["best_epoch"] is None else str(r["best_epoch"]),
-                      percent(r["best_val_accuracy"]), percent(r["test_accuracy"]),
+                      _percent(r["best_val_accuracy"]), _percent(r["test_accuracy"]),
                       *(json.dumps(flat.get(k)) for k in differing),
                       ", ".join(f"{x['epoch']} ({x['format']})" for x in r["releases"]) or "-"])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -343,13 +342,12 @@ def sweep(
     if as_json:
         print(json.dumps({"trials": result["trials"], "best": result["best"]}))
         return
-    percent = lambda v: "-" if v is None else f"{v:.2f}%"  # noqa: E731
     print(f"sweep {name} ({result['storage']}): {sum(t['state'] in ('COMPLETE', 'PRUNED') for t in result['trials'])} "
           f"finished trials")
     for t in result["trials"]:
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in t["params"].items())
         print(f"  trial {t['number']}: {t['state']:<8} {t['experiment'] or '-'}  best epoch "
-              f"{t['best_epoch'] if t['best_epoch'] is not None else '-'}  validation {percent(t['best_val_accuracy'])}"
+              f"{t['best_epoch'] if t['best_epoch'] is not None else '-'}  validation {_percent(t['best_val_accuracy'])}"
               f"  {params}")
     if result["best"] is not None:
         best = next(t for t in result["trials"] if t["number"] == result["best"])
@@ -439,6 +437,10 @@ def _main(argv: Optional[List[str]]) -> None:
             traceback.print_exc()
         _fail(f"{type(e).__name__}: {e}" + ("" if verbose else " (run with --verbose for the traceback)"), 1)
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
+
+
+def _percent(value) -> str:
+    return "-" if value is None else f"{value:.2f}%"
 
 
 def _fail(message: str, code: int) -> None:

@@ -21,7 +21,8 @@ from ignite.utils import manual_seed
 
 from ignite_mnist import data, release, summaries
 from ignite_mnist.analysis import WorstClassified
-from ignite_mnist.checkpoints import FILENAME_PATTERN, History, RNGStates, history_of, load_checkpoint
+from ignite_mnist.checkpoints import (FILENAME_PATTERN, History, RNGStates, history_of, load_checkpoint,
+                                      read_checkpoint, restore)
 from ignite_mnist.device import resolve_device, use_bf16
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import Experiment, log, setup_logging
@@ -201,8 +202,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         @trainer.on(Events.EPOCH_COMPLETED)
         def publish_history(engine):  # the checkpoint is whole on disk: mirror its history, then apply retention
             try:
-                experiment.write_history(history.state_dict())
-                experiment.remove_unretained_checkpoints()
+                experiment.publish_history(history.state_dict())
             except OSError as e:
                 raise UserError(f"cannot write {experiment.metrics_file} or apply retention after epoch "
                                 f"{engine.state.epoch} ({e.strerror}); the checkpoints are intact") from None
@@ -218,7 +218,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
                      + f" written: {path}")
 
         tb = TensorboardLogger(log_dir=experiment.tensorboard_dir)
-        if not job["resumed"]:  # the run's hyper-parameters, once, for the HParams dashboard
+        if not history.epochs:  # a fresh run (not a resumed one): its hyper-parameters, once, for HParams
             summaries.write_hparams(tb.writer, experiment)
         tb.attach_output_handler(trainer, Events.ITERATION_COMPLETED(every=job["log_period"]), tag="training",
                                  output_transform=lambda loss: {"batch_loss": loss.item()})
@@ -315,17 +315,17 @@ def _training(local_rank: int, job: dict) -> None:
     if rank == 0:
         experiment.remove_partial_files()  # of a save killed half-way; the lock keeps them ours
     checkpoints = experiment.checkpoints()
-    job["resumed"] = bool(checkpoints)
     if checkpoints:  # resume, before any handler writes anything
         last = max(checkpoints)
-        history.load_state_dict(history_of(checkpoints))  # (0.1's checkpoints hold no history: gathered)
-        load_checkpoint(checkpoints[last], {k: v for k, v in to_save.items() if k != "history"}, device)
+        checkpoint = read_checkpoint(checkpoints[last], device)
+        if "history" not in checkpoint:  # ignite-mnist 0.1: each checkpoint held only its own epoch's metrics
+            checkpoint["history"] = history_of(checkpoints)
+        restore(checkpoints[last], checkpoint, to_save)
         if trainer.state.epoch != last:
             raise UserError(f"checkpoint {checkpoints[last]} holds epoch {trainer.state.epoch}, not {last}: move it away")
         trainer.state.epoch_length, trainer.state.iteration = len(batches), last * len(batches)  # any world size
-        if rank == 0:  # what a kill between the checkpoint and these two left undone
-            experiment.write_history(history.state_dict())
-            experiment.remove_unretained_checkpoints()
+        if rank == 0:  # what a kill between the checkpoint and publish_history left undone
+            experiment.publish_history(history.state_dict())
         log.info(f"resuming experiment {experiment.name} from epoch {last}")
     if rank > 0:  # its own dropout masks; rank 0's generator is the one checkpoints keep and restore
         torch.manual_seed(experiment.seed * 1_000_003 + 7919 * rank + trainer.state.epoch)

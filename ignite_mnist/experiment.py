@@ -17,6 +17,7 @@ folder under a temporary name and renames it into place, so a failure leaves not
 import copy
 import datetime
 import difflib
+import functools
 import fcntl
 import json
 import logging
@@ -103,11 +104,16 @@ def _semantic_violations(config: dict) -> list:
     return []
 
 
+@functools.lru_cache(maxsize=1)
+def builtin_schema() -> dict:
+    """The packaged config schema (read once: list opens every experiment); not to be modified."""
+    return read_json(DEFAULT_SCHEMA, "config schema")
+
+
 def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA, overrides=()) -> dict:
     """Read a config, apply `overrides` ("training.lr=0.5", as `init --set` takes them) and validate the
     result: every violation is reported, each with its JSON path."""
-    builtin = read_json(DEFAULT_SCHEMA, "config schema")
-    config, violations = validate_config(apply_overrides(read_json(path, "config"), overrides, builtin), schema_path)
+    config, violations = validate_config(apply_overrides(read_json(path, "config"), overrides), schema_path)
     if violations:
         n = len(violations)
         given = f" with --set {' '.join(overrides)}" if overrides else ""
@@ -119,8 +125,8 @@ def validate_config(config, schema_path: Path = DEFAULT_SCHEMA):
     """(config with the defaults filled, [violations]): it must satisfy the given schema and also the
     packaged one, which describes what this program understands (a custom schema cannot let through a
     field the code would not know)."""
-    schema = read_json(schema_path, "config schema")
-    builtin = read_json(DEFAULT_SCHEMA, "config schema")
+    builtin = builtin_schema()
+    schema = builtin if Path(schema_path) == DEFAULT_SCHEMA else read_json(schema_path, "config schema")
     violations = schema_violations(config, schema, schema_path)
     if not violations and builtin != schema:
         violations = schema_violations(config, builtin, DEFAULT_SCHEMA)
@@ -139,20 +145,24 @@ def config_keys(schema: dict, prefix: str = "") -> list:
     return keys
 
 
-def apply_overrides(config, overrides, schema: dict):
+def check_config_key(key: str, where: str) -> None:
+    """A dotted key that the config does not have: a UserError that names the nearest one it has."""
+    keys = config_keys(builtin_schema())
+    if key not in keys:
+        nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0)
+        raise UserError(f"{where}{key}: the config has no such key" + (f"; the nearest is {nearest[0]}" if nearest else ""))
+
+
+def apply_overrides(config, overrides):
     """Set each "dotted.key=value" of `overrides` in a copy of config; the value is read as JSON if it
     parses (0.5, true, null, {"patience": 3}), else taken as a string (mnist-sample)."""
     config = copy.deepcopy(config)
-    keys = config_keys(schema)
     for override in overrides:
         key, sep, text = override.partition("=")
         key = key.strip()
         if not sep or not key:
             raise UserError(f"--set takes KEY=VALUE with a dotted key into the config (training.lr=0.5), not {override!r}")
-        if key not in keys:
-            nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0)
-            raise UserError(f"--set {key}: the config has no such key"
-                            + (f"; the nearest is {nearest[0]}" if nearest else ""))
+        check_config_key(key, "--set ")
         try:
             value = json.loads(text, parse_constant=_not_json)
         except ValueError:
@@ -294,6 +304,11 @@ class Experiment:
 
     def write_history(self, history: dict) -> None:
         write_json(self.metrics_file, history)
+
+    def publish_history(self, history: dict) -> None:
+        """After a checkpoint is whole on disk: mirror its history in metrics.json, then apply retention."""
+        self.write_history(history)
+        self.remove_unretained_checkpoints()
 
     def best_epoch(self, history: dict = None):
         """The epoch of highest validation accuracy (ties: the earlier); None without a validation set."""

@@ -60,8 +60,9 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
                      f"{experiment.early_stopping_rule()}; nothing to do")
         else:
             log.info(f"experiment {experiment.name} is already trained to epoch {done}: nothing to do")
-        with _lock_on_rank_zero(experiment, int(os.environ.get("WORLD_SIZE", "1")) > 1):
-            _release_if_missing(experiment, data_path)
+        with _lock_on_rank_zero(experiment, launched):
+            if not launched or int(os.environ.get("RANK", "0")) == 0:
+                _release_if_missing(experiment, data_path)
         return {}
 
     job = {"experiment": experiment, "data_path": data_path, "device": str(device), "max_epochs": max_epochs,
@@ -103,8 +104,6 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
 
 def _release_if_missing(experiment: Experiment, data_path) -> None:
     """The release a finished training writes, if a kill or a signal came before it: training is done."""
-    if int(os.environ.get("RANK", "0")) != 0:
-        return
     epoch = experiment.best_epoch() or max(experiment.checkpoints())
     if not any(r["epoch"] == epoch and r["format"] == "pt" for r in experiment.releases()):
         from ignite_mnist import release

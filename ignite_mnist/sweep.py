@@ -7,7 +7,6 @@ or a journal file on a shared folder); each worker takes trials from it until th
 same host fails it at once (its pid is gone), RDB storages also by heartbeat; its experiment stays.
 """
 
-import difflib
 import json
 import os
 import socket
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, apply_overrides,
-                                     best_first, config_keys, init_experiment, load_config, log, read_json,
+                                     best_first, check_config_key, init_experiment, load_config, log, read_json,
                                      schema_violations, setup_logging, validate_config, validate_name, write_json)
 
 SPACE_SCHEMA = CONFIG_DIR / "space.schema.json"
@@ -45,13 +44,8 @@ def load_space(path: Path, config_path: Path) -> dict:
         n = len(violations)
         raise UserError(f"invalid search space {path} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
     base = load_config(config_path)  # a problem of the base config is named as such, not blamed on the space
-    schema = read_json(DEFAULT_SCHEMA, "config schema")
-    keys = config_keys(schema)
     for key, distribution in space.items():
-        if key not in keys:
-            nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0)
-            raise UserError(f"search space {path}: {key}: the config has no such key"
-                            + (f"; the nearest is {nearest[0]}" if nearest else ""))
+        check_config_key(key, f"search space {path}: ")
         kind = next(k for k in ("float", "int", "choice") if k in distribution)
         values = distribution[kind]
         if kind != "choice" and values[0] > values[1]:
@@ -62,7 +56,7 @@ def load_space(path: Path, config_path: Path) -> dict:
             raise UserError(f"search space {path}: {key}: log and step do not go together (Optuna samples one or the "
                             "other)")
         for value in values:
-            config, problems = validate_config(apply_overrides(base, [f"{key}={json.dumps(value)}"], schema))
+            config, problems = validate_config(apply_overrides(base, [f"{key}={json.dumps(value)}"]))
             if not problems and config["data"]["val_split"] == 0:
                 problems = ["a sweep scores its trials on validation accuracy: it needs data.val_split above 0"]
             if problems:

@@ -213,3 +213,19 @@ def test_a_metrics_file_behind_the_last_checkpoint_is_read_from_the_checkpoint_a
     assert experiment.history() == whole
     run_training(experiment, tiny_data, max_epochs=3, device_name="cpu")
     assert [e["epoch"] for e in json.loads(experiment.metrics_file.read_text())["epochs"]] == [1, 2, 3]
+
+
+def test_an_experiment_of_ignite_mnist_0_1_resumes_with_its_whole_history(workdir, tiny_data):
+    """0.1's checkpoints held only their own epoch's "metrics", and there was no metrics.json."""
+    experiment = new_experiment(workdir, tiny_data, "old")
+    run_training(experiment, tiny_data, max_epochs=2, device_name="cpu")
+    trained = experiment.history()["epochs"]
+    for epoch, path in experiment.checkpoints().items():
+        checkpoint = torch.load(path, weights_only=True)
+        checkpoint["metrics"] = checkpoint.pop("history")["epochs"][-1]
+        torch.save(checkpoint, path)
+    experiment.metrics_file.unlink()
+    assert experiment.history()["epochs"] == trained  # gathered from the checkpoints
+    run_training(experiment, tiny_data, max_epochs=3, device_name="cpu")
+    history = read_checkpoint(experiment.checkpoints()[3], "cpu")["history"]
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3] and history["epochs"][:2] == trained
