@@ -200,3 +200,23 @@ def test_test_reports_per_class_accuracy_and_the_confusion_matrix_and_plots_them
     assert code == 2 and "--plot writes a PNG file" in err
     code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "nowhere" / "a.png")
     assert code == 2 and "does not exist" in err
+
+
+def test_worst_classified_keeps_the_lowest_probabilities_of_the_true_class_across_batches():
+    import torch
+
+    from ignite_mnist.analysis import WorstClassified
+
+    torch.manual_seed(0)
+    log_probabilities = torch.randn(50, 10).log_softmax(1)
+    labels = torch.randint(0, 10, (50,))
+    metric = WorstClassified(k=5)
+    metric.reset()
+    for start in range(0, 50, 16):  # batches as the evaluator gives them: slices of the set
+        index = slice(start, min(start + 16, 50))
+        metric.update((log_probabilities[index], labels[index], index))
+    worst = metric.compute()
+    truth = log_probabilities.gather(1, labels[:, None]).squeeze(1)
+    assert [w["index"] for w in worst] == truth.argsort()[:5].tolist()
+    assert all(w["label"] == labels[w["index"]] and w["predicted"] == log_probabilities[w["index"]].argmax()
+               and abs(w["probability"] - truth[w["index"]].exp()) < 1e-6 for w in worst)
