@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import ignite.distributed as idist
 import numpy as np
 import torch

@@ -6,6 +6,7 @@ data: a crafted pickle is refused without being run.
 
 import random
 
+from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import numpy as np
 import torch
 from ignite.handlers import Checkpoint

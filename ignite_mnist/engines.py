@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import signal
 
+from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import ignite.distributed as idist
 import torch
 import torch.nn.functional as F

@@ -9,6 +9,7 @@ import socket
 import sys
 from contextlib import contextmanager, nullcontext
 
+from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import ignite.distributed as idist
 import torch
 from ignite.utils import setup_logger
