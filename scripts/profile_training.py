@@ -7,8 +7,8 @@
 
 step: the exact training step of `ignite-mnist train` (engines.make_train_step on the dataset's tensors),
 timed by wall clock over the same steps without the profiler (the profiler itself slows each op), then
-under torch.profiler, its operators grouped into forward, backward, optimizer, autocast casts, dropout
-masks and what no operator accounts for (Python, the engine, the allocator).
+under torch.profiler, its operators grouped into forward, backward, optimizer, copies (autocast's casts),
+dropout masks and what no operator accounts for (Python, the engine, the allocator).
 
 process: `ignite-mnist train --max-epochs 1` under cProfile on a fresh experiment, its cumulative
 times split into imports, data (read + decode), the epochs (training, evaluation), checkpoint, metrics,
@@ -39,7 +39,7 @@ def parts_of(events) -> dict:
 
     def charge(event, part):
         if part in ("forward", "backward") and event.name in CASTS:
-            part = "autocast casts (fp32 <-> bf16)"
+            part = "copies (bf16: autocast's casts; fp32: layouts)"
         elif part == "forward" and event.name in ("aten::random_", "aten::lt"):
             part = "dropout masks"
         parts[part] = parts.get(part, 0) + event.self_cpu_time_total
