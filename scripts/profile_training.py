@@ -125,7 +125,7 @@ PHASES = [  # (phase, function name, file suffix): cumulative time of the functi
 
 PROFILED_MAIN = """
 import cProfile, sys
-profile = cProfile.Profile()
+profile, code = cProfile.Profile(), 0
 profile.enable()
 try:
     from ignite_mnist import cli
