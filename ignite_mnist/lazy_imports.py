@@ -1,5 +1,5 @@
 """Ignite without torch.distributed.fsdp at start-up: 0.5 s (AVX512 EPYC) to 1 s (AVX2 EPYC) off the
-commands that import Ignite and make no optimizer (`test`, `export-release`); `train` gains nothing, as
+commands that import Ignite and make no optimizer (`test`, a pt `export-release`); `train` gains nothing, as
 torch.optim's first optimizer imports torch._dynamo, which imports fsdp itself. Import this before Ignite.
 
 ignite.handlers.checkpoint imports torch.distributed.optim for one class, ZeroRedundancyOptimizer, and
