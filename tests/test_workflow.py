@@ -7,6 +7,7 @@ import struct
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 
@@ -148,14 +149,16 @@ def test_console_script_and_help_are_quick_to_load():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing the CLI must not import torch"
 
 
-def test_ignite_is_imported_without_fsdp_and_torch_distributed_optim_stays_whole():
-    """lazy_imports: the engines import Ignite without torch.distributed.fsdp (0.5-1 s of start-up); the
-    package Ignite takes ZeroRedundancyOptimizer from still gives every name, the same objects as the real one."""
+@pytest.mark.parametrize("module", ["engines", "launch", "analysis", "checkpoints"])
+def test_ignite_is_imported_without_fsdp_and_torch_distributed_optim_stays_whole(module):
+    """lazy_imports: each module that imports Ignite, imported first, imports it without
+    torch.distributed.fsdp (0.5-1 s of start-up); the package Ignite takes ZeroRedundancyOptimizer from
+    still gives every name, the same objects as the real one."""
     import subprocess
 
-    code = """if True:
+    code = f"""if True:
         import sys
-        import ignite_mnist.engines, ignite.handlers.checkpoint as checkpoint
+        import ignite_mnist.{module}, ignite.handlers.checkpoint as checkpoint
         assert "torch.distributed.fsdp" not in sys.modules, "fsdp imported with Ignite"
         from torch.distributed.optim.zero_redundancy_optimizer import ZeroRedundancyOptimizer
         assert checkpoint.HAVE_ZERO and checkpoint.ZeroRedundancyOptimizer is ZeroRedundancyOptimizer
