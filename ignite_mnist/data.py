@@ -6,7 +6,9 @@ or a slice (evaluation), and normalisation happens per batch on the device: no p
 """
 
 import gzip
+import hashlib
 import math
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +43,68 @@ _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
 # ---- reading ------------------------------------------------------------------------------------
 
 
+CACHE_FROM_BYTES = 1 << 20  # a compressed file this large or larger is decoded once: 0.3 s for Fashion-MNIST's
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file of MNIST images ([n, 28, 28] uint8) or labels ([n] uint8), .gz or not, checked."""
+    """An IDX file of MNIST images ([n, 28, 28] uint8) or labels ([n] uint8), .gz or not, checked.
+
+    A large .gz file is decoded once: the array is kept in the user's cache (decoded_cache), under a
+    name made of the file's path, size and modification time, so a changed file is decoded anew."""
+    cached = decoded_cache(path)
+    array = _read_cached(cached) if cached else None
+    if array is None:
+        array = _decode_idx(path)
+        if cached:
+            _write_cached(cached, array)
+    return array
+
+
+def decoded_cache(path: Path):
+    """Where the decoded array of .gz file `path` is kept: $XDG_CACHE_HOME/ignite-mnist (~/.cache), or None
+    for a file too small to gain from it (or one that cannot be read: decoding it says why)."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if path.suffix != ".gz" or stat.st_size < CACHE_FROM_BYTES:
+        return None
+    try:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ignite-mnist"
+    except RuntimeError:  # no home directory to be found
+        return None
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    return root / f"{path.name[:-3]}-{key}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+
+
+def _read_cached(cached: Path):
+    """The cached array, or None where there is none, or it is not a whole array of MNIST's shapes."""
+    try:
+        array = np.load(cached, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if array.dtype != np.uint8 or not (array.ndim == 1 or array.shape[1:] == (28, 28)):
+        return None
+    return array
+
+
+def _write_cached(cached: Path, array: np.ndarray) -> None:
+    """Written whole or not at all (a temporary file, then renamed); a cache that cannot be written is
+    skipped: the file is decoded again next time."""
+    temporary = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+        os.replace(temporary, cached)
+    except OSError:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+def _decode_idx(path: Path) -> np.ndarray:
     try:
         raw = path.read_bytes()
         if path.suffix == ".gz":
@@ -86,7 +148,8 @@ def read_split(images_path: Path, labels_path: Path, num_classes: int = 10):
     if len(labels) and labels.max() >= num_classes:
         i = int(np.argmax(labels >= num_classes))
         raise UserError(f"{labels_path}: label {labels[i]} at index {i} is out of range 0-{num_classes - 1}")
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+    return (torch.from_numpy(images if images.flags.writeable else images.copy()),
+            torch.from_numpy(labels.astype(np.int64)))
 
 
 # ---- finding the files --------------------------------------------------------------------------

@@ -37,6 +37,12 @@ def write_dataset(folder: Path, train, test, gz: bool = True) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache_in_a_temporary_folder(tmp_path_factory):
+    """Datasets decoded by the tests (and the commands they run) are cached there, not in the user's home."""
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def sample():
     """The bundled sample as tensors: {"train": (images, labels), "test": (images, labels)}."""

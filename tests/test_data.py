@@ -2,6 +2,7 @@
 
 import gzip
 import math
+import os
 import shutil
 
 import numpy as np
@@ -32,6 +33,68 @@ def test_gz_and_plain_idx_files_read_the_same(tmp_path, sample):
     assert np.array_equal(data.read_idx(tmp_path / "a.gz"), data.read_idx(tmp_path / "a"))
     got_images, got_labels = data.read_split(tmp_path / "a", tmp_path / "l")
     assert torch.equal(got_images, images) and torch.equal(got_labels, labels)
+
+
+def test_a_large_gz_file_is_decoded_once_and_read_from_the_cache_after(tmp_path, sample, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "CACHE_FROM_BYTES", 0)  # the sample is below the threshold: cache anything
+    images = sample["test"][0].numpy()
+    path = tmp_path / "images.gz"
+    write_idx(path, images)
+    assert np.array_equal(data.read_idx(path), images)
+    cached = data.decoded_cache(path)
+    assert cached.parent == tmp_path / "cache" / "ignite-mnist" and [p.name for p in cached.parent.iterdir()] == [cached.name]
+
+    def no_decoding(path):
+        raise AssertionError("decoded again")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "_decode_idx", no_decoding)
+        got = data.read_idx(path)
+        assert np.array_equal(got, images) and got.flags.writeable  # no copy needed to make a tensor of it
+
+    write_idx(path, images[::-1])  # the file changes (size and modification time): decoded anew
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert np.array_equal(data.read_idx(path), images[::-1])
+    assert data.decoded_cache(path) != cached
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", "floats", "wrong-shape"])
+def test_a_corrupt_or_foreign_cache_file_is_decoded_again_and_replaced(tmp_path, sample, monkeypatch, content):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(data, "CACHE_FROM_BYTES", 0)
+    images = sample["test"][0][:50].numpy()
+    path = tmp_path / "images.gz"
+    write_idx(path, images)
+    cached = data.decoded_cache(path)
+    cached.parent.mkdir(parents=True)
+    if content == "floats":
+        np.save(cached, images.astype(np.float32))
+    elif content == "wrong-shape":
+        np.save(cached, images.reshape(50, 784))
+    else:
+        cached.write_bytes(content)
+    assert np.array_equal(data.read_idx(path), images)
+    assert np.array_equal(np.load(cached), images)
+
+
+def test_an_unwritable_cache_is_skipped_and_small_files_are_not_cached(tmp_path, sample, monkeypatch):
+    images = sample["test"][0][:50].numpy()
+    path = tmp_path / "images.gz"
+    write_idx(path, images)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data.decoded_cache(path) is None and np.array_equal(data.read_idx(path), images)  # 40 KB: not cached
+    assert not (tmp_path / "cache").exists()
+
+    monkeypatch.setattr(data, "CACHE_FROM_BYTES", 0)
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
+    assert np.array_equal(data.read_idx(path), images)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.gz", "not-a-folder"]  # no temporary left
+    with pytest.raises(UserError, match="is truncated or corrupt"):  # a bad file is still named, cache or not
+        (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + bytes(100))[:-20])
+        data.read_idx(tmp_path / "bad.gz")
 
 
 def _bad_files(folder, images, labels):
