@@ -15,9 +15,11 @@ torch.export and torchvision find the whole of torch._dynamo, and the functions 
 before hand over to the real one's.
 """
 
+import functools
 import importlib.abc
 import importlib.util
 import sys
+import threading
 
 import torch
 
@@ -26,47 +28,54 @@ def defer(name: str, provides: dict, whole_for_submodules: bool):
     """Put a stand-in for package `name` in sys.modules. `provides` maps names to functions of no
     arguments that give them; any other name runs the real __init__ first, and so does importing a
     submodule where `whole_for_submodules` (submodules that expect their package whole). Returns the
-    stand-in, a function telling whether the real __init__ has run, and one that runs it (once) and
-    returns True; None where the package is already imported, or missing."""
+    stand-in, a function telling whether the real __init__ has run whole, and one that runs it (once);
+    None where the package is already imported, or missing."""
     if name in sys.modules:
         return None
     spec = importlib.util.find_spec(name)
     if spec is None or spec.loader is None:
         return None
     package = importlib.util.module_from_spec(spec)
-    loaded = []
+    lock = threading.RLock()  # another thread asking meanwhile waits, as it would for a real import
+    loading, done = [], []  # the thread running the real __init__; [True] once it ran whole
 
-    def load() -> bool:
-        if loaded:
-            return True
-        loaded.append(True)
-        if finder in sys.meta_path:
-            sys.meta_path.remove(finder)
-        del package.__getattr__
-        for key in provides:
-            package.__dict__.pop(key, None)
-        try:
-            spec.loader.exec_module(package)  # the real __init__, in this module object
-        except BaseException:
-            del sys.modules[name]  # as a failed import leaves it: the next import tries again
-            raise
-        return True
+    def load() -> None:
+        with lock:
+            if done or loading:  # loading: the real __init__ itself, asking for one of its own submodules
+                return
+            if finder in sys.meta_path:
+                sys.meta_path.remove(finder)
+            before = dict(package.__dict__)
+            loading.append(threading.get_ident())
+            try:
+                spec.loader.exec_module(package)  # the real __init__, in this module object
+            except BaseException:
+                # the stand-in again, as a failed import leaves nothing: the next use tries anew
+                package.__dict__.clear()
+                package.__dict__.update(before)
+                if whole_for_submodules:
+                    sys.meta_path.insert(0, finder)
+                raise
+            finally:
+                loading.clear()
+            if package.__dict__.get("__getattr__") is __getattr__:
+                del package.__getattr__
+            done.append(True)
 
     def __getattr__(attr: str):
         if attr in provides:
             value = provides[attr]()
             setattr(package, attr, value)
             return value
+        if loading and loading[0] == threading.get_ident():  # the real __init__'s own `from . import sub`
+            raise AttributeError(attr)
         load()
         return getattr(package, attr)
 
     class Finder(importlib.abc.MetaPathFinder):
         def find_spec(self, fullname, path, target=None):
-            if not fullname.startswith(name + "."):
-                return None
-            load()
-            if fullname in sys.modules:  # the real __init__ imported it: do not run it a second time
-                return importlib.util.spec_from_loader(fullname, _Imported())
+            if fullname.startswith(name + ".") and not done and not loading:
+                return importlib.util.spec_from_loader(fullname, _PackageFirst(load))
             return None
 
     finder = Finder()
@@ -76,17 +85,36 @@ def defer(name: str, provides: dict, whole_for_submodules: bool):
     sys.modules[name] = package
     parent, _, child = name.rpartition(".")
     setattr(sys.modules[parent], child, package)  # as the import system binds a submodule to its parent
-    return package, lambda: bool(loaded), load
+    return package, lambda: bool(done), load
 
 
-class _Imported(importlib.abc.Loader):
-    """The loader of a module already in sys.modules: hands it back as it is."""
+class _PackageFirst(importlib.abc.Loader):
+    """Loads a submodule of a deferred package: the package's real __init__ first (which may import the
+    submodule itself: then that module, run once), else the submodule as its own spec says."""
+
+    def __init__(self, load_package):
+        self.load_package = load_package
+        self.real_spec, self.run = None, False
 
     def create_module(self, spec):
-        return sys.modules[spec.name]
+        self.load_package()
+        module = sys.modules.get(spec.name)
+        if module is None:
+            self.real_spec = importlib.util.find_spec(spec.name)  # the deferred finder is gone by now
+            if self.real_spec is None:
+                raise ModuleNotFoundError(f"No module named {spec.name!r}", name=spec.name)
+            module, self.run = importlib.util.module_from_spec(self.real_spec), True
+        else:
+            self.real_spec = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass
+        try:
+            module.__spec__ = self.real_spec  # the import system set this loader's spec on it
+        except AttributeError:  # dynamo's config module refuses new attributes, and kept its own
+            pass
+        if self.run:
+            self.real_spec.loader.exec_module(module)
 
 
 def _zero_redundancy_optimizer():
@@ -107,10 +135,11 @@ def _defer_dynamo() -> None:
     dynamo, is_loaded, load = deferred
 
     def disable(fn=None, recursive=True, **kwargs):
-        """fn itself until torch._dynamo is imported (nothing can be compiling before), the real
-        disable(fn) from then on."""
+        """fn itself until torch._dynamo has run (nothing can be compiling before), the real disable(fn)
+        from then on."""
         if fn is None:  # the decorator form, which nothing in torch.optim uses
-            return load() and dynamo.disable(fn, recursive, **kwargs)
+            load()
+            return dynamo.disable(fn, recursive, **kwargs)
         real = []
 
         def until_dynamo(*args, **kw):
@@ -120,7 +149,7 @@ def _defer_dynamo() -> None:
                 real.append(dynamo.disable(fn, recursive, **kwargs))
             return real[0](*args, **kw)
 
-        return until_dynamo
+        return functools.wraps(fn)(until_dynamo) if kwargs.get("wrapping", True) else until_dynamo
 
 
 defer("torch.distributed.optim", {"ZeroRedundancyOptimizer": _zero_redundancy_optimizer},

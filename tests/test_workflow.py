@@ -173,6 +173,61 @@ def test_ignite_is_imported_without_fsdp_and_torch_distributed_optim_stays_whole
     assert r.returncode == 0, r.stderr
 
 
+def test_the_torch_dynamo_stand_in_survives_a_failed_load_threads_and_keeps_names():
+    """If the real torch._dynamo fails to load (an interrupt, say), the stand-in stays and the next use
+    tries again; another thread's optimizer steps go on while it loads; disable() keeps a function's
+    name, and the function stays picklable."""
+    import subprocess
+
+    code = """if True:
+        import pickle, sys, threading
+        import ignite_mnist.engines, torch
+
+        class FailOnce:  # the real __init__ fails halfway, the first time
+            failed = False
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch._dynamo.convert_frame" and not self.failed:
+                    FailOnce.failed = True
+                    raise KeyboardInterrupt
+        sys.meta_path.insert(0, FailOnce())
+
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.Adadelta(model.parameters())
+        x = torch.randn(4, 3)
+        try:
+            torch._dynamo.optimize
+        except KeyboardInterrupt:
+            pass
+        else:
+            raise AssertionError("the failure did not happen")
+        model(x).sum().backward(); optimizer.step(); optimizer.zero_grad(); optimizer.state_dict()
+        assert torch._dynamo.disable.__module__ == "ignite_mnist.lazy_imports"
+
+        @torch.compiler.disable
+        def helper():
+            "a helper"
+        assert helper.__name__ == "helper" and helper.__doc__ == "a helper" and pickle.loads(pickle.dumps(helper)) is helper
+
+        errors, loading = [], threading.Event()
+        def steps():
+            while not loading.is_set():
+                try:
+                    model(x).sum().backward(); optimizer.step(); optimizer.zero_grad()
+                except Exception as e:
+                    errors.append(repr(e))
+                    return
+        thread = threading.Thread(target=steps)
+        thread.start()
+        torch._dynamo.optimize  # the second try loads it, while the other thread steps
+        loading.set(); thread.join()
+        assert not errors, errors
+        assert torch._dynamo.disable is sys.modules["torch._dynamo.decorators"].disable and torch.is_grad_enabled()
+        model(x).sum().backward(); optimizer.step()
+    """
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
 def test_a_training_imports_neither_torch_dynamo_nor_fsdp(tmp_path, tiny_data):
     """lazy_imports: torch.optim's calls into torch._dynamo are answered by the stand-in, so a whole
     `train` (optimizer, checkpoints, release) runs without importing it (1.5-2 s and 150 MiB on AVX2)."""
@@ -198,8 +253,8 @@ def test_a_training_imports_neither_torch_dynamo_nor_fsdp(tmp_path, tiny_data):
     assert (tmp_path / "experiments" / "demo" / "checkpoints" / "checkpoint_1.pt").exists()
 
 
-@pytest.mark.parametrize("first_use", ["import torch._dynamo.utils", "import torchvision", "torch._dynamo.optimize",
-                                       "torch.export.export(model, (x,))"])
+@pytest.mark.parametrize("first_use", ["import torch._dynamo.utils", "import torch._dynamo.config", "import torchvision",
+                                       "torch._dynamo.optimize", "torch.export.export(model, (x,))"])
 def test_torch_dynamo_becomes_the_real_package_on_first_use(first_use):
     """The stand-in for torch._dynamo, used by an optimizer first, turns into the whole package on the
     first name it does not provide or submodule import; the optimizer's methods then go through the real
@@ -219,7 +274,11 @@ def test_torch_dynamo_becomes_the_real_package_on_first_use(first_use):
         assert "torch._dynamo.eval_frame" in sys.modules and sys.modules["torch._dynamo"] is torch._dynamo
         assert torch._dynamo.disable is torch._dynamo.decorators.disable
         assert torch._dynamo.graph_break is torch._dynamo.decorators.graph_break
-        assert torch._dynamo.utils is sys.modules["torch._dynamo.utils"]  # one module object, run once
+        assert torch._dynamo.utils is sys.modules["torch._dynamo.utils"]
+        # each submodule ran once: what dynamo's own modules imported is what users see
+        assert sys.modules["torch._dynamo.convert_frame"].counters is torch._dynamo.utils.counters
+        assert sys.modules["torch._dynamo.eval_frame"].config is torch._dynamo.config is sys.modules["torch._dynamo.config"]
+        assert sys.modules["torch._dynamo.eval_frame"].Unsupported is torch._dynamo.exc.Unsupported
         before = model.weight.detach().clone()
 
         @torch.compile(backend="eager")
