@@ -5,10 +5,12 @@ Each split becomes one uint8 tensor kept on the training device; a batch is a te
 or a slice (evaluation), and normalisation happens per batch on the device: no per-image Python work.
 """
 
+import glob
 import gzip
 import hashlib
 import math
 import os
+import socket
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +52,8 @@ def read_idx(path: Path) -> np.ndarray:
     """An IDX file of MNIST images ([n, 28, 28] uint8) or labels ([n] uint8), .gz or not, checked.
 
     A large .gz file is decoded once: the array is kept in the user's cache (decoded_cache), under a
-    name made of the file's path, size and modification time, so a changed file is decoded anew."""
+    name made of the file's path, size, modification time and gzip trailer (CRC-32 and length of the
+    data), so a changed file is decoded anew."""
     cached = decoded_cache(path)
     array = _read_cached(cached) if cached else None
     if array is None:
@@ -65,38 +68,59 @@ def decoded_cache(path: Path):
     for a file too small to gain from it (or one that cannot be read: decoding it says why)."""
     try:
         stat = path.stat()
-    except OSError:
-        return None
-    if path.suffix != ".gz" or stat.st_size < CACHE_FROM_BYTES:
-        return None
-    try:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ignite-mnist"
-    except RuntimeError:  # no home directory to be found
+        if path.suffix != ".gz" or stat.st_size < CACHE_FROM_BYTES:
+            return None
+        with open(path, "rb") as f:
+            f.seek(-8, os.SEEK_END)
+            trailer = f.read(8).hex()  # CRC-32 and length (mod 2^32) of the uncompressed data
+        xdg = os.environ.get("XDG_CACHE_HOME", "")
+        root = (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "ignite-mnist"  # XDG: absolute only
+    except (OSError, RuntimeError):  # unreadable (decoding says why), or no home directory
         return None
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    return root / f"{path.name[:-3]}-{key}-{stat.st_size}-{stat.st_mtime_ns}.npy"
+    return root / f"{path.name[:-3]}-{key}-{stat.st_size}-{stat.st_mtime_ns}-{trailer}.npy"
+
+
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
 def _read_cached(cached: Path):
-    """The cached array, or None where there is none, or it is not a whole array of MNIST's shapes."""
+    """The cached array, or None where there is none or it is not exactly what its gzip file holds: MNIST's
+    shapes, as many bytes as the trailer in its name says (checked from the header, before reading)."""
+    uncompressed = int.from_bytes(bytes.fromhex(cached.stem.rsplit("-", 1)[1])[4:], "little")
     try:
-        array = np.load(cached, allow_pickle=False)
+        with open(cached, "rb") as f:
+            read_header = _NPY_HEADERS.get(np.lib.format.read_magic(f))
+            if read_header is None:
+                return None
+            shape, fortran_order, dtype = read_header(f)
+            count = math.prod(shape)
+            header = {1: 8, 3: 16}.get(len(shape))
+            if (dtype != np.uint8 or fortran_order or header is None or shape[1:] not in ((), (28, 28))
+                    or (header + count) % 2**32 != uncompressed
+                    or os.fstat(f.fileno()).st_size != f.tell() + count):
+                return None
+            return np.fromfile(f, dtype=np.uint8, count=count).reshape(shape)
     except (OSError, ValueError, EOFError):
         return None
-    if array.dtype != np.uint8 or not (array.ndim == 1 or array.shape[1:] == (28, 28)):
-        return None
-    return array
 
 
 def _write_cached(cached: Path, array: np.ndarray) -> None:
-    """Written whole or not at all (a temporary file, then renamed); a cache that cannot be written is
-    skipped: the file is decoded again next time."""
-    temporary = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    """Written whole or not at all (a temporary file, flushed to disk, then renamed), replacing the arrays
+    of earlier versions of the same file; a cache that cannot be written is skipped: the file is decoded
+    again next time."""
+    prefix = cached.name.rsplit("-", 3)[0]  # name and path: the same file, whatever its version
+    temporary = cached.with_name(f".{cached.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         with open(temporary, "wb") as f:
             np.save(f, array, allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(temporary, cached)
+        for old in cached.parent.glob(f"{glob.escape(prefix)}-*.npy"):
+            if old != cached:
+                old.unlink(missing_ok=True)
     except OSError:
         try:
             temporary.unlink(missing_ok=True)

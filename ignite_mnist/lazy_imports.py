@@ -1,5 +1,6 @@
 """Two torch packages that a training never uses, kept out of start-up: torch._dynamo and FSDP. On a
-2-core AVX2 EPYC that is about 2 s and 140 MiB off every `train`, 1 s off `test` and a pt export.
+2-core AVX2 EPYC that is about 2 s and 140 MiB off every single-process `train`, 1 s off `test` and a pt
+export (a distributed run imports torch._dynamo anyway: torch.distributed and DDP use it).
 Import this before Ignite and before any optimizer is made.
 
 - torch.optim imports torch._dynamo (1.5 s, 150 MiB there, and FSDP with it) only to call two functions:

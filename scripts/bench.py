@@ -299,9 +299,11 @@ def run_processes(args) -> dict:
     # `import torch` as both programs pay it: timed inside a fresh process, once per repeat (this VM's import
     # takes 1.7 to 3.3 s from one minute to the next); a whole `python -c "import torch"` adds start-up and
     # torch's teardown, which ignite-mnist skips.
-    import_code = "import time; t = time.perf_counter(); import torch; print(time.perf_counter() - t)"
+    # (a marker, since a warning on stderr shares the log)
+    import_code = "import time; t = time.perf_counter(); import torch; print(f'import torch: {time.perf_counter() - t}s')"
     for r in range(args.process_repeats):
-        import_torch = float(timed_process([sys.executable, "-c", import_code], logs / f"import-torch-{r}.out")[2])
+        import_out = timed_process([sys.executable, "-c", import_code], logs / f"import-torch-{r}.out")[2]
+        import_torch = float(re.search(r"^import torch: ([0-9.e+-]+)s$", import_out, re.M).group(1))
         wall, rss, out = timed_process(reference, logs / f"reference-process-{r}.out")
         found = re.search(r"final test accuracy ([0-9.]+)%, epochs ([0-9.]+)s", out)
         runs["reference"].append({"process_s": wall, "epochs_s": float(found.group(2)), "peak_rss_mb": rss,

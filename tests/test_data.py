@@ -53,14 +53,18 @@ def test_a_large_gz_file_is_decoded_once_and_read_from_the_cache_after(tmp_path,
         got = data.read_idx(path)
         assert np.array_equal(got, images) and got.flags.writeable  # no copy needed to make a tensor of it
 
-    write_idx(path, images[::-1])  # the file changes (size and modification time): decoded anew
+    # the file changes, with the same size and modification time (`cp -p`, `rsync -a`): decoded anew, by
+    # its gzip trailer (CRC-32), and the earlier version's array is removed
     stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    assert np.array_equal(data.read_idx(path), images[::-1])
-    assert data.decoded_cache(path) != cached
+    for version in (images, images[::-1]):
+        header = b"".join(int(v).to_bytes(4, "big") for v in (2051, *version.shape))
+        path.write_bytes(gzip.compress(header + version.tobytes(), compresslevel=0))  # stored: same size
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert np.array_equal(data.read_idx(path), version)
+    assert [p.name for p in cached.parent.iterdir()] == [data.decoded_cache(path).name] != [cached.name]
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage", "floats", "wrong-shape"])
+@pytest.mark.parametrize("content", [b"", b"garbage", "floats", "wrong-shape", "fortran", "fewer", "huge"])
 def test_a_corrupt_or_foreign_cache_file_is_decoded_again_and_replaced(tmp_path, sample, monkeypatch, content):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(data, "CACHE_FROM_BYTES", 0)
@@ -73,6 +77,14 @@ def test_a_corrupt_or_foreign_cache_file_is_decoded_again_and_replaced(tmp_path,
         np.save(cached, images.astype(np.float32))
     elif content == "wrong-shape":
         np.save(cached, images.reshape(50, 784))
+    elif content == "fortran":
+        np.save(cached, np.asfortranarray(images))
+    elif content == "fewer":  # a whole array, but not the file's: its trailer says 50 images
+        np.save(cached, images[:49])
+    elif content == "huge":  # a header that announces 730 GiB: refused before reading
+        with open(cached, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 28, 28)})
+            f.write(bytes(100))
     else:
         cached.write_bytes(content)
     assert np.array_equal(data.read_idx(path), images)
@@ -91,7 +103,10 @@ def test_an_unwritable_cache_is_skipped_and_small_files_are_not_cached(tmp_path,
     (tmp_path / "not-a-folder").write_text("")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-folder"))
     assert np.array_equal(data.read_idx(path), images)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.gz", "not-a-folder"]  # no temporary left
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data.decoded_cache(path).mkdir(parents=True)  # a folder where the array would go: the rename fails
+    assert np.array_equal(data.read_idx(path), images)
+    assert [p.name for p in (tmp_path / "cache" / "ignite-mnist").iterdir()] == [data.decoded_cache(path).name]
     with pytest.raises(UserError, match="is truncated or corrupt"):  # a bad file is still named, cache or not
         (tmp_path / "bad.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03" + bytes(100))[:-20])
         data.read_idx(tmp_path / "bad.gz")
