@@ -1,4 +1,7 @@
-"""Which device a command runs on, and in which precision."""
+"""Which device a command runs on, in which precision, and how the CPU keeps its memory."""
+
+import ctypes
+import sys
 
 import torch
 
@@ -35,3 +38,22 @@ def native_bf16(device: torch.device) -> bool:
 
 def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep the memory a training step frees, for the next step to reuse.
+
+    By default it returns large freed blocks to the kernel (each is its own mmap, and the heap's top is
+    trimmed), so every step's activations and optimizer temporaries come back as fresh pages, each zeroed
+    by a page fault: 600 to 4,500 faults a step on a 2-core AMX VM, where this made the step 10-30% faster.
+    Blocks up to 32 MiB (glibc's largest threshold) now come from the heap, which is no longer trimmed:
+    the memory stays at its high-water mark, which is the peak anyway. glibc only; elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has a mallopt that does nothing)
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 1 << 30)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A lever, measured as a user waits for it: `ignite-mnist train --max-epochs 1` of this checkout against
+# another checkout's (e.g. `git worktree add /tmp/before HEAD~1`), whole processes, alternating, each on a
+# fresh experiment made by an untimed `init`; wall time and peak RSS of each run, then the medians.
+#   scripts/ab_train.sh /tmp/before [pairs=4] [data-path=/usr/share/datasets/fashion-mnist] [dataset=fashion-mnist]
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+other=$(cd "${1:?usage: $0 OTHER_CHECKOUT [pairs] [data-path] [dataset]}" && pwd)
+pairs=${2:-4}
+data_path=${3:-/usr/share/datasets/fashion-mnist}
+dataset=${4:-fashion-mnist}
+python="$here/.venv/bin/python"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+for _ in $(seq "$pairs"); do
+  for side in other this; do
+    checkout=$other; [ "$side" = this ] && checkout=$here
+    cli=(env PYTHONPATH="$checkout" "$python" -m ignite_mnist --experiments-path "$work/$side" --data-path "$data_path" -e x)
+    rm -rf "$work/$side"
+    "${cli[@]}" init --set data.dataset="$dataset" --set data.val_split=0 >/dev/null
+    # GNU time: elapsed seconds and peak RSS in KiB
+    /usr/bin/time -f "$side %e %M" -o "$work/time" "${cli[@]}" train --max-epochs 1 --device cpu >/dev/null 2>&1
+    cat "$work/time" | tee -a "$work/all"
+  done
+done
+"$python" - "$work/all" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    side, seconds, kib = line.split()
+    runs.setdefault(side, []).append((float(seconds), int(kib) / 1024))
+med = {side: (statistics.median(s for s, _ in r), statistics.median(m for _, m in r)) for side, r in runs.items()}
+for side in ("other", "this"):
+    print(f"{side}: median {med[side][0]:.1f} s, peak RSS {med[side][1]:.0f} MiB")
+print(f"this / other: {med['this'][0] / med['other'][0]:.2f}x time")
+PY
