@@ -12,14 +12,15 @@ dataset=${4:-fashion-mnist}
 python="$here/.venv/bin/python"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+cd "$work"  # python -m puts the current folder first on sys.path, before PYTHONPATH: not a checkout
 for _ in $(seq "$pairs"); do
   for side in other this; do
     checkout=$other; [ "$side" = this ] && checkout=$here
     cli=(env PYTHONPATH="$checkout" "$python" -m ignite_mnist --experiments-path "$work/$side" --data-path "$data_path" -e x)
     rm -rf "$work/$side"
-    "${cli[@]}" init --set data.dataset="$dataset" --set data.val_split=0 >/dev/null
-    # GNU time: elapsed seconds and peak RSS in KiB
-    /usr/bin/time -f "$side %e %M" -o "$work/time" "${cli[@]}" train --max-epochs 1 --device cpu >/dev/null 2>&1
+    "${cli[@]}" init --set data.dataset="$dataset" --set data.val_split=0 >/dev/null 2>&1
+    # GNU time: elapsed seconds, peak RSS in KiB, minor page faults
+    /usr/bin/time -f "$side %e %M %R" -o "$work/time" "${cli[@]}" train --max-epochs 1 --device cpu >/dev/null 2>&1
     cat "$work/time" | tee -a "$work/all"
   done
 done
@@ -27,10 +28,10 @@ done
 import statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    side, seconds, kib = line.split()
-    runs.setdefault(side, []).append((float(seconds), int(kib) / 1024))
-med = {side: (statistics.median(s for s, _ in r), statistics.median(m for _, m in r)) for side, r in runs.items()}
+    side, seconds, kib, faults = line.split()
+    runs.setdefault(side, []).append((float(seconds), int(kib) / 1024, int(faults)))
+med = {side: [statistics.median(run[k] for run in r) for k in range(3)] for side, r in runs.items()}
 for side in ("other", "this"):
-    print(f"{side}: median {med[side][0]:.1f} s, peak RSS {med[side][1]:.0f} MiB")
+    print(f"{side}: median {med[side][0]:.1f} s, peak RSS {med[side][1]:.0f} MiB, {med[side][2]:,} page faults")
 print(f"this / other: {med['this'][0] / med['other'][0]:.2f}x time")
 PY
