@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A lever, measured as a user waits for it: `ignite-mnist train --max-epochs 1` of this checkout against
 # another checkout's (e.g. `git worktree add /tmp/before HEAD~1`), whole processes, alternating, each on a
-# fresh experiment made by an untimed `init`; wall time and peak RSS of each run, then the medians.
+# fresh experiment made by an untimed `init`; wall time, peak RSS and page faults of each run,
+# then the medians (GNU time).
 #   scripts/ab_train.sh /tmp/before [pairs=4] [data-path=/usr/share/datasets/fashion-mnist] [dataset=fashion-mnist]
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,6 +11,7 @@ pairs=${2:-4}
 data_path=${3:-/usr/share/datasets/fashion-mnist}
 dataset=${4:-fashion-mnist}
 python="$here/.venv/bin/python"
+[ -x /usr/bin/time ] || { echo "error: needs GNU time (Debian: apt-get install time)" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"  # python -m puts the current folder first on sys.path, before PYTHONPATH: not a checkout
