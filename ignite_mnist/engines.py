@@ -24,7 +24,7 @@ from ignite_mnist import data, release, summaries
 from ignite_mnist.analysis import WorstClassified
 from ignite_mnist.checkpoints import (FILENAME_PATTERN, History, RNGStates, history_of, load_checkpoint,
                                       read_checkpoint, restore)
-from ignite_mnist.device import keep_freed_memory, resolve_device, use_bf16
+from ignite_mnist.device import prepare_cpu_for_training, resolve_device, use_bf16
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import Experiment, log, setup_logging
 from ignite_mnist.model import Net
@@ -280,8 +280,7 @@ def _training(local_rank: int, job: dict) -> None:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     else:
-        torch.set_flush_denormal(True)  # denormals in late training slow the CPU down for nothing
-        keep_freed_memory()  # no page fault per step for memory freed by the one before
+        prepare_cpu_for_training()
         if world_size > 1:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
     cfg = experiment.config["training"]

@@ -157,16 +157,15 @@ def run_bare(args) -> dict:
     from ignite.utils import manual_seed
 
     from ignite_mnist import engines
-    from ignite_mnist.device import keep_freed_memory, use_bf16
+    from ignite_mnist.device import prepare_cpu_for_training, use_bf16
     from ignite_mnist.experiment import draw_split, load_config
     from ignite_mnist.model import Net
 
     cfg = {**load_config(CONFIG)["training"], "precision": args.precision}
     device = torch.device(args.device)
     start = time.perf_counter()
-    torch.set_flush_denormal(device.type == "cpu")  # as training() does, step for step below
     if device.type == "cpu":
-        keep_freed_memory()
+        prepare_cpu_for_training()  # as training() does, step for step below
     bf16 = use_bf16(cfg["precision"], device)
     manual_seed(args.seed)
     split = draw_split(args.sizes[0], 0, args.seed)

@@ -61,13 +61,12 @@ def profile_step(args) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from ignite_mnist import data, engines
-    from ignite_mnist.device import keep_freed_memory, use_bf16
+    from ignite_mnist.device import prepare_cpu_for_training, use_bf16
     from ignite_mnist.experiment import draw_split
     from ignite_mnist.model import Net
 
     torch.manual_seed(0)
-    torch.set_flush_denormal(True)  # as training() does
-    keep_freed_memory()
+    prepare_cpu_for_training()  # as training() does
     device = torch.device("cpu")
     bf16 = use_bf16(args.precision, device)
     sizes = data.dataset_sizes(args.dataset, args.data_path)
