@@ -20,10 +20,12 @@ for _ in $(seq "$pairs"); do
     checkout=$other; [ "$side" = this ] && checkout=$here
     cli=(env PYTHONPATH="$checkout" "$python" -m ignite_mnist --experiments-path "$work/$side" --data-path "$data_path" -e x)
     rm -rf "$work/$side"
-    "${cli[@]}" init --set data.dataset="$dataset" --set data.val_split=0 >/dev/null 2>&1
+    "${cli[@]}" init --set data.dataset="$dataset" --set data.val_split=0 >"$work/log" 2>&1 ||
+      { echo "error: $side's init failed ($checkout):" >&2; tail -n 5 "$work/log" >&2; exit 1; }
     # GNU time: elapsed seconds, peak RSS in KiB, minor page faults
-    /usr/bin/time -f "$side %e %M %R" -o "$work/time" "${cli[@]}" train --max-epochs 1 --device cpu >/dev/null 2>&1
-    cat "$work/time" | tee -a "$work/all"
+    /usr/bin/time -f "$side %e %M %R" -o "$work/time" "${cli[@]}" train --max-epochs 1 --device cpu >"$work/log" 2>&1 ||
+      { echo "error: $side's train failed ($checkout):" >&2; tail -n 5 "$work/log" >&2; exit 1; }
+    tee -a "$work/all" <"$work/time"
   done
 done
 "$python" - "$work/all" <<'PY'
