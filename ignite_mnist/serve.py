@@ -247,8 +247,11 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
     return app
 
 
-def listen(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port (port 0: a free one), or a one-line UserError."""
+def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+    """A socket listening on host:port (port 0: a free one), or a one-line UserError.
+
+    It listens before uvicorn starts: a client that connects as soon as the "serving ... on" line appears
+    waits in the backlog instead of being refused while the event loop starts."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except (socket.gaierror, UnicodeError, OverflowError) as e:
@@ -257,6 +260,7 @@ def listen(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(backlog)
     except OSError as e:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

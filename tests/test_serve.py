@@ -333,6 +333,17 @@ def test_the_serve_command_binds_localhost_answers_and_stops_cleanly(releases, d
             process.wait()
 
 
+def test_the_socket_listens_before_the_server_says_where():
+    # the serve command prints its URL before uvicorn's loop runs: a client connecting then must be queued,
+    # not refused (a refused connection failed this file's command test once in CI)
+    sock = serving.listen("127.0.0.1", 0)
+    try:
+        with socket.create_connection(sock.getsockname()[:2], timeout=5):
+            pass
+    finally:
+        sock.close()
+
+
 def test_serve_errors_are_one_line(releases, tmp_path, capsys):
     def refused(*args):
         code, out, err = invoke(capsys, "serve", *args)
