@@ -3,12 +3,16 @@
 
     .venv/bin/python scripts/profile_training.py step                 # 200 steps of the real step, batch 64, default precision
     .venv/bin/python scripts/profile_training.py step --precision fp32
+    .venv/bin/python scripts/profile_training.py step --compile optimizer   # a lever: torch.compile'd parts
     .venv/bin/python scripts/profile_training.py process              # one epoch of Fashion-MNIST, as a process, by phase
 
 step: the exact training step of `ignite-mnist train` (engines.make_train_step on the dataset's tensors),
 timed by wall clock over the same steps without the profiler (the profiler itself slows each op), then
 under torch.profiler, its operators grouped into forward, backward, optimizer, copies (autocast's casts),
-dropout masks and what no operator accounts for (Python, the engine, the allocator).
+dropout masks and what no operator accounts for (Python, the engine, the allocator). With --compile, the
+model's forward (and so its backward), the optimizer's step, or both go through torch.compile (inductor)
+first; the time of the first steps (tracing, compiling, or loading inductor's cache) is printed apart, and the
+split by part holds only without it (compiled kernels are charged to no part or the wrong one).
 
 process: `ignite-mnist train --max-epochs 1` under cProfile on a fresh experiment, its cumulative
 times split into imports, data (read + decode), the epochs (training, evaluation), checkpoint, metrics,
@@ -73,11 +77,18 @@ def profile_step(args) -> dict:
     sets = data.tensor_sets(args.dataset, args.data_path, draw_split(sizes["train"], 0, 0), device)
     model = Net().to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    if args.compile in ("model", "both"):
+        model.forward = torch.compile(model.forward)
+    if args.compile in ("optimizer", "both"):
+        optimizer.step = torch.compile(optimizer.step)
     step = engines.make_train_step(model, optimizer, sets["train"], bf16)
     batches = data.ShuffledBatches(len(sets["train"]), 64, 0)
     indexes = [b for _, b in zip(range(args.steps + 20), batches)]
-    for index in indexes[:20]:  # warm-up: oneDNN primitives, allocator
+    t0 = time.perf_counter()
+    for index in indexes[:20]:  # warm-up: oneDNN primitives, allocator, and torch.compile's work
         step(None, index)
+    if args.compile != "none":
+        print(f"torch.compile ({args.compile}): the first 20 steps took {time.perf_counter() - t0:.1f} s")
     faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     for index in indexes[20:]:
         step(None, index)
@@ -172,6 +183,8 @@ def main() -> None:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--compile", default="none", choices=["none", "model", "optimizer", "both"],
+                   help="step: torch.compile the model's forward, the optimizer's step, or both")
     args = p.parse_args()
     result = profile_step(args) if args.what == "step" else profile_process(args)
     print(json.dumps(result))
