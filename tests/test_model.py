@@ -93,7 +93,8 @@ for command in (["init", "--set", "data.dataset=mnist-sample"], ["train", "--max
     except SystemExit as e:
         assert not e.code, e.code
 steady = faults[20:]  # past the first steps: oneDNN's primitives, the allocator's high-water mark
-print((steady[-1] - steady[0]) / (len(steady) - 1))
+# the median step: one-off events between two steps (a lazy import, a handler's first call) are not the steps'
+print(sorted(b - a for a, b in zip(steady, steady[1:]))[(len(steady) - 1) // 2])
 """
 
 
@@ -104,4 +105,6 @@ def test_training_steps_reuse_the_memory_freed_by_the_step_before(tmp_path):
     run = subprocess.run([sys.executable, "-c", COUNTED_TRAINING, "-e", "exp", "--experiments-path", tmp_path],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.split()[-1]) < 20  # page faults a step: 3 here, 6,400 when training() leaves glibc's defaults
+    # page faults in the median step: 0 here (one-off events between steps: up to 1,300 faults), 5,900 when
+    # training() leaves glibc's defaults
+    assert float(run.stdout.split()[-1]) < 20
