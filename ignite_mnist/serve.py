@@ -247,7 +247,7 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
     return app
 
 
-def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
+def listen(host: str, port: int) -> socket.socket:
     """A socket listening on host:port (port 0: a free one), or a one-line UserError.
 
     It listens before uvicorn starts: a client that connects as soon as the "serving ... on" line appears
@@ -260,7 +260,7 @@ def listen(host: str, port: int, backlog: int = 2048) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
-        sock.listen(backlog)
+        sock.listen()  # uvicorn listens again with its own backlog
     except OSError as e:
         sock.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

@@ -156,28 +156,36 @@ def run_ignite(args) -> dict:
 # ---- contender 3: ignite-mnist's pieces in a plain loop (the engine's overhead) ----------------
 
 
-def run_bare(args) -> dict:
+def bare_training(args, cfg: dict, device) -> tuple:
+    """ignite-mnist's own pieces, set up as training() does, without the engine: (sets, model, optimizer,
+    step, bf16), the whole training set (no validation split)."""
     from ignite.utils import manual_seed
 
     from ignite_mnist import engines
     from ignite_mnist.device import prepare_cpu_for_training, use_bf16
-    from ignite_mnist.experiment import draw_split, load_config
+    from ignite_mnist.experiment import draw_split
     from ignite_mnist.model import Net
+
+    if device.type == "cpu":
+        prepare_cpu_for_training()  # as training() does
+    bf16 = use_bf16(cfg["precision"], device)
+    manual_seed(args.seed)
+    sets = data.tensor_sets(args.dataset, args.data_path, draw_split(args.sizes[0], 0, args.seed), device)
+    model = Net().to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=cfg["lr"])
+    return sets, model, optimizer, engines.make_train_step(model, optimizer, sets["train"], bf16), bf16
+
+
+def run_bare(args) -> dict:
+    from ignite_mnist import engines
+    from ignite_mnist.experiment import load_config
 
     cfg = {**load_config(CONFIG)["training"], "precision": args.precision}
     device = torch.device(args.device)
     start = time.perf_counter()
-    if device.type == "cpu":
-        prepare_cpu_for_training()  # as training() does, step for step below
-    bf16 = use_bf16(cfg["precision"], device)
-    manual_seed(args.seed)
-    split = draw_split(args.sizes[0], 0, args.seed)
-    sets = data.tensor_sets(args.dataset, args.data_path, split, device)
-    model = Net().to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=cfg["lr"])
+    sets, model, optimizer, step, bf16 = bare_training(args, cfg, device)
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
     batches = data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], args.seed, 0, 1, device)
-    step = engines.make_train_step(model, optimizer, sets["train"], bf16)
     evaluator = engines.create_evaluator(model, sets["test"], bf16)
     epochs = []
     for epoch in range(1, args.epochs + 1):
@@ -396,30 +404,22 @@ def gemm_peaks(args) -> dict:
 
 def paired_peak_fraction(args, precision: str, blocks: int = 8, steps: int = 40) -> dict:
     """The step's share of the GEMM peak measured alongside it: in this process, blocks of `steps` real
-    training steps (engines.make_train_step, batch 64), each followed by the GEMM peak in `precision`; the
+    training steps (bare_training's step, the config's batch), each followed by the GEMM peak in `precision`; the
     median of the blocks' ratios, and the blocks' peaks. A VM's speed drifts within a run: an AMX VM's bf16
-    peak switched between about 720 and 1,800 GFLOP/s from one block to the next while the step's GFLOP/s
-    stayed within 15%; the blocks' peaks also count toward the machine's best (machine_limit)."""
+    peak switched between about 500-700 and 1,750-1,950 GFLOP/s from one block to the next while the step
+    stayed at 140-230 GFLOP/s; the blocks' peaks also count toward the machine's best (machine_limit)."""
     import itertools
 
-    from ignite_mnist import engines
-    from ignite_mnist.device import prepare_cpu_for_training, use_bf16
-    from ignite_mnist.experiment import draw_split
-    from ignite_mnist.model import Net
+    from ignite_mnist.experiment import load_config
 
+    cfg = {**load_config(CONFIG)["training"], "precision": args.precision}
     device = torch.device(args.device)
-    if device.type == "cpu":
-        prepare_cpu_for_training()
-    torch.manual_seed(args.seed)
-    sets = data.tensor_sets(args.dataset, args.data_path, draw_split(args.sizes[0], 0, args.seed), device)
-    model = Net().to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
-    step = engines.make_train_step(model, optimizer, sets["train"], use_bf16(args.precision, device))
-    batches = itertools.cycle(list(data.ShuffledBatches(len(sets["train"]), 64, args.seed, 0, 1, device)))
+    sets, _, _, step, _ = bare_training(args, cfg, device)
+    batches = itertools.cycle(list(data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], args.seed, 0, 1, device)))
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     for _ in range(20):  # warm-up: oneDNN's primitives, the allocator
         step(None, next(batches))
-    fractions, peaks, flops = [], [], flops_per_image() * 64 * steps
+    fractions, peaks, flops = [], [], flops_per_image() * cfg["batch_size"] * steps
     for _ in range(blocks):
         synchronize(device)
         t0 = time.perf_counter()

@@ -105,6 +105,6 @@ def test_training_steps_reuse_the_memory_freed_by_the_step_before(tmp_path):
     run = subprocess.run([sys.executable, "-c", COUNTED_TRAINING, "-e", "exp", "--experiments-path", tmp_path],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    # page faults in the median step: 0 here (one-off events between steps: up to 1,300 faults), 5,900 when
-    # training() leaves glibc's defaults
+    # page faults in the median step: 0 here (one-off events between steps: up to 1,300 faults), about 6,000
+    # when training() leaves glibc's defaults
     assert float(run.stdout.split()[-1]) < 20
