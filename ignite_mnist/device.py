@@ -40,7 +40,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
-def keep_freed_memory() -> None:
+def keep_freed_memory() -> bool:
     """Let glibc's malloc keep the memory a training step frees, for the next step to reuse.
 
     By default it returns large freed blocks to the kernel (each is its own mmap, and the heap's top is
@@ -48,16 +48,16 @@ def keep_freed_memory() -> None:
     by a page fault: 600 to 6,900 faults a step on a 2-core AMX VM, where this made a whole one-epoch
     `train` 0.72x as long (README, Speed).
     Blocks up to 32 MiB (glibc's largest threshold) now come from the heap, which is no longer trimmed:
-    the memory stays at its high-water mark, which is the peak anyway. glibc only; elsewhere a no-op."""
+    the memory stays at its high-water mark, which is the peak anyway. glibc only; elsewhere a no-op.
+    Returns whether malloc took both settings."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl has a mallopt that does nothing)
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
-    mallopt(M_MMAP_THRESHOLD, 32 << 20)
-    mallopt(M_TRIM_THRESHOLD, 1 << 30)
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h; mallopt returns 1 on success
+    return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 and mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
 
 
 def prepare_cpu_for_training() -> None:

@@ -74,9 +74,10 @@ def test_other_probabilities_use_torch_dropout():
 
 COUNTED_TRAINING = """
 import resource, sys
-from ignite_mnist import cli, engines
+from ignite_mnist import cli, device, engines
 
-faults, make_train_step = [], engines.make_train_step
+faults, make_train_step, keep_freed_memory, kept = [], engines.make_train_step, device.keep_freed_memory, []
+device.keep_freed_memory = lambda: kept.append(keep_freed_memory())  # what training() asked of malloc
 
 def counting(*args, **kwargs):  # the real step, and the page faults of the process after each
     step = make_train_step(*args, **kwargs)
@@ -94,7 +95,7 @@ for command in (["init", "--set", "data.dataset=mnist-sample"], ["train", "--max
         assert not e.code, e.code
 steady = faults[20:]  # past the first steps: oneDNN's primitives, the allocator's high-water mark
 # the median step: one-off events between two steps (a lazy import, a handler's first call) are not the steps'
-print(sorted(b - a for a, b in zip(steady, steady[1:]))[(len(steady) - 1) // 2])
+print(kept == [True], sorted(b - a for a, b in zip(steady, steady[1:]))[(len(steady) - 1) // 2])
 """
 
 
@@ -105,6 +106,10 @@ def test_training_steps_reuse_the_memory_freed_by_the_step_before(tmp_path):
     run = subprocess.run([sys.executable, "-c", COUNTED_TRAINING, "-e", "exp", "--experiments-path", tmp_path],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+    told_malloc_once, faults = run.stdout.split()[-2:]
+    # training() told glibc's malloc, once, to keep freed memory, and malloc took it: on a machine whose steps
+    # fault little either way (the AVX512 and AVX2 EPYCs), this is what shows the lever is in place
+    assert told_malloc_once == "True"
     # page faults in the median step: 0 here (one-off events between steps: up to 1,300 faults), about 6,000
-    # when training() leaves glibc's defaults
-    assert float(run.stdout.split()[-1]) < 20
+    # when training() leaves glibc's defaults, 1,150 with the heap kept but large blocks still mmap'ed
+    assert float(faults) < 20
