@@ -33,6 +33,9 @@ evaluation, per epoch), wall time per epoch, evaluation images/s, peak RSS (MiB)
     speedup         = reference whole-epoch time / ignite-mnist whole-epoch time (in-process)
     process_speedup = reference process time / ignite-mnist process time (whole processes)
     engine_overhead = ignite-mnist train time per epoch / bare train time per epoch - 1   (target <= 3%)
+    paired_engine_overhead = the same, measured in one process: one epoch of ignite-mnist's run, every
+                      10 of its iterations followed by 10 bare steps of the same step, the median of the
+                      blocks' ratios (with its 95% confidence interval): steadier on a VM whose speed drifts
     peak_fraction   = step_gflops / peak_gflops, the best of the two GEMM peaks: the bf16 peak wherever the
                       CPU computes bf16 natively (AMX, AVX512-BF16), the fp32 peak where it does not (AVX2:
                       bf16 products there run hundreds of times slower than fp32)
@@ -46,6 +49,7 @@ in-process run is reported (warned above 5%).
 import argparse
 import gzip
 import json
+import math
 import os
 import platform
 import shutil
@@ -207,12 +211,87 @@ def run_bare(args) -> dict:
             "train_images": len(sets["train"]), "test_images": len(sets["test"])}
 
 
+def run_paired_engine(args, steps: int = 10) -> dict:
+    """The engine's cost measured in pairs of blocks, alternating in one process: `ignite-mnist train`'s own
+    run (launch.run_training, one epoch, every handler attached), into which a handler, attached last, runs
+    `steps` bare steps after every `steps` iterations of the engine: the same step function, the same model and
+    optimizer, in a plain loop. Each engine block is timed from the end of the bare block before it to its
+    last ITERATION_COMPLETED handler, so it holds the engine's and the handlers' per-iteration work; the
+    median of the blocks' ratios is steadier than epoch against epoch on a VM whose speed drifts by more
+    than the 3% being measured (an AMX VM: -26% to +5% between whole epochs)."""
+    import itertools
+
+    from ignite.engine import Events
+
+    from ignite_mnist import engines
+    from ignite_mnist.experiment import create_experiment, load_config
+    from ignite_mnist.launch import run_training
+
+    engine_s, bare_s, attach_handlers = [], [], engines.attach_handlers
+    device = torch.device(args.device)
+
+    def attach_and_pair(trainer, evaluators, sets, optimizer, lr_scheduler, batches, history, to_save, job):
+        attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches, history, to_save, job)
+        step = trainer._process_function  # the step the engine runs, on the same model and optimizer
+        indexes = list(itertools.islice(data.ShuffledBatches(len(sets["train"]), batches.batch_size, args.seed + 1,
+                                                             0, 1, device), steps))
+        mark = []
+
+        def bare_block():
+            total = torch.zeros((), device=device)  # the loss summed, as bare's loop and the trainer's Average
+            for index in indexes:
+                total += step(None, index)
+            synchronize(device)
+
+        @trainer.on(Events.EPOCH_STARTED)
+        def warm_up(engine):  # oneDNN's primitives and the allocator, before the first engine block
+            bare_block()
+            mark.append(time.perf_counter())
+
+        @trainer.on(Events.ITERATION_COMPLETED(every=steps))
+        def pair(engine):
+            synchronize(device)
+            t0 = time.perf_counter()
+            engine_s.append(t0 - mark[-1])
+            bare_block()
+            bare_s.append(time.perf_counter() - t0)
+            mark.append(time.perf_counter())
+
+    engines.attach_handlers = attach_and_pair
+    config = load_config(CONFIG)
+    config["data"].update(dataset=args.dataset, val_split=0)
+    config["training"]["precision"] = args.precision
+    experiment = create_experiment(args.work_dir / "experiments", f"bench-paired-{os.getpid()}", config, args.seed,
+                                   dict(zip(("train", "test"), args.sizes)))
+    try:
+        run_training(experiment, args.data_path, max_epochs=1, device_name=args.device)
+    finally:
+        shutil.rmtree(experiment.root, ignore_errors=True)
+    ratios = [e / b - 1 for e, b in zip(engine_s, bare_s)]
+    return {"paired_engine_overhead": median(ratios) if ratios else None, "paired_engine_overhead_ci95": median_ci95(ratios),
+            "paired_engine_overheads": [round(r, 4) for r in ratios], "paired_engine_block_steps": steps,
+            "train_images": args.sizes[0], "test_images": args.sizes[1]}
+
+
+def median_ci95(values: list):
+    """A 95% confidence interval of the median, free of any assumed distribution (the sign test's): the
+    sorted values with d cut from each end, d the most for which 2 P(Binomial(n, 1/2) <= d) <= 0.05; None
+    for fewer than 6 values, too few for any such interval."""
+    n, d, tail = len(values), -1, 0.0
+    while 2 * (tail + math.comb(n, d + 1) / 2 ** n) <= 0.05:
+        d, tail = d + 1, tail + math.comb(n, d + 1) / 2 ** n
+    if d < 0:
+        return None
+    ordered = sorted(values)
+    return [ordered[d], ordered[n - 1 - d]]
+
+
 def synchronize(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-WORKERS = {"reference": run_reference, "ignite": run_ignite, "bare": run_bare}
+WORKERS = {"reference": run_reference, "ignite": run_ignite, "bare": run_bare, "paired-engine": run_paired_engine}
 
 
 # ---- running the contenders: one subprocess each, alternating -----------------------------------
@@ -462,7 +541,8 @@ ROWS = [  # (label, key, format)
 ]
 
 
-def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: dict, limit: dict) -> None:
+def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: dict, paired: dict,
+           limit: dict) -> None:
     ref, ign, bare = medians["reference"], medians["ignite"], medians["bare"]
     speedup = ref["epoch_s"] / ign["epoch_s"]
     train_speedup = ign["img_s"] / ref["img_s"]
@@ -481,6 +561,15 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: d
     verdict = "ok" if overhead <= ENGINE_OVERHEAD_TARGET else "ABOVE TARGET"
     print(f"engine overhead (ignite-mnist / bare train time - 1): {100 * overhead:+.1f}%"
           f"   (target <= {100 * ENGINE_OVERHEAD_TARGET:.0f}%: {verdict})")
+    blocks = paired["paired_engine_overheads"]
+    if blocks:
+        ci = paired["paired_engine_overhead_ci95"]
+        verdict = "ABOVE TARGET" if paired["paired_engine_overhead"] > ENGINE_OVERHEAD_TARGET else (
+            "ok" if ci is not None and ci[1] <= ENGINE_OVERHEAD_TARGET else "ok by the median, not surely")
+        print(f"engine overhead in alternating blocks of {paired['paired_engine_block_steps']} steps, one epoch of "
+              f"`train` in one process: {100 * paired['paired_engine_overhead']:+.1f}% (median of {len(blocks)} "
+              f"blocks, {100 * min(blocks):+.1f}% to {100 * max(blocks):+.1f}%" + ("" if ci is None else
+              f"; 95% confidence interval of the median {100 * ci[0]:+.1f}% to {100 * ci[1]:+.1f}%") + f": {verdict})")
     print(f"machine limit (2048x2048 GEMM): fp32 {limit['fp32_peak_gflops']:.0f}, bf16 {limit['bf16_peak_gflops']:.0f} "
           f"GFLOP/s; the training step: {limit['flops_per_image'] / 1e6:.1f} MFLOP/image x {ign['img_s']:.0f} images/s = "
           f"{step_gflops:.0f} GFLOP/s, {100 * step_gflops / limit['peak_gflops']:.0f}% of the {limit['peak_precision']} "
@@ -512,6 +601,8 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: d
         "speedup": speedup, "speedup_basis": "reference whole-epoch time / ignite-mnist whole-epoch time",
         "train_speedup": train_speedup, "engine_overhead": overhead, "engine_overhead_target": ENGINE_OVERHEAD_TARGET,
         "device": args.device, **{k: v for k, v in limit.items()},
+        **{k: paired[k] for k in ("paired_engine_overhead", "paired_engine_overhead_ci95", "paired_engine_overheads",
+                                 "paired_engine_block_steps")},
         "step_gflops": step_gflops, "peak_fraction": step_gflops / limit["peak_gflops"],
         **{k: v for k, v in processes.items() if k != "process_runs"},
     }
@@ -547,7 +638,7 @@ def parse_args():
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: every contender runs there (the reference "
                    "with the example's --accel)")
     p.add_argument("--process-repeats", type=int, default=3, help="whole-process runs of each side (0: none)")
-    p.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=lambda s: tuple(int(n) for n in s.split(",")), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.quick:
@@ -585,7 +676,8 @@ def main() -> None:
                       f"{runs[c][-1]['accuracy']:.2f}% ({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
         medians = {c: {k: median([s[k] for s in runs[c]]) for k in runs[c][0]} for c in CONTENDERS}
         processes = run_processes(args) if args.process_repeats else {}
-        report(args, sizes, medians, runs, precision, processes, machine_limit(args, peaks))
+        paired = run_worker("paired-engine", args, sizes)
+        report(args, sizes, medians, runs, precision, processes, paired, machine_limit(args, peaks))
     except UserError as e:  # data not found, and the like: one line, as ignite-mnist says it
         sys.exit(f"error: {e}")
     finally:

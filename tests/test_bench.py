@@ -1,0 +1,37 @@
+"""scripts/bench.py's paired measurement of the engine: it runs inside the real training, and its interval."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def test_the_median_interval_is_the_sign_tests():
+    # n = 100: the textbook ranks are 40 and 61 (1-based); the 0-based values here equal their ranks - 1
+    assert bench.median_ci95(list(range(100))) == [39, 60]
+    assert bench.median_ci95([5, 0, 3, 1, 4, 2]) == [0, 5]  # 6 values: min to max covers 1 - 2/64 > 95%
+    assert bench.median_ci95(list(range(5))) is None  # 1 - 2/32 < 95%: no interval exists
+
+
+def test_the_engine_is_measured_in_blocks_inside_a_real_training(tmp_path):
+    """bench.py wraps engines.attach_handlers to pair every 10 of the trainer's iterations with 10 bare steps:
+    this fails if that wrapping no longer matches how training() attaches its handlers."""
+    out = subprocess.run(
+        [sys.executable, "scripts/bench.py", "--worker", "paired-engine", "--dataset", "mnist-sample", "--data-path",
+         ".", "--work-dir", str(tmp_path), "--sizes", "5000,1000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    blocks = result["paired_engine_overheads"]
+    assert result["paired_engine_block_steps"] == 10 and len(blocks) == 5000 // 64 // 10  # 79 iterations: 7 pairs
+    assert all(-0.9 < b < 9 for b in blocks)  # both sides of every pair timed (neither empty nor hung)
+    low, high = result["paired_engine_overhead_ci95"]
+    assert low <= result["paired_engine_overhead"] <= high
+    assert "release of epoch 1 written" in out.stderr  # the whole run, handlers and all, went through
+    assert not any((tmp_path / "experiments").iterdir())  # its experiment removed
