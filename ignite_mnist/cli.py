@@ -161,7 +161,8 @@ def export_release(
     release_format: ReleaseFormat = typer.Option(ReleaseFormat.pt, "--format",
                                                  help="pt (a state dict), pt2 (torch.export) or onnx."),
 ):
-    """Write a release of an epoch: the model alone, for inference, verified on the test set. Prints its path last."""
+    """Write a release of an epoch: the model alone, for inference, verified (pt: its weights read back bitwise;
+    pt2, onnx: its predictions on the test set against the checkpoint's). Prints its path last."""
     experiment = _open(ctx)
     epoch = experiment.resolve_epoch(epoch)
     experiment.checkpoint(epoch)
@@ -424,7 +425,13 @@ def _main(argv: Optional[List[str]]) -> None:
         if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
             print(e.ctx.get_help())
             sys.exit(2)
-        command = e.ctx.command_path if getattr(e, "ctx", None) else "ignite-mnist"
+        ctx = getattr(e, "ctx", None)
+        command = ctx.command_path if ctx else "ignite-mnist"
+        if isinstance(e, click_exceptions.NoSuchOption) and ctx is not None and ctx.parent is not None:
+            root = ctx.find_root()
+            if any(e.option_name in p.opts + p.secondary_opts for p in root.command.params):
+                _fail(f"{e.option_name} is an option of ignite-mnist itself: put it before the command "
+                      f"(`ignite-mnist {e.option_name} ... {ctx.info_name} ...`)", e.exit_code)
         _fail(f"{e.format_message()} (see `{command} --help`)", e.exit_code)
     except UserError as e:
         if verbose:

@@ -214,10 +214,22 @@ def _download(dataset: str, data_path: Path) -> None:
     import torchvision
 
     cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
+    raw = data_path / DATASETS[dataset]["folder"] / "raw"
+    made = [folder for folder in (raw, raw.parent, data_path) if not folder.exists()]  # deepest first
+    there_before = set(raw.iterdir()) if raw.is_dir() else set()
     try:
         for train in (True, False):
             cls(str(data_path), train=train, download=True)
     except Exception as e:
+        # leave the data folder as it was: the partial files and the empty folders of the failed download go
+        for path in (set(raw.iterdir()) if raw.is_dir() else set()) - there_before:
+            if path.is_file():
+                path.unlink(missing_ok=True)
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (something else wrote there) or not ours to remove
+                pass
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         files = ", ".join(stem + "(.gz)" for stem in STEMS)
         raise UserError(

@@ -115,6 +115,8 @@ def test_devices_this_machine_does_not_have(copy, capsys, command, device):
     (["test"], "Missing option '--epoch'"),
     (["trian"], "No such command 'trian'"),
     (["info", "--bogus"], "No such option: --bogus"),
+    (["info", "--data-path", "data"], "--data-path is an option of ignite-mnist itself: put it before the command"),
+    (["test", "--epoch", "1", "--verbose"], "--verbose is an option of ignite-mnist itself: put it before"),
 ])
 def test_usage_errors_are_one_line(copy, capsys, args, message):
     assert_refused(capsys, copy, [*g(copy), *args], 2, message)
@@ -191,6 +193,25 @@ def test_missing_dataset_offline(copy, capsys, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     assert_refused(capsys, copy, [*g(copy, data=copy / "no-data"), "train", "--max-epochs", "3", "--device", "cpu"], 2,
                    "mnist is not in")
+    assert not (copy / "no-data").exists()  # the failed download leaves no empty folders behind
+
+
+def test_a_failed_download_keeps_what_the_data_folder_held(tmp_path, monkeypatch):
+    from ignite_mnist import data
+    from ignite_mnist.errors import UserError
+
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "notes.txt").write_text("mine")
+
+    def download_half(self, *args, **kwargs):  # as a download cut off after its first file
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b partial")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", download_half)
+    with pytest.raises(UserError, match="could not be downloaded"):
+        data.locate("mnist", tmp_path / "data")
+    assert sorted(p.name for p in raw.iterdir()) == ["notes.txt"] and (raw / "notes.txt").read_text() == "mine"
 
 
 # ---- predict ------------------------------------------------------------------------------------
