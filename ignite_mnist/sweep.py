@@ -7,6 +7,7 @@ or a journal file on a shared folder); each worker takes trials from it until th
 same host fails it at once (its pid is gone), RDB storages also by heartbeat; its experiment stays.
 """
 
+import glob
 import json
 import os
 import socket
@@ -182,15 +183,15 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
             trial.set_user_attr("not_needed", True)
             raise NotNeeded()
         experiment_name = f"{name}-{trial.number}"
+        if (Path(experiments_path) / experiment_name).exists():  # made since the check before the first trial
+            raise TrialRefused(f"experiment {experiment_name} already exists but is not trial {trial.number} of the "
+                               f"study in {url}: use another --name, or move it away")
+        # "experiment" names the trial's experiment as the study's own (foreign_experiments): set only now
         for key, value in {"host": HOST, "pid": os.getpid(), "experiment": experiment_name}.items():
             trial.set_user_attr(key, value)
         params = {key: suggest(trial, key, distribution) for key, distribution in space.items()}
         overrides = [f"{key}={json.dumps(value)}" for key, value in params.items()]
         record = {"study": name, "storage": url, "trial": trial.number, "params": params, "state": "RUNNING"}
-        if (Path(experiments_path) / experiment_name).exists():
-            raise TrialRefused(f"experiment {experiment_name} already exists but is not trial {trial.number} of the "
-                               f"study in {url}: an earlier sweep of that name left it; use another --name, or move "
-                               f"the old {name}-* experiments away")
         try:
             experiment = init_experiment(experiments_path, experiment_name, config_path, DEFAULT_SCHEMA, overrides,
                                          seed, data_path, extra={"sweep": record})
@@ -212,6 +213,11 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
         log.info(f"sweep {name}: trial {trial.number} complete: best validation accuracy {score:.2f}%")
         return score
 
+    foreign = foreign_experiments(study, name, experiments_path)
+    if foreign:  # found now, not when a trial of that number comes up after hours of others
+        raise UserError(f"sweep {name}: experiment(s) {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} "
+                        f"already exist but are not trials of the study in {url}, and trials are named "
+                        f"{name}-<number>: use another --name, or move them away")
     heartbeat = "://" in url  # RDB storages beat (open_storage); a journal file does not
     waiting = False
     while True:
@@ -242,6 +248,21 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
                             + f"{e}; the trial is marked failed, its experiment kept; run the same `sweep` "
                             "command to go on", exit_code=e.exit_code) from None
     return sweep_status(name, experiments_path, storage)
+
+
+def foreign_experiments(study, name: str, experiments_path: Path) -> list:
+    """Experiments named NAME-<number> that no trial of `study` made (an unrelated experiment, or a trial of an
+    earlier study of that name): the trial of that number could not make its own."""
+    ours = {t.user_attrs.get("experiment") for t in study.get_trials(deepcopy=False)}
+    return sorted((folder.name for folder in Path(experiments_path).glob(f"{glob.escape(name)}-*")
+                   if trial_number(folder.name, name) is not None and folder.name not in ours),
+                  key=lambda n: trial_number(n, name))
+
+
+def trial_number(experiment_name: str, name: str):
+    """k for an experiment named NAME-k (k in ASCII digits), else None."""
+    suffix = experiment_name[len(name) + 1:] if experiment_name.startswith(f"{name}-") else ""
+    return int(suffix) if suffix.isascii() and suffix.isdigit() else None
 
 
 def _score(trial, experiment: Experiment, **record) -> float:

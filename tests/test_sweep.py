@@ -146,3 +146,24 @@ def test_bad_search_spaces_are_refused_in_one_line(workdir, tiny_data, capsys, s
 def test_status_of_an_unknown_sweep(workdir, capsys):
     code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "nope", "--status")
     assert code == 2 and err.startswith("error: no sweep 'nope'")
+
+
+def test_an_experiment_named_as_a_trial_is_found_before_any_trial_trains(workdir, tiny_data, capsys):
+    experiments = workdir / "experiments"
+    code, _, err = invoke(capsys, "--experiments-path", experiments, "--data-path", tiny_data, "-e", "clash-1", "init",
+                          "--config-path", make_config(workdir))
+    assert code == 0, err
+    (experiments / "clash-x").mkdir()  # not NAME-<number>: no trial could take its name
+    before = snapshot(experiments / "clash-1")
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "clash", 3, 1))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "experiment(s) clash-1 already exist but are not trials of the study" in err
+    assert not (experiments / "clash-0").exists()  # refused before trial 0 trained
+    assert snapshot(experiments / "clash-1") == before
+    # the study's own trials are not foreign: a sweep run again after it finished goes on
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "own", 1, 1))
+    assert code == 0, err
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "own", 2, 1))
+    assert code == 0, err
+    assert sorted(p.name for p in experiments.glob("own-*")) == ["own-0", "own-1"]
+
