@@ -7,6 +7,7 @@ traceback only with --verbose. torch is imported by the commands that need it, s
 import enum
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -151,7 +152,7 @@ def test(
     if plot is not None:
         log.info(f"figure written: {plot}")
     if as_json:
-        print(json.dumps(result))
+        print(json_text(result))
 
 
 @app.command("export-release")
@@ -186,7 +187,7 @@ def predict(
 
     results = release.predict(release_path, images)
     if as_json:
-        print(json.dumps(results))
+        print(json_text(results))
     else:
         for r in results:
             name = f" ({r['class']})" if r["class"] != str(r["label"]) else ""
@@ -239,7 +240,7 @@ def info(
                "versions": meta.get("versions"), "epochs": epochs, "best_epoch": best,
                "stopped_early": history["stopped_early"], "releases": releases, "sweep": meta.get("sweep")}
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print(json_text(summary, indent=2))
         return
     print(f"experiment {experiment.name} ({experiment.root}), created {meta.get('created')}, seed {experiment.seed}")
     print(f"split: {json.dumps(meta.get('split'))}")
@@ -272,7 +273,7 @@ def list_experiments(
     setup_logging(None, ctx.obj.verbose)
     rows = summarize_experiments(ctx.obj.experiments_path)
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return
     if not rows:
         print(f"no experiments in {ctx.obj.experiments_path}")
@@ -341,7 +342,7 @@ def sweep(
                                   config_path, device, seed, pruner.value, pruner_startup_trials,
                                   pruner_warmup_epochs, g.verbose)
     if as_json:
-        print(json.dumps({"trials": result["trials"], "best": result["best"]}))
+        print(json_text({"trials": result["trials"], "best": result["best"]}))
         return
     print(f"sweep {name} ({result['storage']}): {sum(t['state'] in ('COMPLETE', 'PRUNED') for t in result['trials'])} "
           f"finished trials")
@@ -359,7 +360,7 @@ def sweep(
 @app.command()
 def tensorboard(
     ctx: typer.Context,
-    port: int = typer.Option(6006, help="Port to serve TensorBoard on."),
+    port: int = typer.Option(6006, help="Port to serve TensorBoard on (localhost)."),
 ):
     """Run TensorBoard on one experiment (-e NAME) or on all of them, each a run named after it."""
     import importlib.util
@@ -381,11 +382,41 @@ def tensorboard(
     if not experiments:
         which = f"experiment {g.experiment_name} has" if g.experiment_name else f"no experiment in {g.experiments_path} has"
         raise UserError(f"{which} no TensorBoard logs yet: run `train` first")
+    check_port_free(port)
     runs = tensorboard_runs(g.experiments_path, experiments, g.experiment_name or "_all")
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs), "--port", str(port)]
     log.info(f"TensorBoard on {', '.join(e.name for e in experiments)}: http://localhost:{port}/ (Ctrl-C to stop)")
     sys.stderr.flush()
     os.execv(sys.executable, command)  # TensorBoard takes this process's place: signals reach it directly
+
+
+def check_port_free(port: int) -> None:
+    """TensorBoard takes this process's place (execv): a bad or busy port is said here, in one line, not in its
+    own many-line output."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, not {port}")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TensorBoard's server: TIME_WAIT is no conflict
+        try:
+            sock.bind(("localhost", port))
+        except OSError as e:
+            raise UserError(f"cannot serve TensorBoard on port {port} ({e.strerror}): pick another with --port") from None
+
+
+def json_text(value, **kwargs) -> str:
+    """Strict JSON for --json: a NaN or infinite metric (a diverged training) as null, which every parser reads."""
+    def finite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: finite(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [finite(x) for x in v]
+        return v
+
+    return json.dumps(finite(value), allow_nan=False, **kwargs)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -443,6 +474,8 @@ def _main(argv: Optional[List[str]]) -> None:
         if verbose:
             traceback.print_exc()
         _fail(f"{type(e).__name__}: {e}" + ("" if verbose else " (run with --verbose for the traceback)"), 1)
+    if code == 130:  # typer turns a Ctrl-C outside our own handling into exit 130, silently
+        _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
 
 

@@ -202,11 +202,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
     if is_writer:
         @trainer.on(Events.EPOCH_COMPLETED)
         def publish_history(engine):  # the checkpoint is whole on disk: mirror its history, then apply retention
-            try:
-                experiment.publish_history(history.state_dict())
-            except OSError as e:
-                raise UserError(f"cannot write {experiment.metrics_file} or apply retention after epoch "
-                                f"{engine.state.epoch} ({e.strerror}); the checkpoints are intact") from None
+            publish(experiment, history, engine.state.epoch)
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, STOP.check)  # a signal during evaluation: stop here
 
@@ -262,6 +258,15 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
 
         pruning = PyTorchIgnitePruningHandler(job["trial"], "accuracy", trainer)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: pruning(evaluators["validation"]))
+
+
+def publish(experiment: Experiment, history, epoch: int) -> None:
+    """metrics.json and retention after the checkpoint of `epoch`, or one line on a full or read-only disk."""
+    try:
+        experiment.publish_history(history.state_dict())
+    except OSError as e:
+        raise UserError(f"cannot write {experiment.metrics_file} or apply retention after epoch {epoch} "
+                        f"({e.strerror}); the checkpoints are intact") from None
 
 
 def training(local_rank: int, job: dict) -> None:
@@ -326,7 +331,7 @@ def _training(local_rank: int, job: dict) -> None:
             raise UserError(f"checkpoint {checkpoints[last]} holds epoch {trainer.state.epoch}, not {last}: move it away")
         trainer.state.epoch_length, trainer.state.iteration = len(batches), last * len(batches)  # any world size
         if rank == 0:  # what a kill between the checkpoint and publish_history left undone
-            experiment.publish_history(history.state_dict())
+            publish(experiment, history, last)
         log.info(f"resuming experiment {experiment.name} from epoch {last}")
     if rank > 0:  # its own dropout masks; rank 0's generator is the one checkpoints keep and restore
         torch.manual_seed(experiment.seed * 1_000_003 + 7919 * rank + trainer.state.epoch)

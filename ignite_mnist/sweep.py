@@ -93,6 +93,8 @@ def open_storage(url: str, experiments_path: Path, attempts: int = 5):
     import optuna
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat's
+    if "://" not in url:
+        check_journal(Path(url))
     for attempt in range(attempts):
         try:
             if "://" not in url:
@@ -112,6 +114,39 @@ def open_storage(url: str, experiments_path: Path, attempts: int = 5):
                 continue
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UserError(f"cannot open the sweep storage {url}: {reason[:200]}") from None
+
+
+def check_journal(path: Path) -> None:
+    """An existing --storage file must be an Optuna journal (JSON lines with an op_code): Optuna would append
+    to any file, and then fail on reading it."""
+    if path.is_dir():
+        raise UserError(f"the sweep storage {path} is a directory: name a journal file")
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 16)
+    except FileNotFoundError:
+        return  # a new journal
+    except OSError as e:
+        raise UserError(f"cannot read the sweep storage {path} ({e.strerror})") from None
+    try:
+        ok = not first or "op_code" in json.loads(first)
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise UserError(f"the sweep storage {path} is not an Optuna journal file; it is left as it is: name a new "
+                        "file, or the journal of the sweep")
+
+
+def holds_optuna_tables(path: Path) -> bool:
+    """Whether an SQLite file holds Optuna's tables; read-only, so that --status never adds them to a database
+    of something else."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 def _pid_alive(pid: int) -> bool:
@@ -285,6 +320,9 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise UserError(f"no sweep {name!r}: {url.removeprefix('sqlite:///')} does not exist (run `sweep` first, "
                         "or pass the --storage it used)")
+    if url.startswith("sqlite:///") and not holds_optuna_tables(Path(url.removeprefix("sqlite:///"))):
+        raise UserError(f"no sweep {name!r}: {url.removeprefix('sqlite:///')} holds no Optuna study (run `sweep` "
+                        "first, or pass the --storage it used)")
     if "://" not in url and not Path(url).is_file():
         raise UserError(f"no sweep {name!r}: the journal file {url} does not exist")
     try:

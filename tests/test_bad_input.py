@@ -273,3 +273,53 @@ def test_a_full_disk_while_saving_a_checkpoint(copy, tiny_data):
     assert last.startswith("error: cannot write the checkpoint of epoch 3 in") and "(File too large)" in last, last
     assert "the checkpoints before it are intact" in last and "Traceback" not in r.stderr
     assert snapshot(copy / "experiments" / "exp" / "checkpoints") == before  # no partial file either
+
+
+# ---- interruptions and ports outside training ---------------------------------------------------
+
+def test_ctrl_c_outside_training_says_interrupted(copy, capsys, monkeypatch):
+    from ignite_mnist.experiment import Experiment
+
+    def interrupted(self):  # as a Ctrl-C while `info` reads the experiment
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Experiment, "history", interrupted)
+    assert_refused(capsys, copy, [*g(copy), "info"], 130, "interrupted")
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "-1"])
+def test_tensorboard_ports_out_of_range(copy, capsys, port):
+    assert_refused(capsys, copy, [*g(copy), "tensorboard", "--port", port], 2, "--port must be between 1 and 65535")
+
+
+def test_tensorboard_on_a_busy_port(copy, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("localhost", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert_refused(capsys, copy, [*g(copy), "tensorboard", "--port", str(port)], 2,
+                       f"cannot serve TensorBoard on port {port}")
+
+
+def test_json_output_is_strict_json_even_for_a_diverged_training():
+    import json
+
+    from ignite_mnist.cli import json_text
+
+    text = json_text({"loss": float("nan"), "values": [float("inf"), 1.5, (float("-inf"),)], "ok": True})
+    assert json.loads(text) == {"loss": None, "values": [None, 1.5, [None]], "ok": True}
+
+
+def test_a_full_disk_when_a_resumed_run_first_writes_metrics(copy, capsys, tiny_data, monkeypatch):
+    import errno
+
+    from ignite_mnist.experiment import Experiment
+
+    def full_disk(self, history):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Experiment, "publish_history", full_disk)
+    assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2,
+                   "or apply retention after epoch 2 (No space left on device); the checkpoints are intact")

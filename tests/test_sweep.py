@@ -167,3 +167,21 @@ def test_an_experiment_named_as_a_trial_is_found_before_any_trial_trains(workdir
     assert code == 0, err
     assert sorted(p.name for p in experiments.glob("own-*")) == ["own-0", "own-1"]
 
+
+
+def test_storage_files_of_something_else_are_left_alone(workdir, tiny_data, capsys):
+    import sqlite3
+
+    notes = workdir / "notes.txt"
+    notes.write_text("precious data\n")
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "j", 1, 1), "--storage", notes)
+    assert code == 2 and err.count("\n") == 1 and "is not an Optuna journal file" in err, err
+    assert notes.read_text() == "precious data\n"
+    other = workdir / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE mine (x)")
+    code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "j", "--status",
+                          "--storage", f"sqlite:///{other}")
+    assert code == 2 and "holds no Optuna study" in err, err
+    with sqlite3.connect(other) as db:
+        assert [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["mine"]
