@@ -92,8 +92,9 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     done = max(experiment.checkpoints(), default=0)
     resume = f"run `ignite-mnist -e {experiment.name} train --max-epochs {max_epochs}` to resume"
     if STOP.signum:
-        raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; checkpoints are kept up to "
-                        f"epoch {done}: {resume}", exit_code=128 + STOP.signum)
+        kept = f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"
+        raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; {kept}: {resume}",
+                        exit_code=128 + STOP.signum)
     if launched and int(os.environ.get("RANK", "0")) != 0:
         return {}
     history = experiment.history()

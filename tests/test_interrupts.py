@@ -166,3 +166,27 @@ def test_a_second_train_is_refused_at_once_and_a_dead_owners_lock_is_taken_over(
     r = run_cli(*opts, "train", "--max-epochs", done + 1, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert (experiment / "checkpoints" / f"checkpoint_{done + 1}.pt").exists()
+
+
+def test_a_stop_before_the_first_checkpoint_says_there_is_none(workdir, tiny_data, capsys, monkeypatch):
+    from conftest import invoke
+    from ignite_mnist import engines
+
+    make_train_step = engines.make_train_step
+
+    def signalled_at_once(*args, **kwargs):  # as a SIGINT arriving during the first iteration
+        step = make_train_step(*args, **kwargs)
+
+        def first(engine, index):
+            engines.STOP.signum = signal.SIGINT
+            return step(engine, index)
+        return first
+
+    monkeypatch.setattr(engines.STOP, "signum", 0)  # restored after the test: later in-process runs are not stopped
+    monkeypatch.setattr(engines, "make_train_step", signalled_at_once)
+    options = ["--experiments-path", workdir / "experiments", "--data-path", tiny_data, "-e", "first"]
+    assert invoke(capsys, *options, "init", "--config-path", make_config(workdir))[0] == 0
+    code, _, err = invoke(capsys, *options, "train", "--max-epochs", "3", "--device", "cpu")
+    assert code == 130
+    assert err.strip().splitlines()[-1] == ("error: training stopped by SIGINT; no epoch was finished, so no checkpoint: "
+                                            "run `ignite-mnist -e first train --max-epochs 3` to resume")
