@@ -5,6 +5,7 @@ data: a crafted pickle is refused without being run.
 """
 
 import random
+import zipfile
 
 from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import numpy as np
@@ -73,6 +74,7 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     mmap=True maps the tensors instead of reading them: for callers that only look at the plain data.
     """
     try:
+        check_crcs(path, tensors=not mmap)
         loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -81,6 +83,21 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     if not isinstance(loaded, dict):
         raise UserError(f"{what} {path} is not an ignite-mnist {what} (it holds a {type(loaded).__name__})")
     return loaded
+
+
+def check_crcs(path, tensors: bool = True) -> None:
+    """Read each member of a zip archive (torch.save's, torch.export.save's) so that zipfile checks its CRC-32:
+    torch's reader never does, and flipped bytes would load as other weights. Raises zipfile.BadZipFile naming
+    the member. tensors=False skips the tensor data (*/data/N), for mmap. A file that is not a zip is left to
+    its loader to refuse."""
+    if not zipfile.is_zipfile(path):
+        return
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if tensors or "/data/" not in info.filename:
+                with archive.open(info) as member:
+                    while member.read(1 << 22):
+                        pass
 
 
 def history_of(checkpoints: dict) -> dict:

@@ -248,7 +248,8 @@ def info(
     print(f"config: {json.dumps(experiment.config)}")
     print("epochs:" if epochs else "epochs: none trained yet")
     for e in epochs:
-        scores = "".join(f", {name} accuracy {e[name + '_accuracy']:.2f}% loss {e[name + '_loss']:.4f}"
+        scores = "".join(f", {name} accuracy {e[name + '_accuracy']:.2f}%"
+                         + (f" loss {e[name + '_loss']:.4f}" if name + "_loss" in e else "")
                          for name in ("validation", "test") if name + "_accuracy" in e)
         where = e["checkpoint"] or "checkpoint removed by retention"
         print(f"  epoch {e['epoch']}{' (best)' * (e['epoch'] == best)}: {where}"

@@ -26,6 +26,7 @@ import platform
 import random
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -42,6 +43,8 @@ DEFAULT_SCHEMA = CONFIG_DIR / "config.schema.json"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _CHECKPOINT = re.compile(r"checkpoint_([0-9]+)\.pt")
 _RELEASE = re.compile(r"release_epoch_([0-9]+)\.(pt|pt2|onnx)")
+MAX_CONFIG_BYTES = 1 << 20  # a config or schema is a few KB: more is the wrong file (or /dev/zero)
+MAX_SEED = 2**32 - 1  # NumPy's generator (seeded by Ignite's manual_seed) takes no more
 
 log = logging.getLogger("ignite_mnist")
 
@@ -49,10 +52,19 @@ log = logging.getLogger("ignite_mnist")
 # ---- config -------------------------------------------------------------------------------------
 
 
-def read_json(path: Path, what: str):
-    """Parse a JSON file, or raise a UserError that names the file and the problem."""
+def read_json(path: Path, what: str, max_bytes: int = None):
+    """Parse a JSON file, or raise a UserError that names the file and the problem.
+
+    max_bytes: refuse a file larger than that, or not a regular file (a device or a pipe may never end),
+    before reading it all."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if max_bytes is not None and not stat.S_ISREG(os.stat(path).st_mode):
+            raise UserError(f"{what} {path} is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(-1 if max_bytes is None else max_bytes + 1)
+        if max_bytes is not None and len(raw) > max_bytes:
+            raise UserError(f"{what} {path} is larger than {max_bytes >> 20} MiB: is it the right file?")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -72,14 +84,25 @@ def _not_json(constant: str):
 
 def schema_violations(config, schema, schema_path: Path) -> list:
     import jsonschema
+    try:
+        from referencing.exceptions import Unresolvable
+    except ImportError:  # jsonschema < 4.18 resolves $ref itself
+        from jsonschema.exceptions import RefResolutionError as Unresolvable
 
-    validator_class = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    validator_class = jsonschema.Draft202012Validator
+    if isinstance(schema, dict):  # validator_for fails on a number or null: check_schema then says what is wrong
+        validator_class = jsonschema.validators.validator_for(schema, default=validator_class)
     try:
         validator_class.check_schema(schema)
     except jsonschema.SchemaError as e:
         raise UserError(f"config schema {schema_path} is not a valid JSON schema: {e.message}") from None
-    errors = validator_class(schema).iter_errors(config)
-    return [f"{e.json_path}: {e.message}" for e in sorted(errors, key=lambda e: (e.json_path, e.message))]
+    try:  # check_schema does not follow $ref: one that leads nowhere, or only to itself, fails here
+        errors = sorted(validator_class(schema).iter_errors(config), key=lambda e: (e.json_path, e.message))
+    except (Unresolvable, RecursionError) as e:
+        reason = "a $ref leads back to itself" if isinstance(e, RecursionError) else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"config schema {schema_path} is not a usable JSON schema ({reason})") from None
+    return [f"{e.json_path}: {e.message}" for e in errors]
 
 
 def _with_defaults(config: dict, schema: dict) -> dict:
@@ -113,7 +136,8 @@ def builtin_schema() -> dict:
 def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA, overrides=()) -> dict:
     """Read a config, apply `overrides` ("training.lr=0.5", as `init --set` takes them) and validate the
     result: every violation is reported, each with its JSON path."""
-    config, violations = validate_config(apply_overrides(read_json(path, "config"), overrides), schema_path)
+    config, violations = validate_config(apply_overrides(read_json(path, "config", MAX_CONFIG_BYTES), overrides),
+                                         schema_path)
     if violations:
         n = len(violations)
         given = f" with --set {' '.join(overrides)}" if overrides else ""
@@ -126,7 +150,8 @@ def validate_config(config, schema_path: Path = DEFAULT_SCHEMA):
     packaged one, which describes what this program understands (a custom schema cannot let through a
     field the code would not know)."""
     builtin = builtin_schema()
-    schema = builtin if Path(schema_path) == DEFAULT_SCHEMA else read_json(schema_path, "config schema")
+    custom = Path(schema_path) != DEFAULT_SCHEMA
+    schema = read_json(schema_path, "config schema", MAX_CONFIG_BYTES) if custom else builtin
     violations = schema_violations(config, schema, schema_path)
     if not violations and builtin != schema:
         violations = schema_violations(config, builtin, DEFAULT_SCHEMA)
@@ -239,10 +264,20 @@ class Experiment:
     lock_file = property(lambda self: self.root / "train.lock")
 
     def load_split(self) -> dict:
-        """{"train": [...], "validation": [...]}: indexes into the dataset's training set."""
+        """{"train": [...], "validation": [...]}: indexes into the dataset's training set, as init drew them."""
         split = read_json(self.split_file, "split file")
         if not (isinstance(split, dict) and all(isinstance(split.get(k), list) for k in ("train", "validation"))):
             raise UserError(f"split file {self.split_file} is malformed: it needs 'train' and 'validation' lists")
+        sizes = self.meta.get("split")
+        if not (isinstance(sizes, dict)
+                and all(type(sizes.get(k)) is int and sizes[k] >= 0 for k in ("train", "validation"))):
+            raise UserError(f"experiment file {self.meta_file} is malformed: its 'split' needs the 'train' and "
+                            "'validation' sizes")
+        problem = _split_problem(split["train"], split["validation"], sizes)
+        if problem:  # redrawing it would not give back the images the checkpoints were trained and chosen on
+            raise UserError(f"split file {self.split_file} is damaged: {problem}; the experiment's split cannot be "
+                            "redrawn safely (its checkpoints and scores depend on it): restore split.json from a "
+                            "backup or create a new experiment")
         return {"train": split["train"], "validation": split["validation"]}
 
     def checkpoints(self) -> dict:
@@ -293,14 +328,32 @@ class Experiment:
             return {"epochs": [], "stopped_early": None}
         try:
             history = json.loads(self.metrics_file.read_text(encoding="utf-8"))
-            epochs = [e["epoch"] for e in history["epochs"]]
-            if epochs and epochs[-1] == max(checkpoints) and "stopped_early" in history:
-                return history
-        except (OSError, ValueError, TypeError, KeyError):
+            if self._is_history(history, max(checkpoints)):
+                return {"epochs": history["epochs"], "stopped_early": history["stopped_early"]}
+        except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested beyond reason
             pass
         from ignite_mnist.checkpoints import history_of
 
         return history_of(checkpoints)
+
+    def _is_history(self, history, last: int) -> bool:
+        """Whether metrics.json's content has the shape History.state_dict() gives it, up to epoch `last`
+        (anything else was edited by hand or damaged: the checkpoint is the truth). The epochs are 1..last,
+        each with the same keys (the product writes the same metrics every epoch), plain numbers (NaN and
+        Infinity too: a diverged loss); validation accuracy is there iff the experiment has a validation set."""
+        if not (isinstance(history, dict) and "stopped_early" in history and isinstance(history.get("epochs"), list)
+                and len(history["epochs"]) == last):
+            return False
+        epochs, stopped = history["epochs"], history["stopped_early"]
+        if not (stopped is None or type(stopped) is int and 1 <= stopped <= last):
+            return False
+        keys = set(epochs[0]) if isinstance(epochs[0], dict) else set()
+        validation = self.config["data"]["val_split"] > 0
+        if not {"epoch", "test_accuracy", *["validation_accuracy"] * validation} <= keys or \
+                not validation and any(k.startswith("validation_") for k in keys):
+            return False
+        return all(isinstance(e, dict) and set(e) == keys and type(e["epoch"]) is int and e["epoch"] == i
+                   and all(type(v) in (int, float) for v in e.values()) for i, e in enumerate(epochs, start=1))
 
     def write_history(self, history: dict) -> None:
         write_json(self.metrics_file, history)
@@ -329,10 +382,9 @@ class Experiment:
                 self.checkpoint(None)  # no checkpoints yet: says so
                 raise UserError(f"experiment {self.name} has no validation metrics in its checkpoints")
             return best
-        try:
-            return int(spec)
-        except ValueError:
-            raise UserError(f"--epoch takes an epoch number, best or last, not {spec!r}") from None
+        if not re.fullmatch(r"[0-9]+", str(spec)):  # int() would also take "2_0" (20) and other scripts' digits
+            raise UserError(f"--epoch takes an epoch number, best or last, not {spec!r}")
+        return int(spec)
 
     def remove_unretained_checkpoints(self) -> None:
         """With training.keep_checkpoints K: delete all checkpoints but the last K and the best epoch's.
@@ -503,6 +555,23 @@ def tensorboard_runs(experiments_path: Path, experiments: list, view: str) -> Pa
     return folder
 
 
+def _split_problem(train: list, validation: list, sizes: dict):
+    """What is wrong with a split read from split.json, against the sizes experiment.json recorded (the
+    training set, n images, is the two together); None if nothing."""
+    n = sizes["train"] + sizes["validation"]
+    for name, indexes in (("train", train), ("validation", validation)):
+        for i in indexes:
+            if type(i) is not int or not 0 <= i < n:  # bool is not int here; -1 would wrap around
+                return f"its {name} list holds {json.dumps(i)[:40]}, not an index into the {n} training images"
+        if len(set(indexes)) != len(indexes):
+            return f"its {name} list holds an index twice"
+        if len(indexes) != sizes[name]:
+            return f"its {name} list holds {len(indexes)} indexes, but experiment.json records {sizes[name]}"
+    if not set(train).isdisjoint(validation):
+        return "an index is in both its train and validation lists"
+    return None
+
+
 def draw_split(train_size: int, val_split: float, seed: int) -> dict:
     """Hold out round(val_split * n) training images for validation, chosen at random from the seed."""
     indexes = list(range(train_size))
@@ -510,7 +579,15 @@ def draw_split(train_size: int, val_split: float, seed: int) -> dict:
     n_val = round(val_split * train_size)
     if n_val >= train_size:
         raise UserError(f"data.val_split {val_split} leaves no training images out of {train_size}")
+    if val_split > 0 and n_val == 0:  # training would look for a validation set that is not there
+        raise UserError(f"data.val_split {val_split} of {train_size} training images gives 0 validation images: "
+                        f"use 0 for none or at least 1/{train_size} ({1 / train_size:.2g})")
     return {"train": sorted(indexes[n_val:]), "validation": sorted(indexes[:n_val])}
+
+
+def check_seed(seed) -> None:
+    if not (type(seed) is int and 0 <= seed <= MAX_SEED):
+        raise UserError(f"--seed must be between 0 and 2**32 - 1 ({MAX_SEED}), not {seed}")
 
 
 def create_experiment(experiments_path: Path, name: str, config: dict, seed: int, sizes: dict,
@@ -523,6 +600,7 @@ def create_experiment(experiments_path: Path, name: str, config: dict, seed: int
     root = Path(experiments_path) / validate_name(name)
     if root.exists():
         raise UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
+    check_seed(seed)
     split = draw_split(sizes["train"], config["data"]["val_split"], seed)
     meta = {
         "name": name,
@@ -558,8 +636,7 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
     config = load_config(config_path, schema_path, overrides)
     if (Path(experiments_path) / name).exists():
         raise UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
-    if not 0 <= seed < 2**63:
-        raise UserError(f"--seed must be between 0 and 2**63 - 1, not {seed}")
+    check_seed(seed)  # before the dataset, which may have to be downloaded
     from ignite_mnist import data
 
     sizes = data.dataset_sizes(config["data"]["dataset"], data_path)

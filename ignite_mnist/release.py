@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from ignite_mnist import data
-from ignite_mnist.checkpoints import epoch_metrics, read_checkpoint
+from ignite_mnist.checkpoints import check_crcs, epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import Experiment, log, package_versions
 from ignite_mnist.model import Net
@@ -149,21 +150,28 @@ def _example_batch() -> torch.Tensor:
     return torch.rand(2, 1, 28, 28)  # 2, not 1: torch.export specialises sizes 0 and 1
 
 
-def _write_pt(release: dict, model: Net, path: Path) -> None:
+# pt and pt2 are serialised in memory, then written: on a full disk, torch's zip writer raises a RuntimeError
+# ("unexpected pos"), not the OSError, and a failed pt2 writer can abort the whole process when it is freed.
+def _write_file(path: Path, content: bytes) -> None:
     with open(path, "wb") as f:
-        torch.save(release, f)
+        f.write(content)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _write_pt(release: dict, model: Net, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(release, buffer)
+    _write_file(path, buffer.getvalue())
 
 
 def _write_pt2(release: dict, model: Net, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(_graph(release, model), (_example_batch(),), dynamic_shapes={"x": {0: batch}})
     extra = {METADATA_KEY + ".json": json.dumps(exported_metadata(release, "pt2"))}
-    with open(path, "wb") as f:
-        torch.export.save(program, f, extra_files=extra)
-        f.flush()
-        os.fsync(f.fileno())
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files=extra)
+    _write_file(path, buffer.getvalue())
 
 
 def _write_onnx(release: dict, model: Net, path: Path) -> None:
@@ -275,10 +283,32 @@ def load_release(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"release {path} does not exist" if not path.exists() else f"release {path} is not a file")
-    release = read_checkpoint(path, "cpu", what="release")
+    release = read_checkpoint(path, "cpu", what="release")  # CRCs checked: a flipped byte is refused
     if release.get("format") != FORMAT:
         raise UserError(f"{path} is not an ignite-mnist release (no format {FORMAT!r})")
-    return release
+    return _checked_metadata(path, release, "pt")
+
+
+def _checked_metadata(path: Path, meta: dict, fmt: str) -> dict:
+    """meta, if what predict uses of it is sound (10 class names; an input of 28x28 pixels, its normalisation);
+    else a one-line error, rather than an IndexError or NaN output later."""
+
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    spec, classes = meta.get("input"), meta.get("classes")
+    if not isinstance(classes, list) or len(classes) != 10 or not all(isinstance(c, str) for c in classes):
+        problem = "'classes' is not a list of 10 names"
+    elif not isinstance(spec, dict):
+        problem = "lacks 'input'"
+    elif not (number(spec.get("mean")) and number(spec.get("std")) and spec["std"] > 0):
+        problem = f"'input' has mean {spec.get('mean')!r} and std {spec.get('std')!r}: they must be numbers, std > 0"
+    elif (fmt == "pt" and not (spec.get("height") == spec.get("width") == 28 and number(spec.get("scale"))
+                               and spec["scale"] > 0)) or (fmt != "pt" and spec.get("shape") != ["N", 1, 28, 28]):
+        problem = "'input' is not of 28x28 pixels"
+    else:
+        return meta
+    raise UserError(f"release {path} is not an ignite-mnist release (its metadata {problem})")
 
 
 def _open_pt(path: Path) -> LoadedRelease:
@@ -312,6 +342,7 @@ def _check_pt2_archive(path: Path) -> None:
         raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason})")
 
     try:
+        check_crcs(path)  # torch.export.load does not check them either
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             roots = {name.split("/", 1)[0] for name in names}
@@ -336,14 +367,14 @@ def _check_pt2_archive(path: Path) -> None:
         refuse(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}".rstrip(": "))
 
 
-def _metadata(path: Path, text) -> dict:
+def _metadata(path: Path, text, fmt: str) -> dict:
     try:
         meta = json.loads(text)
     except (TypeError, ValueError):
         meta = None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("classes"), list):
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UserError(f"{path} is not an ignite-mnist release (no {METADATA_KEY!r} metadata of format {FORMAT!r})")
-    return meta
+    return _checked_metadata(path, meta, fmt)
 
 
 def _open_pt2(path: Path) -> LoadedRelease:
@@ -354,7 +385,7 @@ def _open_pt2(path: Path) -> LoadedRelease:
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason[:200]})") from None
-    return LoadedRelease(path, "pt2", _metadata(path, extra[METADATA_KEY + ".json"]), module)
+    return LoadedRelease(path, "pt2", _metadata(path, extra[METADATA_KEY + ".json"], "pt2"), module)
 
 
 def _open_onnx(path: Path) -> LoadedRelease:
@@ -371,7 +402,7 @@ def _open_onnx(path: Path) -> LoadedRelease:
     except Exception as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason[:200]})") from None
-    meta = _metadata(path, meta)
+    meta = _metadata(path, meta, "onnx")
     input_name = session.get_inputs()[0].name
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -398,6 +429,10 @@ def predict(release_path: Path, image_paths: list) -> list:
     """Classify image files with a release of any format: [{path, label, class, probability}], fp32, CPU."""
     release = open_release(release_path)
     digits = torch.stack([data.image_as_digit(path) for path in image_paths])
-    results = answer(release, release.log_probabilities_of(digits))
+    log_probabilities = release.log_probabilities_of(digits)
+    if not torch.isfinite(log_probabilities).all():  # NaN weights or a corrupt graph: no answer is better than 'nan%'
+        raise UserError(f"release {release_path} is corrupt: its model answers NaN or infinite log-probabilities; "
+                        "export it again")
+    results = answer(release, log_probabilities)
     return [{"path": str(path), **{k: r[k] for k in ("label", "class", "probability")}}
             for path, r in zip(image_paths, results)]

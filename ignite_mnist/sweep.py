@@ -16,7 +16,8 @@ import warnings
 from pathlib import Path
 
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, apply_overrides,
+from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, MAX_CONFIG_BYTES, Experiment,
+                                     apply_overrides,
                                      best_first, check_config_key, init_experiment, load_config, log, read_json,
                                      schema_violations, setup_logging, validate_config, validate_name, write_json)
 
@@ -39,7 +40,7 @@ class TrialRefused(UserError):
 def load_space(path: Path, config_path: Path) -> dict:
     """The search space, checked: its schema, its keys (config keys), and the extreme values of each
     distribution against the config schema, so that a sweep does not fail at its tenth trial."""
-    space = read_json(path, "search space")
+    space = read_json(path, "search space", MAX_CONFIG_BYTES)
     violations = schema_violations(space, read_json(SPACE_SCHEMA, "search space schema"), SPACE_SCHEMA)
     if violations:
         n = len(violations)
