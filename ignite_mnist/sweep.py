@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, MAX_CONFIG_BYTES, Experiment,
-                                     apply_overrides,
-                                     best_first, check_config_key, init_experiment, load_config, log, read_json,
-                                     schema_violations, setup_logging, validate_config, validate_name, write_json)
+                                     apply_overrides, best_first, check_config_key, init_experiment, load_config, log,
+                                     read_json, schema_violations, setup_logging, validate_config, validate_name,
+                                     write_json)
 
 SPACE_SCHEMA = CONFIG_DIR / "space.schema.json"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # RDB storages: a trial without a heartbeat for a minute has died
