@@ -382,7 +382,7 @@ class Experiment:
                 self.checkpoint(None)  # no checkpoints yet: says so
                 raise UserError(f"experiment {self.name} has no validation metrics in its checkpoints")
             return best
-        if not re.fullmatch(r"[0-9]+", str(spec)):  # int() would also take "2_0" (20) and other scripts' digits
+        if not re.fullmatch(r"-?[0-9]+", str(spec)):  # int() would also take "2_0" (20) and other scripts' digits
             raise UserError(f"--epoch takes an epoch number, best or last, not {spec!r}")
         return int(spec)
 

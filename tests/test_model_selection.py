@@ -121,7 +121,7 @@ def test_without_validation_best_is_refused_and_the_last_epoch_is_released(workd
             {k: v for k, v in before.items() if k != "verbose.log"}
 
 
-@pytest.mark.parametrize("epoch", ["first", "2_0", "\u0662", " 2", "-1", "+2"])  # \u0662: an Arabic-Indic 2
+@pytest.mark.parametrize("epoch", ["first", "2_0", "\u0662", " 2", "+2", "--1"])  # \u0662: an Arabic-Indic 2
 def test_an_epoch_that_is_not_a_number_best_or_last_is_refused(trained3, capsys, tiny_data, epoch):
     code, _, err = invoke(capsys, *g(trained3, "exp", tiny_data), "test", "--epoch", epoch)
     assert code == 2 and err.strip() == f"error: --epoch takes an epoch number, best or last, not {epoch!r}"
