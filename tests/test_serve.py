@@ -231,6 +231,15 @@ def test_a_failing_forward_pass_is_a_500_and_the_server_goes_on(releases, digits
         s.stop()
 
 
+def test_a_release_that_answers_nan_is_a_500_not_an_answer(releases, digits):
+    s = served(releases, wrap=lambda forward: lambda x: forward(x) * float("nan"))
+    try:
+        r = s.post(digit_png(digits[0]))
+        assert r.status_code == 500 and "answers NaN or infinite log-probabilities" in r.json()["error"]
+    finally:
+        s.stop()
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 def png_bomb(side: int) -> bytes:
