@@ -17,6 +17,8 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise UserError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
     if device.type == "cpu":
+        if device.index not in (None, 0):  # torch takes cpu:1 as cpu: say so rather than pretend
+            raise UserError(f"device {name} does not exist: the CPU is one device, cpu (its cores share the work)")
         return torch.device("cpu")
     if device.type != "cuda":
         raise UserError(f"device {name!r} is not supported: use cpu, cuda, cuda:N or auto")

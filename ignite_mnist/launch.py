@@ -52,6 +52,10 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         if device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
             raise UserError(f"--nproc-per-node {nproc_per_node} with nccl needs as many GPUs; this machine has "
                             f"{torch.cuda.device_count()}")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if device.type == "cpu" and nproc_per_node > cores:  # each holds the data and torch: 64 would exhaust memory
+            raise UserError(f"--nproc-per-node {nproc_per_node} is more than the {cores} CPU cores this process may "
+                            "use: each process trains on at least one")
     else:
         backend = None
     stopped = experiment.history()["stopped_early"] if done else None

@@ -323,3 +323,15 @@ def test_a_full_disk_when_a_resumed_run_first_writes_metrics(copy, capsys, tiny_
     monkeypatch.setattr(Experiment, "publish_history", full_disk)
     assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2,
                    "or apply retention after epoch 2 (No space left on device); the checkpoints are intact")
+
+
+def test_more_processes_than_cores_are_refused(copy, capsys, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # as on a 2-core machine, whatever this one has
+    assert_refused(capsys, copy, [*g(copy), "train", "--max-epochs", "3", "--nproc-per-node", "4", "--device", "cpu"],
+                   2, "--nproc-per-node 4 is more than the 2 CPU cores this process may use")
+
+
+@pytest.mark.parametrize("command", [["train", "--max-epochs", "3"], ["test", "--epoch", "2"]])
+def test_a_cpu_other_than_cpu_is_refused(copy, capsys, command):
+    assert_refused(capsys, copy, [*g(copy), *command, "--device", "cpu:1"], 2,
+                   "device cpu:1 does not exist: the CPU is one device, cpu")
