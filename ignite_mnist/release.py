@@ -64,6 +64,9 @@ def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", d
         model.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, RuntimeError) as e:
         raise UserError(f"checkpoint {path} holds no model of this architecture ({str(e).splitlines()[0]})") from None
+    if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
+        raise UserError(f"the weights of epoch {epoch} are not all finite (NaN or infinite: the training diverged); "
+                        "export an earlier epoch, or train again with a smaller training.lr")
     dataset = experiment.config["data"]["dataset"]
     spec = data.DATASETS[dataset]
     release = {

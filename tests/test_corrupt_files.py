@@ -147,3 +147,11 @@ def test_a_full_disk_while_writing_a_release_keeps_the_one_before(copy, releases
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"error: cannot write release {target}: File too large", r.stderr
     assert snapshot(folder) == before  # the release before, intact; no temporary file left
+
+
+def test_a_diverged_epoch_is_not_exported(copy, capsys):
+    """A checkpoint whose weights hold NaN (a diverged training, whole on disk): export says so, writes nothing."""
+    path = copy / "experiments" / "exp" / "checkpoints" / "checkpoint_2.pt"
+    rewrite_pt(path, path, lambda c: c["model"]["fc2.bias"].fill_(float("nan")))
+    refused(capsys, copy, [*g(copy), "export-release", "--epoch", "2"],
+            "the weights of epoch 2 are not all finite (NaN or infinite: the training diverged)")
