@@ -87,12 +87,15 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         try:
             with idist.Parallel(backend=backend, **spawn) as parallel:
                 parallel.run(_rank_main, job)
+        # after Ctrl-C or SIGTERM, a rank still importing torch dies of the forwarded signal: that is the stop below
         except torch.multiprocessing.ProcessRaisedException as e:
-            raise _rank_failure(e) from None
+            if not STOP.signum:
+                raise _rank_failure(e) from None
         except torch.multiprocessing.ProcessExitedException as e:
-            how = f"was killed by {signal.Signals(-e.exit_code).name}" if (e.exit_code or 0) < 0 else \
-                f"exited with code {e.exit_code}"
-            raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped", exit_code=1) from None
+            if not STOP.signum:
+                how = f"was killed by {signal.Signals(-e.exit_code).name}" if (e.exit_code or 0) < 0 else \
+                    f"exited with code {e.exit_code}"
+                raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped", exit_code=1) from None
     done = max(experiment.checkpoints(), default=0)
     resume = f"run `ignite-mnist -e {experiment.name} train --max-epochs {max_epochs}` to resume"
     if STOP.signum:

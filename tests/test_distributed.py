@@ -172,3 +172,18 @@ def test_sigint_to_the_launcher_stops_every_rank_cleanly(small_data, tmp_path):
     assert epochs == list(range(1, len(epochs) + 1))
     r = run_cli(*opts, "train", "--max-epochs", epochs[-1] + 1, "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+
+
+def test_sigint_while_the_ranks_start_is_a_stop_not_a_rank_failure(small_data, tmp_path):
+    """The launcher forwards Ctrl-C to ranks that may still be importing torch, which die of it: that is the
+    user's stop (exit 130, the stop's line), not 'rank 1 was killed by SIGINT' (exit 1)."""
+    opts = g(tmp_path, "early", small_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(tmp_path), cwd=tmp_path).returncode == 0
+    launcher = start(opts, tmp_path, 100)
+    wait_for(lambda: len(children_of(launcher.pid)) >= 2 or launcher.poll() is not None, timeout=60, interval=0.05)
+    launcher.send_signal(signal.SIGINT)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: training stopped by SIGINT; ") or last == "error: interrupted", last
+    assert not (tmp_path / "experiments" / "early" / "checkpoints" / "checkpoint_1.pt").exists()
