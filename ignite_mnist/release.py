@@ -260,7 +260,11 @@ class LoadedRelease:
     def log_probabilities_of(self, digits: torch.Tensor) -> torch.Tensor:
         """uint8 digits [N, 28, 28] (as data.image_as_digit gives them) -> log-probabilities [N, 10]."""
         with torch.inference_mode():
-            return self.forward(digits.unsqueeze(1).float().div_(255))
+            log_probabilities = self.forward(digits.unsqueeze(1).float().div_(255))
+        if not torch.isfinite(log_probabilities).all():  # NaN weights or a corrupt graph: no answer, not 'nan%'
+            raise UserError(f"release {self.path} is corrupt: its model answers NaN or infinite log-probabilities; "
+                            "export it again")
+        return log_probabilities
 
 
 def format_of(path: Path) -> str:
@@ -432,10 +436,6 @@ def predict(release_path: Path, image_paths: list) -> list:
     """Classify image files with a release of any format: [{path, label, class, probability}], fp32, CPU."""
     release = open_release(release_path)
     digits = torch.stack([data.image_as_digit(path) for path in image_paths])
-    log_probabilities = release.log_probabilities_of(digits)
-    if not torch.isfinite(log_probabilities).all():  # NaN weights or a corrupt graph: no answer is better than 'nan%'
-        raise UserError(f"release {release_path} is corrupt: its model answers NaN or infinite log-probabilities; "
-                        "export it again")
-    results = answer(release, log_probabilities)
+    results = answer(release, release.log_probabilities_of(digits))
     return [{"path": str(path), **{k: r[k] for k in ("label", "class", "probability")}}
             for path, r in zip(image_paths, results)]

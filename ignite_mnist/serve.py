@@ -203,12 +203,12 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
             return _error(400, str(e))
         try:
             log_probabilities = await batcher.log_probabilities(digits)
+        except UserError as e:  # the release answers NaN: it is corrupt, and says so
+            log.error(str(e))
+            return _error(500, str(e))
         except Exception as e:  # the model failed (answered here: an unhandled error would close the connection)
             log.error(f"forward pass failed: {type(e).__name__}: {e}")
             return _error(500, f"internal error ({type(e).__name__})")
-        if not torch.isfinite(log_probabilities).all():  # NaN weights or a corrupt graph: no answer, not 'nan'
-            log.error(f"release {release.path} answered NaN or infinite log-probabilities: it is corrupt")
-            return _error(500, "the release answers NaN or infinite log-probabilities: it is corrupt; export it again")
         results = answer(release, log_probabilities)
         return JSONResponse(results if many else results[0])
 

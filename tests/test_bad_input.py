@@ -303,13 +303,25 @@ def test_tensorboard_on_a_busy_port(copy, capsys):
                        f"cannot serve TensorBoard on port {port}")
 
 
-def test_json_output_is_strict_json_even_for_a_diverged_training():
+def test_json_output_is_strict_json_even_for_a_diverged_training(copy, capsys):
+    """A NaN or infinite metric (a diverged loss) is null in --json: Python's own json.loads would take NaN, so
+    the output is parsed here as strict JSON parsers do."""
     import json
 
     from ignite_mnist.cli import json_text
 
-    text = json_text({"loss": float("nan"), "values": [float("inf"), 1.5, (float("-inf"),)], "ok": True})
-    assert json.loads(text) == {"loss": None, "values": [None, 1.5, [None]], "ok": True}
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+    assert strict(json_text({"loss": float("nan"), "values": [float("inf"), 1.5, (float("-inf"),)]})) == \
+        {"loss": None, "values": [None, 1.5, [None]]}
+    metrics = copy / "experiments" / "exp" / "metrics.json"
+    history = json.loads(metrics.read_text())
+    history["epochs"][0]["train_loss"] = float("nan")
+    metrics.write_text(json.dumps(history))
+    code, out, err = invoke(capsys, *g(copy), "info", "--json")
+    assert code == 0, err
+    assert strict(out)["epochs"][0]["train_loss"] is None
 
 
 def test_a_full_disk_when_a_resumed_run_first_writes_metrics(copy, capsys, tiny_data, monkeypatch):
