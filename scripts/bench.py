@@ -133,17 +133,22 @@ def run_reference(args) -> dict:
 # ---- contender 2: ignite-mnist, as `ignite-mnist train` runs it --------------------------------
 
 
-def run_ignite(args) -> dict:
-    from ignite_mnist.device import use_bf16
+def bench_experiment(args, name: str):
+    """A temporary experiment as `init` makes it: the default config, the bench's dataset, no validation split."""
     from ignite_mnist.experiment import create_experiment, load_config
-    from ignite_mnist.launch import run_training
 
     config = load_config(CONFIG)
     config["data"].update(dataset=args.dataset, val_split=0)
     config["training"]["precision"] = args.precision
-    sizes = dict(zip(("train", "test"), args.sizes))
-    name = f"bench-{os.getpid()}"
-    experiment = create_experiment(args.work_dir / "experiments", name, config, args.seed, sizes)
+    return create_experiment(args.work_dir / "experiments", f"{name}-{os.getpid()}", config, args.seed,
+                             dict(zip(("train", "test"), args.sizes)))
+
+
+def run_ignite(args) -> dict:
+    from ignite_mnist.device import use_bf16
+    from ignite_mnist.launch import run_training
+
+    experiment = bench_experiment(args, "bench")
     try:
         start = time.perf_counter()
         run_training(experiment, args.data_path, max_epochs=args.epochs, device_name=args.device)
@@ -152,9 +157,9 @@ def run_ignite(args) -> dict:
     finally:
         shutil.rmtree(experiment.root, ignore_errors=True)
     keys = ("train_seconds", "test_seconds", "train_loss", "test_loss", "test_accuracy")
-    bf16 = use_bf16(config["training"]["precision"], torch.device(args.device))
+    bf16 = use_bf16(args.precision, torch.device(args.device))
     return {"epochs": [{k: float(m[k]) for k in keys} for m in metrics], "wall_seconds": wall,
-            "precision": "bf16" if bf16 else "fp32", "train_images": sizes["train"], "test_images": sizes["test"]}
+            "precision": "bf16" if bf16 else "fp32", "train_images": args.sizes[0], "test_images": args.sizes[1]}
 
 
 # ---- contender 3: ignite-mnist's pieces in a plain loop (the engine's overhead) ----------------
@@ -224,7 +229,6 @@ def run_paired_engine(args, steps: int = 10) -> dict:
     from ignite.engine import Events
 
     from ignite_mnist import engines
-    from ignite_mnist.experiment import create_experiment, load_config
     from ignite_mnist.launch import run_training
 
     engine_s, bare_s, attach_handlers = [], [], engines.attach_handlers
@@ -258,11 +262,7 @@ def run_paired_engine(args, steps: int = 10) -> dict:
             mark.append(time.perf_counter())
 
     engines.attach_handlers = attach_and_pair
-    config = load_config(CONFIG)
-    config["data"].update(dataset=args.dataset, val_split=0)
-    config["training"]["precision"] = args.precision
-    experiment = create_experiment(args.work_dir / "experiments", f"bench-paired-{os.getpid()}", config, args.seed,
-                                   dict(zip(("train", "test"), args.sizes)))
+    experiment = bench_experiment(args, "bench-paired")
     try:
         run_training(experiment, args.data_path, max_epochs=1, device_name=args.device)
     finally:
