@@ -129,6 +129,7 @@ def save_test_figure(path: Path, matrix, worst: list, images: torch.Tensor, clas
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
+    target = Path(os.path.realpath(path))  # a symlink is written through, as `cp` does, and stays a link
     figure = _figure(figsize=(13, 5.6), dpi=100)
     left, right = figure.subplots(1, 2, width_ratios=[1, 1.45])
     draw_confusion_matrix(left, matrix, classes, "confusion matrix")
@@ -136,14 +137,14 @@ def save_test_figure(path: Path, matrix, worst: list, images: torch.Tensor, clas
     right.set_title("worst-classified test digits (true>predicted, probability of the true class)")
     figure.suptitle(title)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             FigureCanvasAgg(figure).print_png(f)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
     finally:

@@ -135,8 +135,11 @@ def test(
     experiment.checkpoint(epoch)  # a missing epoch is named before torch is even imported
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot writes a PNG file: give a name ending in .png, not {plot.name!r}")
-    if plot is not None and not plot.parent.is_dir():
-        raise UserError(f"--plot {plot}: folder {plot.parent} does not exist")
+    written = Path(os.path.realpath(plot)) if plot is not None else None  # a symlink is written through
+    if written is not None and not written.parent.is_dir():
+        raise UserError(f"--plot {plot}: folder {written.parent} does not exist")
+    if written is not None and written.is_dir():
+        raise UserError(f"--plot {plot} is a folder: give a file name ending in .png")
     from ignite_mnist.engines import evaluate_checkpoint
 
     result = evaluate_checkpoint(experiment, ctx.obj.data_path, epoch, device, plot)
@@ -179,7 +182,7 @@ def predict(
     ctx: typer.Context,
     release_path: Path = typer.Option(..., "--release", help="A release file (from export-release): .pt, .pt2 or .onnx."),
     images: List[Path] = typer.Argument(..., help="Image files (PNG, JPEG, ...), any size."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON list of {path, label, class, probability}."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON list of {path, label, class, probability, blank}."),
 ):
     """Classify image files with a release."""
     setup_logging(None, ctx.obj.verbose)
@@ -191,7 +194,8 @@ def predict(
     else:
         for r in results:
             name = f" ({r['class']})" if r["class"] != str(r["label"]) else ""
-            print(f"{r['path']}: {r['label']}{name} {100 * r['probability']:.1f}%")
+            blank = " (a blank image: no strokes to read)" if r["blank"] else ""
+            print(f"{r['path']}: {r['label']}{name} {100 * r['probability']:.1f}%{blank}")
 
 
 @app.command()

@@ -336,12 +336,20 @@ def eval_batches(n: int, batch_size: int, rank: int = 0, world_size: int = 1) ->
 # ---- images for predict -------------------------------------------------------------------------
 
 
+BLANK_RANGE = 16  # an image whose pixels span fewer grey levels than this is blank (paper, scanner noise)
+
+
+def is_blank(digit: torch.Tensor) -> bool:
+    """Whether a digit from image_as_digit has no strokes at all (its image was one colour)."""
+    return not bool(digit.any())
+
+
 def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Tensor:
     """An image as an MNIST digit: uint8 [28, 28], light strokes on a dark background.
 
     `source` is a path, the file's bytes, or a binary file object; `name` names it in error messages (by
     default the path, or "the image"). A 28x28 image is taken as it is (inverted if its background is
-    light). Any other size is prepared as MNIST's digits were: the ink cropped, scaled to fit 20x20,
+    light). A blank image (one colour, give or take noise) is an all-dark digit. Any other size is prepared as MNIST's digits were: the ink cropped, scaled to fit 20x20,
     centred by its centre of mass in 28x28. An image of more than `max_pixels` pixels (default: Pillow's
     Image.MAX_IMAGE_PIXELS) is refused before it is decoded: a decompression bomb costs nothing.
     """
@@ -383,6 +391,8 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
     except Exception as e:  # whatever a malformed file makes a decoder raise: OSError, SyntaxError, ValueError...
         raise UserError(f"{name} is not an image file that can be read ({type(e).__name__})") from None
     pixels = np.asarray(image, dtype=np.float32)
+    if pixels.max() - pixels.min() < BLANK_RANGE:  # one colour, give or take noise: no strokes to read
+        return torch.zeros((28, 28), dtype=torch.uint8)
     if np.median(pixels) > 127:  # dark strokes on a light background: make it MNIST's way round
         pixels = 255 - pixels
     if pixels.shape != (28, 28):

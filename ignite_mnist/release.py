@@ -421,21 +421,24 @@ def _open_onnx(path: Path) -> LoadedRelease:
 # ---- predict ------------------------------------------------------------------------------------
 
 
-def answer(release: LoadedRelease, log_probabilities: torch.Tensor) -> list:
-    """[{label, class, probability, probabilities}] for rows of log-probabilities."""
+def answer(release: LoadedRelease, log_probabilities: torch.Tensor, digits: torch.Tensor) -> list:
+    """[{label, class, probability, probabilities, blank}] for rows of log-probabilities of `digits`.
+
+    blank: the image had no strokes (one colour), so its label is the model's guess at nothing.
+    """
     probabilities = log_probabilities.exp()
     results = []
-    for row in probabilities.tolist():
+    for row, digit in zip(probabilities.tolist(), digits):
         label = max(range(len(row)), key=row.__getitem__)
         results.append({"label": label, "class": release.classes[label], "probability": row[label],
-                        "probabilities": row})
+                        "probabilities": row, "blank": data.is_blank(digit)})
     return results
 
 
 def predict(release_path: Path, image_paths: list) -> list:
-    """Classify image files with a release of any format: [{path, label, class, probability}], fp32, CPU."""
+    """Classify image files with a release of any format: [{path, label, class, probability, blank}], fp32, CPU."""
     release = open_release(release_path)
     digits = torch.stack([data.image_as_digit(path) for path in image_paths])
-    results = answer(release, release.log_probabilities_of(digits))
-    return [{"path": str(path), **{k: r[k] for k in ("label", "class", "probability")}}
+    results = answer(release, release.log_probabilities_of(digits), digits)
+    return [{"path": str(path), **{k: r[k] for k in ("label", "class", "probability", "blank")}}
             for path, r in zip(image_paths, results)]

@@ -209,7 +209,7 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
         except Exception as e:  # the model failed (answered here: an unhandled error would close the connection)
             log.error(f"forward pass failed: {type(e).__name__}: {e}")
             return _error(500, f"internal error ({type(e).__name__})")
-        results = answer(release, log_probabilities)
+        results = answer(release, log_probabilities, digits)
         return JSONResponse(results if many else results[0])
 
     async def health(request: Request):

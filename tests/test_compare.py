@@ -200,6 +200,20 @@ def test_test_reports_per_class_accuracy_and_the_confusion_matrix_and_plots_them
     assert code == 2 and "--plot writes a PNG file" in err
     code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "nowhere" / "a.png")
     assert code == 2 and "does not exist" in err
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "kept.png").write_text("the old figure")
+    (tmp_path / "link.png").symlink_to(tmp_path / "figures" / "kept.png")  # written through, stays a link
+    code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "link.png")
+    assert code == 0, err
+    assert (tmp_path / "link.png").is_symlink() and sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["kept.png"]
+    with Image.open(tmp_path / "figures" / "kept.png") as picture:
+        assert picture.format == "PNG"
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere" / "b.png")
+    code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "dangling.png")
+    assert code == 2 and f"folder {tmp_path / 'nowhere'} does not exist" in err
+    (tmp_path / "folder.png").mkdir()
+    code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "folder.png")
+    assert code == 2 and "is a folder" in err and (tmp_path / "folder.png").is_dir()
 
 
 def test_worst_classified_keeps_the_lowest_probabilities_of_the_true_class_across_batches():

@@ -80,14 +80,14 @@ def served(releases, fmt="pt", wrap=None, **settings):
 def expected_answers(releases, pngs: list) -> list:
     loaded = release.open_release(releases["pt"])
     digits = torch.stack([data.image_as_digit(png) for png in pngs])
-    return release.answer(loaded, loaded.log_probabilities_of(digits))
+    return release.answer(loaded, loaded.log_probabilities_of(digits), digits)
 
 
 def assert_same_answers(got: list, expected: list):
     assert [g["label"] for g in got] == [e["label"] for e in expected]
     assert [g["class"] for g in got] == [e["class"] for e in expected]
     for g, e in zip(got, expected):
-        assert set(g) == {"label", "class", "probability", "probabilities"}
+        assert set(g) == {"label", "class", "probability", "probabilities", "blank"} and g["blank"] is e["blank"]
         assert abs(g["probability"] - e["probability"]) < 1e-5 and len(g["probabilities"]) == 10
         assert abs(sum(g["probabilities"]) - 1) < 1e-4 and g["probability"] == max(g["probabilities"])
 
@@ -119,6 +119,30 @@ def test_predict_answers_as_the_predict_command(server, releases, digits, tmp_pa
     code, out, err = invoke(capsys, "predict", "--release", releases["pt"], "--json", *paths)
     assert code == 0, err
     assert [p["label"] for p in json.loads(out)] == [g["label"] for g in got]
+
+
+def test_a_blank_image_is_said_to_be_blank_by_predict_and_by_the_server(server, releases, digits, tmp_path, capsys):
+    noisy = torch.randint(120, 135, (60, 80), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    faint = (digits[3].float() * 40 / 255).round().to(torch.uint8) + 100  # a faint digit on grey: 40 levels
+    pictures = {"black.png": Image.new("L", (28, 28), 0), "white.png": Image.new("RGB", (100, 100), "white"),
+                "noisy-grey.png": Image.fromarray(noisy.numpy()), "digit.png": Image.fromarray(digits[0].numpy()),
+                "faint.png": Image.fromarray(faint.numpy())}
+    blank = {"black.png": True, "white.png": True, "noisy-grey.png": True, "digit.png": False, "faint.png": False}
+    paths = []
+    for name, picture in pictures.items():
+        paths.append(tmp_path / name)
+        picture.save(paths[-1])
+    assert all(bool(data.image_as_digit(p).any()) != blank[p.name] for p in paths)
+    code, out, err = invoke(capsys, "predict", "--release", releases["pt"], *paths)
+    assert code == 0, err
+    said = {line.split(":")[0]: "(a blank image: no strokes to read)" in line for line in out.strip().splitlines()}
+    assert said == {str(p): blank[p.name] for p in paths}
+    code, out, err = invoke(capsys, "predict", "--release", releases["pt"], "--json", *paths)
+    assert code == 0, err
+    assert [r["blank"] for r in json.loads(out)] == [blank[p.name] for p in paths]
+    r = server.post(files=[("file", (p.name, p.read_bytes(), "image/png")) for p in paths])
+    assert r.status_code == 200, r.text
+    assert [a["blank"] for a in r.json()] == [blank[p.name] for p in paths]
 
 
 def test_a_multipart_upload_of_several_files_answers_a_list_in_order(server, releases, digits):
