@@ -3,6 +3,7 @@
 import ctypes
 import sys
 
+import numpy  # noqa: F401  (before torch: see lazy_imports)
 import torch
 
 from ignite_mnist.errors import UserError

@@ -105,6 +105,7 @@ class StopRequest:
 
     def __enter__(self):
         self._previous.append({s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a spawned rank starts with it blocked
         return self
 
     def __exit__(self, *exc):

@@ -85,7 +85,7 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     STOP.signum = 0
     with _lock_on_rank_zero(experiment, launched), STOP, _environment(spawned_env):
         try:
-            with idist.Parallel(backend=backend, **spawn) as parallel:
+            with _ranks_start_with_sigint_blocked(), idist.Parallel(backend=backend, **spawn) as parallel:
                 parallel.run(_rank_main, job)
         # after Ctrl-C or SIGTERM, a rank still importing torch dies of the forwarded signal: that is the stop below
         except torch.multiprocessing.ProcessRaisedException as e:
@@ -140,6 +140,34 @@ def _quiet_ignite_launcher() -> None:
     """idist's launcher and auto_model announce themselves at INFO on the console: keep it for our lines."""
     for name in ("ignite.distributed.launcher.Parallel", "ignite.distributed.auto.auto_model"):
         setup_logger(name, level=logging.WARNING)
+
+
+@contextmanager
+def _ranks_start_with_sigint_blocked():
+    """Spawn the ranks with SIGINT blocked; training() unblocks it once its handler is in place (StopRequest).
+
+    A Ctrl-C reaches every process of the terminal's group: a rank still importing torch would die of its
+    KeyboardInterrupt, printing a traceback. Blocked (the mask survives fork and exec), it waits, and the
+    rank stops cleanly as soon as it can. Only the forks are covered: this process keeps its own handler.
+    """
+    from multiprocessing import resource_tracker
+    from multiprocessing.context import SpawnProcess
+
+    popen = SpawnProcess.__dict__["_Popen"]
+
+    def popen_with_sigint_blocked(process_obj):
+        resource_tracker.ensure_running()  # its first start unblocks SIGINT (and SIGTERM) when it is done
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return popen.__func__(process_obj)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a SIGINT meanwhile is handled here, now
+
+    SpawnProcess._Popen = staticmethod(popen_with_sigint_blocked)
+    try:
+        yield
+    finally:
+        SpawnProcess._Popen = popen
 
 
 @contextmanager

@@ -22,6 +22,9 @@ import importlib.util
 import sys
 import threading
 
+# numpy before torch, here and wherever torch is imported first: torch imports numpy from C++ and clears
+# any error it raises, so a Ctrl-C during that import was lost and the command went on (or failed on numpy)
+import numpy  # noqa: F401
 import torch
 
 

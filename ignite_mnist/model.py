@@ -7,6 +7,7 @@ Layer names and shapes are the example's, so weights load into either. Two chang
   distribution, from a different random stream.
 """
 
+import numpy  # noqa: F401  (before torch: see lazy_imports)
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy  # noqa: F401  (before torch: see lazy_imports)
 import torch
 from torch import nn
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
+import numpy  # noqa: F401  (before torch: see lazy_imports)
 import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool

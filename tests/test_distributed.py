@@ -129,9 +129,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def start(opts, cwd, max_epochs):
+def start(opts, cwd, max_epochs, new_session=False):
     return subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, opts), "train", "--max-epochs",
-                             str(max_epochs), *TWO], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(max_epochs), *TWO], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
 
 
 def test_a_rank_that_dies_takes_the_group_down_and_is_named(small_data, tmp_path):
@@ -174,16 +175,23 @@ def test_sigint_to_the_launcher_stops_every_rank_cleanly(small_data, tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_sigint_while_the_ranks_start_is_a_stop_not_a_rank_failure(small_data, tmp_path):
-    """The launcher forwards Ctrl-C to ranks that may still be importing torch, which die of it: that is the
-    user's stop (exit 130, the stop's line), not 'rank 1 was killed by SIGINT' (exit 1)."""
+@pytest.mark.parametrize("to", ["launcher", "group"])
+def test_sigint_while_the_ranks_start_is_a_stop_not_a_rank_failure(small_data, tmp_path, to):
+    """Ctrl-C while the ranks still import torch: from the launcher, which forwards it, or from a terminal,
+    which sends it to every process of its group. The ranks start with SIGINT blocked, so none dies of a
+    KeyboardInterrupt with a traceback: that is the user's stop (exit 130, the stop's line), not 'rank 1
+    was killed by SIGINT' (exit 1)."""
     opts = g(tmp_path, "early", small_data)
     assert run_cli(*opts, "init", "--config-path", make_config(tmp_path), cwd=tmp_path).returncode == 0
-    launcher = start(opts, tmp_path, 100)
+    launcher = start(opts, tmp_path, 100, new_session=to == "group")
     wait_for(lambda: len(children_of(launcher.pid)) >= 2 or launcher.poll() is not None, timeout=60, interval=0.05)
-    launcher.send_signal(signal.SIGINT)
+    if to == "group":
+        os.killpg(launcher.pid, signal.SIGINT)
+    else:
+        launcher.send_signal(signal.SIGINT)
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: training stopped by SIGINT; ") or last == "error: interrupted", last
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert not (tmp_path / "experiments" / "early" / "checkpoints" / "checkpoint_1.pt").exists()

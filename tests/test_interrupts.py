@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,32 @@ def test_a_stop_before_the_first_checkpoint_says_there_is_none(workdir, tiny_dat
     assert code == 130
     assert err.strip().splitlines()[-1] == ("error: training stopped by SIGINT; no epoch was finished, so no checkpoint: "
                                             "run `ignite-mnist -e first train --max-epochs 3` to resume")
+
+
+IMPORT_ORDER = """
+import sys
+order = []
+class Recorder:
+    def find_spec(self, name, path=None, target=None):
+        if name in ("numpy", "torch"):
+            order.append(name)
+sys.meta_path.insert(0, Recorder())
+import importlib
+importlib.import_module(sys.argv[1])
+print(" ".join(order))
+"""
+
+
+def test_every_module_imports_numpy_before_torch():
+    """torch imports numpy from C++ and clears whatever that raises: a Ctrl-C that came meanwhile was lost
+    and the command went on training. Each module that may be the first to import torch imports numpy first."""
+    modules = sorted(p.stem for p in (Path(__file__).parents[1] / "ignite_mnist").glob("*.py") if p.stem != "__main__")
+    def imports(module):
+        return subprocess.run([sys.executable, "-c", IMPORT_ORDER, f"ignite_mnist.{module}"], capture_output=True,
+                              text=True, timeout=300)
+
+    with ThreadPoolExecutor(4) as pool:  # 4 interpreters at a time: each imports torch
+        for module, r in zip(modules, pool.map(imports, modules)):
+            assert r.returncode == 0, r.stderr
+            order = r.stdout.split()
+            assert "torch" not in order or order.index("numpy") < order.index("torch"), (module, order)
