@@ -228,8 +228,12 @@ def _verify_weights(path: Path, model: Net, epoch: int) -> None:
 def _verify(path: Path, fmt: str, images: torch.Tensor, expected: torch.Tensor, epoch: int) -> float:
     """Load the written file as `predict` would, run it on the test set, compare with the checkpoint."""
     loaded = open_release(path, fmt)
-    got = torch.cat([loaded.log_probabilities_of(images[i:i + VERIFY_BATCH])
-                     for i in range(0, len(images), VERIFY_BATCH)])
+    try:
+        got = torch.cat([loaded.log_probabilities_of(images[i:i + VERIFY_BATCH])
+                         for i in range(0, len(images), VERIFY_BATCH)])
+    except UserError:  # NaN or infinite answers: its message would name the temporary file
+        raise UserError(f"the {fmt} export of epoch {epoch} answers NaN or infinite log-probabilities where its "
+                        "checkpoint does not: nothing was written") from None
     if got.shape != expected.shape:
         raise UserError(f"the {fmt} export of epoch {epoch} answers {tuple(got.shape)} for {len(images)} images, "
                         f"not {tuple(expected.shape)}: nothing was written")

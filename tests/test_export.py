@@ -153,6 +153,19 @@ def test_an_export_that_does_not_match_its_checkpoint_is_an_error_and_leaves_not
     assert snapshot(copy / "experiments" / "exp" / "releases") == before
 
 
+@pytest.mark.parametrize("fmt", ["pt2", "onnx"])
+def test_an_export_whose_graph_answers_nan_is_refused_naming_the_release_not_a_temporary_file(
+        copy, capsys, tiny_data, monkeypatch, fmt):
+    original = release.Normalized.forward  # finite weights, a graph that answers NaN
+    monkeypatch.setattr(release.Normalized, "forward", lambda self, x: original(self, x) * float("nan"))
+    before = snapshot(copy / "experiments" / "exp" / "releases")
+    code, out, err = invoke(capsys, *g(copy, data=tiny_data), "export-release", "--format", fmt)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1] == (f"error: the {fmt} export of epoch 2 answers NaN or infinite "
+                                            "log-probabilities where its checkpoint does not: nothing was written")
+    assert snapshot(copy / "experiments" / "exp" / "releases") == before
+
+
 def test_onnx_export_without_its_packages_says_what_to_install(copy, capsys, tiny_data, monkeypatch):
     import importlib.util
 
