@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, MAX_CONFIG_BYTES, Experiment,
-                                     apply_overrides, best_first, check_config_key, init_experiment, load_config, log,
-                                     read_json, schema_violations, setup_logging, validate_config, validate_name,
-                                     write_json)
+                                     apply_overrides, best_first, check_config_key, check_seed, init_experiment,
+                                     load_config, log, read_json, schema_violations, setup_logging, validate_config,
+                                     validate_name, write_json)
 
 SPACE_SCHEMA = CONFIG_DIR / "space.schema.json"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # RDB storages: a trial without a heartbeat for a minute has died
@@ -73,10 +73,39 @@ def suggest(trial, key: str, distribution: dict):
     kind = "float" if "float" in distribution else "int"
     low, high = distribution[kind]
     suggest_value = trial.suggest_float if kind == "float" else trial.suggest_int
-    options = {"log": distribution.get("log", False)}
-    if "step" in distribution:
-        options["step"] = distribution["step"]
-    return suggest_value(key, low, high, **options)
+    return suggest_value(key, low, high, **_options(distribution))
+
+
+def _options(distribution: dict) -> dict:
+    return {"log": distribution.get("log", False), **({"step": distribution["step"]} if "step" in distribution else {})}
+
+
+def optuna_distribution(distribution: dict):
+    """The Optuna distribution that suggest() draws from for a distribution of the space."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if "choice" in distribution:
+        return CategoricalDistribution(distribution["choice"])
+    kind = "float" if "float" in distribution else "int"
+    return (FloatDistribution if kind == "float" else IntDistribution)(*distribution[kind], **_options(distribution))
+
+
+def check_space_against_study(study, space: dict, space_path: Path, name: str) -> None:
+    """A key that the study's trials drew from another kind of distribution (or other choices) is refused now:
+    Optuna would fail the next trial on it, and record that failure."""
+    from optuna.distributions import check_distribution_compatibility
+
+    drawn = {}
+    for trial in study.get_trials(deepcopy=False):
+        drawn.update(trial.distributions)
+    for key, distribution in space.items():
+        if key in drawn:
+            try:
+                check_distribution_compatibility(drawn[key], optuna_distribution(distribution))
+            except ValueError as e:
+                raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
+                                f"trials of sweep {name}, which drew it from {drawn[key]} ({e}): use another "
+                                "--name for another space") from None
 
 
 # ---- the study ----------------------------------------------------------------------------------
@@ -122,6 +151,8 @@ def check_journal(path: Path) -> None:
     to any file, and then fail on reading it."""
     if path.is_dir():
         raise UserError(f"the sweep storage {path} is a directory: name a journal file")
+    if path.exists() and not path.is_file():  # a FIFO or a device: reading it would wait forever
+        raise UserError(f"the sweep storage {path} is not a regular file: name a journal file")
     try:
         with open(path, "rb") as f:
             first = f.readline(1 << 16)
@@ -194,6 +225,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     import optuna
     from optuna.trial import TrialState
 
+    from ignite_mnist.device import resolve_device
     from ignite_mnist.launch import run_training
 
     validate_name(f"{name}-{trials}")
@@ -203,7 +235,20 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     if load_config(config_path)["data"]["val_split"] == 0:
         raise UserError(f"config {config_path} has data.val_split 0: a sweep scores trials on validation accuracy, "
                         "so it needs a validation set")
+    check_seed(seed)
+    resolve_device(device)  # an unavailable device is refused before the study is opened or a trial made
     url = storage_url(name, experiments_path, storage)
+    new_file = _storage_file(url)
+    if new_file is not None and new_file.exists() and not new_file.is_file():
+        raise UserError(f"the sweep storage {new_file} is not a regular file: name a new file, or the sweep's")
+    if url.startswith("sqlite:///") and new_file.is_file() and new_file.stat().st_size \
+            and not holds_optuna_tables(new_file):
+        raise UserError(f"the sweep storage {new_file} is an SQLite file without Optuna's tables (or not SQLite); "
+                        "it is left as it is: name a new file, or the database of the sweep")
+    if new_file is not None and not new_file.exists():  # a new study: every NAME-<number> experiment is foreign
+        foreign = foreign_experiments(None, name, experiments_path)
+        if foreign:
+            raise _foreign_error(name, foreign, url)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our own lines say what happens
     pruners = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=startup_trials,
                                                              n_warmup_steps=warmup_epochs),
@@ -251,9 +296,8 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
 
     foreign = foreign_experiments(study, name, experiments_path)
     if foreign:  # found now, not when a trial of that number comes up after hours of others
-        raise UserError(f"sweep {name}: experiment(s) {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} "
-                        f"already exist but are not trials of the study in {url}, and trials are named "
-                        f"{name}-<number>: use another --name, or move them away")
+        raise _foreign_error(name, foreign, url)
+    check_space_against_study(study, space, space_path, name)
     heartbeat = "://" in url  # RDB storages beat (open_storage); a journal file does not
     waiting = False
     while True:
@@ -286,10 +330,23 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     return sweep_status(name, experiments_path, storage)
 
 
+def _storage_file(url: str):
+    """The file of an SQLite URL or a journal path, else None (a database server)."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None if "://" in url else Path(url)
+
+
+def _foreign_error(name: str, foreign: list, url: str) -> UserError:
+    return UserError(f"sweep {name}: experiment(s) {', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''} "
+                     f"already exist but are not trials of the study in {url}, and trials are named "
+                     f"{name}-<number>: use another --name, or move them away")
+
+
 def foreign_experiments(study, name: str, experiments_path: Path) -> list:
     """Experiments named NAME-<number> that no trial of `study` made (an unrelated experiment, or a trial of an
-    earlier study of that name): the trial of that number could not make its own."""
-    ours = {t.user_attrs.get("experiment") for t in study.get_trials(deepcopy=False)}
+    earlier study of that name): the trial of that number could not make its own. study None: a new one."""
+    ours = {t.user_attrs.get("experiment") for t in study.get_trials(deepcopy=False)} if study is not None else set()
     return sorted((folder.name for folder in Path(experiments_path).glob(f"{glob.escape(name)}-*")
                    if trial_number(folder.name, name) is not None and folder.name not in ours),
                   key=lambda n: trial_number(n, name))
@@ -324,7 +381,7 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if url.startswith("sqlite:///") and not holds_optuna_tables(Path(url.removeprefix("sqlite:///"))):
         raise UserError(f"no sweep {name!r}: {url.removeprefix('sqlite:///')} holds no Optuna study (run `sweep` "
                         "first, or pass the --storage it used)")
-    if "://" not in url and not Path(url).is_file():
+    if "://" not in url and not Path(url).exists():
         raise UserError(f"no sweep {name!r}: the journal file {url} does not exist")
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, experiments_path))

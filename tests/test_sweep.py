@@ -2,6 +2,7 @@
 and one-line errors for bad search spaces."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -183,5 +184,48 @@ def test_storage_files_of_something_else_are_left_alone(workdir, tiny_data, caps
     code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "j", "--status",
                           "--storage", f"sqlite:///{other}")
     assert code == 2 and "holds no Optuna study" in err, err
+    before = other.read_bytes()
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "j", 1, 1), "--storage", f"sqlite:///{other}")
+    assert code == 2 and err.count("\n") == 1 and "is an SQLite file without Optuna's tables" in err, err
+    assert other.read_bytes() == before
     with sqlite3.connect(other) as db:
         assert [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")] == ["mine"]
+    fifo = workdir / "journal.fifo"
+    os.mkfifo(fifo)  # reading it would wait forever
+    for args in (sweep_args(workdir, tiny_data, "j", 1, 1), ["--experiments-path", workdir / "experiments", "sweep",
+                                                              "--name", "j", "--status"]):
+        code, _, err = invoke(capsys, *args, "--storage", fifo)
+        assert code == 2 and "is not a regular file" in err, err
+    assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
+
+
+@pytest.mark.parametrize("option, message", [(("--device", "cuda:7"), "cuda:7"), (("--seed", "-5"), "--seed must be")])
+def test_a_refused_sweep_makes_nothing(workdir, tiny_data, capsys, option, message):
+    """Options are checked before the study is opened: no database, no failed trial, no experiment."""
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "k", 1, 1), *option)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
+
+
+def test_a_clash_with_a_new_sweep_leaves_no_database(workdir, tiny_data, capsys):
+    experiments = workdir / "experiments"
+    code, _, err = invoke(capsys, "--experiments-path", experiments, "--data-path", tiny_data, "-e", "y-0", "init",
+                          "--config-path", make_config(workdir))
+    assert code == 0, err
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "y", 1, 1))
+    assert code == 2 and "experiment(s) y-0 already exist but are not trials of the study" in err, err
+    assert sorted(p.name for p in experiments.iterdir()) == ["y-0"]
+
+
+def test_a_space_that_does_not_fit_the_study_is_refused_before_a_trial(workdir, tiny_data, capsys):
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 1, 1, {"training.lr": {"choice": [0.5, 1.0]}}))
+    assert code == 0, err
+    database = workdir / "experiments" / "d.sweep.db"
+    before = database.read_bytes()
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 2, 1, {"training.lr": {"float": [0.5, 1.0]}}))
+    assert code == 2 and err.count("\n") == 1, err
+    assert "training.lr" in err and "does not fit the trials of sweep d" in err, err
+    assert database.read_bytes() == before
+    assert [t["state"] for t in status(capsys, workdir, "d")["trials"]] == ["COMPLETE"]
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 2, 1, {"training.lr": {"choice": [0.5, 1.0]}}))
+    assert code == 0, err  # the same space goes on
