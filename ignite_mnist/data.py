@@ -365,6 +365,8 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
         name = name or str(source)
         if source.is_dir():
             raise UserError(f"{name} is a directory, not an image file")
+        if source.exists() and not source.is_file():  # a FIFO or a device: reading it could wait forever
+            raise UserError(f"{name} is not a regular file, not an image file")
     else:
         name = name or "the image"
     limit = max_pixels or Image.MAX_IMAGE_PIXELS
@@ -379,8 +381,7 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
                                 "(a decompression bomb?)")
             image = ImageOps.exif_transpose(opened)
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-                white = Image.new("RGBA", image.size, "white")
-                image = Image.alpha_composite(white, image.convert("RGBA"))
+                image = _on_contrasting_background(image.convert("RGBA"))
             image = image.convert("L")
     except UserError:
         raise
@@ -398,6 +399,17 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
     if pixels.shape != (28, 28):
         pixels = _center_like_mnist(pixels)
     return torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+def _on_contrasting_background(image):
+    """An RGBA image flattened onto black if what is drawn (its opaque pixels) is light, else onto white: strokes
+    on a transparent background stay visible whatever their colour."""
+    from PIL import Image
+
+    alpha = np.asarray(image.getchannel("A"), dtype=np.float64)
+    luminance = np.asarray(image.convert("RGB").convert("L"), dtype=np.float64)
+    light = alpha.sum() > 0 and (luminance * alpha).sum() / alpha.sum() > 127
+    return Image.alpha_composite(Image.new("RGBA", image.size, "black" if light else "white"), image)
 
 
 def _center_like_mnist(pixels: np.ndarray) -> np.ndarray:

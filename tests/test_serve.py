@@ -145,6 +145,32 @@ def test_a_blank_image_is_said_to_be_blank_by_predict_and_by_the_server(server, 
     assert [a["blank"] for a in r.json()] == [blank[p.name] for p in paths]
 
 
+def test_strokes_on_a_transparent_background_are_read_whatever_their_colour(releases, digits, tmp_path, capsys):
+    """A drawing app's export: the digit in the alpha channel, any colour. White strokes were flattened onto
+    white, and read as a blank image."""
+    paths = [tmp_path / "opaque.png"]
+    Image.fromarray(digits[5].numpy()).save(paths[0])
+    for colour in ("white", "black", "yellow"):
+        picture = Image.new("RGBA", (28, 28), colour)
+        picture.putalpha(Image.fromarray(digits[5].numpy()))
+        paths.append(tmp_path / f"{colour}-on-transparent.png")
+        picture.save(paths[-1])
+    for path in paths[1:3]:  # white on black, black on white inverted: the digit itself, give or take rounding
+        assert (data.image_as_digit(path).int() - digits[5].int()).abs().max() <= 1, path
+    code, out, err = invoke(capsys, "predict", "--release", releases["pt"], "--json", *paths)
+    assert code == 0, err
+    answers = json.loads(out)
+    assert not any(a["blank"] for a in answers) and len({a["label"] for a in answers}) == 1, answers
+
+
+def test_a_fifo_or_a_device_is_refused_not_waited_on(releases, tmp_path, capsys):
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        code, out, err = invoke(capsys, "predict", "--release", releases["pt"], path)
+        assert code == 2 and out == "" and err.strip() == f"error: {path} is not a regular file, not an image file"
+
+
 def test_a_multipart_upload_of_several_files_answers_a_list_in_order(server, releases, digits):
     pngs = [digit_png(d) for d in digits[:5]]
     r = server.post(files=[("file", (f"d{i}.png", png, "image/png")) for i, png in enumerate(pngs)])
