@@ -386,8 +386,9 @@ def tensorboard(
         raise UserError("TensorBoard is not installed: pip install tensorboard")
     experiments = [e for e in experiments if e.tensorboard_dir.is_dir()]
     if not experiments:
-        which = f"experiment {g.experiment_name} has" if g.experiment_name else f"no experiment in {g.experiments_path} has"
-        raise UserError(f"{which} no TensorBoard logs yet: run `train` first")
+        raise UserError(f"experiment {g.experiment_name} has no TensorBoard logs yet: run `train` first"
+                        if g.experiment_name else
+                        f"no experiment in {g.experiments_path} has TensorBoard logs yet: run `train` first")
     check_port_free(port)
     runs = tensorboard_runs(g.experiments_path, experiments, g.experiment_name or "_all")
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs), "--port", str(port)]

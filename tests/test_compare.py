@@ -175,9 +175,11 @@ def test_tensorboard_serves_every_experiment_as_a_run_named_after_it(compared):
 
 def test_tensorboard_without_logs_says_so(workdir, tiny_data, capsys):
     assert new(capsys, workdir, "fresh", tiny_data)[0] == 0
-    for options in ([], ["-e", "fresh"]):
-        code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", *options, "tensorboard")
-        assert code == 2 and "no TensorBoard logs yet: run `train` first" in err
+    experiments = workdir / "experiments"
+    for options, message in (([], f"no experiment in {experiments} has TensorBoard logs yet: run `train` first"),
+                             (["-e", "fresh"], "experiment fresh has no TensorBoard logs yet: run `train` first")):
+        code, _, err = invoke(capsys, "--experiments-path", experiments, *options, "tensorboard")
+        assert code == 2 and err.strip() == f"error: {message}", err
 
 
 def test_test_reports_per_class_accuracy_and_the_confusion_matrix_and_plots_them(compared, capsys, tiny_data, tmp_path):
