@@ -285,7 +285,7 @@ def list_experiments(
         print(f"no experiments in {ctx.obj.experiments_path}")
         return
     configs = [flatten(r["config"]) for r in rows if "config" in r]
-    differing = [k for k in dict.fromkeys(k for c in configs for k in c) if len({json.dumps(c.get(k)) for c in configs}) > 1]
+    differing = [k for k in dict.fromkeys(k for c in configs for k in c) if len({_shown(c.get(k)) for c in configs}) > 1]
     table = [["name", "dataset", "epochs", "best", "val acc", "test acc", *differing, "releases"]]
     for r in rows:
         if "broken" in r:
@@ -294,7 +294,7 @@ def list_experiments(
         epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "")
         table.append([r["name"], r["dataset"], epochs, "-" if r["best_epoch"] is None else str(r["best_epoch"]),
                       _percent(r["best_val_accuracy"]), _percent(r["test_accuracy"]),
-                      *(json.dumps(flat.get(k)) for k in differing),
+                      *(_shown(flat.get(k)) for k in differing),
                       ", ".join(f"{x['epoch']} ({x['format']})" for x in r["releases"]) or "-"])
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
@@ -484,6 +484,13 @@ def _main(argv: Optional[List[str]]) -> None:
     if code == 130:  # typer turns a Ctrl-C outside our own handling into exit 130, silently
         _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
+
+
+def _shown(value) -> str:
+    """A config value as `list` shows and compares it: 1 and 1.0 are the same learning rate."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value)
 
 
 def _percent(value) -> str:

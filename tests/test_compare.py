@@ -119,6 +119,18 @@ def test_list_compares_the_experiments_best_first_and_shows_a_broken_one(compare
     assert lines[-1].startswith("broken: broken: experiment file") and "is not valid JSON" in lines[-1]
 
 
+def test_list_takes_1_and_1_0_as_the_same_value(workdir, tiny_data, capsys):
+    assert new(capsys, workdir, "float", tiny_data, "training.lr=1.0")[0] == 0
+    assert new(capsys, workdir, "int", tiny_data, "training.lr=1")[0] == 0
+    code, out, err = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
+    assert code == 0 and "training.lr" not in out.splitlines()[0], out
+    assert new(capsys, workdir, "half", tiny_data, "training.lr=0.5")[0] == 0
+    code, out, err = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
+    lines = out.strip().splitlines()
+    column = lines[0].split().index("training.lr") - 2  # "val acc" and "test acc" are two words each
+    assert {line.split()[0]: line.split()[column] for line in lines[1:]} == {"float": "1", "int": "1", "half": "0.5"}
+
+
 def read_events(folder: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
