@@ -364,6 +364,8 @@ def evaluate_checkpoint(experiment: Experiment, data_path, epoch: int, device_na
     load_checkpoint(path, {"model": model}, device)
     dataset = experiment.config["data"]["dataset"]
     test_set = data.tensor_sets(dataset, data_path, {}, device)["test"]
+    if not len(test_set):
+        raise UserError(f"the test set of {dataset} has no images: there is nothing to test epoch {epoch} on")
     cfg = experiment.config["training"]
     evaluator = create_evaluator(model, test_set, use_bf16(cfg["precision"], device), worst=WORST)
     result = {"epoch": epoch, **evaluate(evaluator, len(test_set), cfg["eval_batch_size"])}

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import g, invoke, snapshot
+from conftest import g, invoke, make_config, snapshot, write_dataset
 from ignite_mnist import data, release
 from ignite_mnist.model import Net
 
@@ -164,6 +164,21 @@ def test_an_export_whose_graph_answers_nan_is_refused_naming_the_release_not_a_t
     assert err.strip().splitlines()[-1] == (f"error: the {fmt} export of epoch 2 answers NaN or infinite "
                                             "log-probabilities where its checkpoint does not: nothing was written")
     assert snapshot(copy / "experiments" / "exp" / "releases") == before
+
+
+def test_a_dataset_without_test_images_trains_exports_on_random_images_and_refuses_test(workdir, capsys, tiny_data):
+    images, labels = data.read_split(tiny_data / "train-images-idx3-ubyte.gz", tiny_data / "train-labels-idx1-ubyte.gz")
+    empty = write_dataset(workdir / "no-test", (images, labels), (images[:0], labels[:0]))
+    opts = g(workdir, "notest", empty)
+    assert invoke(capsys, *opts, "init", "--config-path", make_config(workdir))[0] == 0
+    code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "1", "--device", "cpu")
+    assert code == 0, err
+    code, out, err = invoke(capsys, *opts, "test", "--epoch", "1")
+    assert code == 2 and out == "" and err.strip() == \
+        "error: the test set of mnist has no images: there is nothing to test epoch 1 on"
+    code, out, err = invoke(capsys, *opts, "export-release", "--format", "onnx")
+    assert code == 0, err
+    assert "on 256 random images (the test set of mnist is empty)" in err and out.strip().endswith(".onnx")
 
 
 def test_onnx_export_without_its_packages_says_what_to_install(copy, capsys, tiny_data, monkeypatch):
