@@ -263,6 +263,13 @@ class Experiment:
     tensorboard_dir = property(lambda self: self.root / "tensorboard")
     lock_file = property(lambda self: self.root / "train.lock")
 
+    def check_folders(self, *folders: Path) -> None:
+        """The folders the experiment writes in (default: all) are folders where they exist: a file in the way is
+        named before a training starts, not after its first epoch."""
+        for folder in folders or (self.checkpoints_dir, self.releases_dir, self.tensorboard_dir):
+            if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+                raise UserError(f"{folder} is not a folder: the experiment keeps its {folder.name} there; move it away")
+
     def load_split(self) -> dict:
         """{"train": [...], "validation": [...]}: indexes into the dataset's training set, as init drew them."""
         split = read_json(self.split_file, "split file")

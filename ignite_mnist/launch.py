@@ -29,6 +29,7 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     Returns what the last epoch measured; {} when there was nothing to do.
     """
     device = resolve_device(device_name)
+    experiment.check_folders()
     done = max(experiment.checkpoints(), default=0)
     if max_epochs < 1:
         raise UserError(f"--max-epochs must be at least 1, not {max_epochs}")

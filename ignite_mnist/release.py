@@ -57,6 +57,7 @@ def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", d
     if fmt not in SUFFIXES:
         raise UserError(f"unknown release format {fmt!r}: use pt, pt2 or onnx")
     _check_export_packages(fmt)
+    experiment.check_folders(experiment.releases_dir)
     path = experiment.checkpoint(epoch)
     epoch = epoch if epoch is not None else max(experiment.checkpoints())
     checkpoint = read_checkpoint(path, "cpu")

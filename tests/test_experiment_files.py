@@ -217,3 +217,18 @@ def test_dev_zero_is_refused_before_it_is_read(workdir, tiny_data, option, what)
     r = run_cli(*g(workdir, "x", tiny_data), "init", option, "/dev/zero", timeout=120, preexec_fn=cap_memory)
     assert r.returncode == 2 and r.stderr.strip() == f"error: {what} /dev/zero is not a regular file", r.stderr
     assert not (workdir / "experiments").exists()
+
+
+# ---- a file where the experiment keeps a folder -------------------------------------------------
+
+@pytest.mark.parametrize("folder", ["checkpoints", "tensorboard", "releases"])
+def test_a_file_in_place_of_a_folder_is_named_before_training(copy, capsys, tiny_data, folder):
+    import shutil
+
+    root = copy / "experiments" / "exp"
+    shutil.rmtree(root / folder)
+    (root / folder).write_text("not a folder\n")
+    message = f"{root / folder} is not a folder: the experiment keeps its {folder} there; move it away"
+    assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2, message)
+    if folder == "releases":
+        assert_refused(capsys, copy, [*g(copy, data=tiny_data), "export-release"], 2, message)
