@@ -480,8 +480,27 @@ def _ranges(numbers: list) -> str:
     return ", ".join(parts)
 
 
+def check_experiments_folder(experiments_path: Path) -> None:
+    path = Path(experiments_path)
+    if (path.exists() or path.is_symlink()) and not path.is_dir():
+        raise UserError(f"--experiments-path {path} is not a folder: name the folder that holds the experiments")
+
+
+def _name_taken(experiments_path: Path, name: str) -> UserError:
+    """init's answer for a name in use: by an experiment, or by something else (a file, a folder of no experiment)."""
+    root = Path(experiments_path) / name
+    if (root / "experiment.json").is_file():
+        return UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
+    what = ("a folder that holds no experiment.json" if root.is_dir() else "a file" if root.exists()
+            else "a link to nothing")
+    return UserError(f"{root} is {what}, not an experiment: pick another name, or move it away")
+
+
 def open_experiment(experiments_path: Path, name: str) -> Experiment:
+    check_experiments_folder(experiments_path)
     root = Path(experiments_path) / validate_name(name)
+    if (root.exists() or root.is_symlink()) and not (root / "experiment.json").is_file():
+        raise _name_taken(experiments_path, name)  # a file, or a folder `init` did not make
     if not (root / "experiment.json").is_file():
         known = sorted(p.parent.name for p in Path(experiments_path).glob("*/experiment.json"))
         hint = f"; experiments there: {', '.join(known[:10])}{', ...' * (len(known) > 10)}" if known else ""
@@ -513,6 +532,7 @@ def summarize_experiments(experiments_path: Path) -> list:
 
     Reads experiment.json and metrics.json only (the checkpoints only if metrics.json lags behind them)."""
     folder = Path(experiments_path)
+    check_experiments_folder(folder)
     if not folder.is_dir():
         raise UserError(f"no experiments folder {folder}: create an experiment with `init` first")
     rows = []
@@ -605,8 +625,9 @@ def create_experiment(experiments_path: Path, name: str, config: dict, seed: int
     overrides: the --set values the config was made with (recorded); extra: more to record in experiment.json.
     """
     root = Path(experiments_path) / validate_name(name)
-    if root.exists():
-        raise UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
+    check_experiments_folder(experiments_path)
+    if root.exists() or root.is_symlink():
+        raise _name_taken(experiments_path, name)
     check_seed(seed)
     split = draw_split(sizes["train"], config["data"]["val_split"], seed)
     meta = {
@@ -641,8 +662,9 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
     """What `init` does: the config with its overrides, validated; the dataset's sizes; the folder."""
     name = validate_name(name)
     config = load_config(config_path, schema_path, overrides)
-    if (Path(experiments_path) / name).exists():
-        raise UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
+    check_experiments_folder(experiments_path)
+    if (Path(experiments_path) / name).exists() or (Path(experiments_path) / name).is_symlink():
+        raise _name_taken(experiments_path, name)
     check_seed(seed)  # before the dataset, which may have to be downloaded
     from ignite_mnist import data
 

@@ -347,3 +347,20 @@ def test_more_processes_than_cores_are_refused(copy, capsys, monkeypatch):
 def test_a_cpu_other_than_cpu_is_refused(copy, capsys, command):
     assert_refused(capsys, copy, [*g(copy), *command, "--device", "cpu:1"], 2,
                    "device cpu:1 does not exist: the CPU is one device, cpu")
+
+
+def test_names_taken_by_what_is_not_an_experiment_are_named_as_such(workdir, capsys, tiny_data):
+    experiments = workdir / "experiments"
+    (experiments / "empty").mkdir(parents=True)
+    (experiments / "afile").write_text("notes\n")
+    (experiments / "dangling").symlink_to(workdir / "nowhere")
+    config = make_config(workdir)
+    for name, what in (("empty", "a folder that holds no experiment.json"), ("afile", "a file"),
+                       ("dangling", "a link to nothing")):
+        message = f"{experiments / name} is {what}, not an experiment: pick another name, or move it away"
+        assert_refused(capsys, workdir, [*g(workdir, name, tiny_data), "info"], 2, message)
+        assert_refused(capsys, workdir, [*g(workdir, name, tiny_data), "init", "--config-path", config], 2, message)
+    (workdir / "a-file").write_text("not a folder\n")
+    for args in (["list"], ["-e", "x", "info"], ["-e", "x", "init", "--config-path", config]):
+        assert_refused(capsys, workdir, ["--experiments-path", workdir / "a-file", "--data-path", tiny_data, *args], 2,
+                       f"--experiments-path {workdir / 'a-file'} is not a folder: name the folder that holds the experiments")
