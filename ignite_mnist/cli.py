@@ -24,7 +24,8 @@ except ImportError:
 
 from ignite_mnist.errors import UserError
 from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, flatten, init_experiment, log,
-                                     open_experiment, setup_logging, summarize_experiments, tensorboard_runs)
+                                     open_experiment, report_log, setup_logging, summarize_experiments,
+                                     tensorboard_runs)
 
 app = typer.Typer(
     add_completion=False,
@@ -143,15 +144,21 @@ def test(
     from ignite_mnist.engines import evaluate_checkpoint
 
     result = evaluate_checkpoint(experiment, ctx.obj.data_path, epoch, device, plot)
-    log.info(f"test of epoch {epoch}: accuracy {result['accuracy']:.2f}% ({result['correct']}/{result['total']}), "
-             f"loss {result['loss']:.4f}")
-    log.info("per class: " + ", ".join(f"{c['class']} {c['accuracy']:.1f}%" for c in result["per_class"]
-                                       if c["accuracy"] is not None))
     width = max(4, *(len(str(n)) + 1 for row in result["confusion_matrix"] for n in row))
-    log.info("confusion matrix (rows: true class, columns: predicted):")
-    log.info(" " * 4 + "".join(f"{label:>{width}}" for label in range(len(result["confusion_matrix"]))))
-    for label, row in enumerate(result["confusion_matrix"]):
-        log.info(f"{label:>4}" + "".join(f"{n:>{width}}" for n in row))
+    report = [f"test of epoch {epoch}: accuracy {result['accuracy']:.2f}% ({result['correct']}/{result['total']}), "
+              f"loss {result['loss']:.4f}",
+              "per class: " + ", ".join(f"{c['class']} {c['accuracy']:.1f}%" for c in result["per_class"]
+                                        if c["accuracy"] is not None),
+              "confusion matrix (rows: true class, columns: predicted):",
+              " " * 4 + "".join(f"{label:>{width}}" for label in range(len(result["confusion_matrix"]))),
+              *(f"{label:>4}" + "".join(f"{n:>{width}}" for n in row)
+                for label, row in enumerate(result["confusion_matrix"]))]
+    for line in report:  # the result: on stdout, unless --json's object is (then on stderr); always in verbose.log
+        if as_json:
+            log.info(line)
+        else:
+            print(line)
+            report_log.info(line)
     if plot is not None:
         log.info(f"figure written: {plot}")
     if as_json:

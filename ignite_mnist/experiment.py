@@ -47,6 +47,7 @@ MAX_CONFIG_BYTES = 1 << 20  # a config or schema is a few KB: more is the wrong 
 MAX_SEED = 2**32 - 1  # NumPy's generator (seeded by Ignite's manual_seed) takes no more
 
 log = logging.getLogger("ignite_mnist")
+report_log = log.getChild("report")  # what a command prints on stdout, for verbose.log alone
 
 
 # ---- config -------------------------------------------------------------------------------------
@@ -687,6 +688,7 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         console = logging.StreamHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console.setLevel(logging.DEBUG if verbose else logging.INFO)
+        console.addFilter(lambda record: record.name != report_log.name)  # already printed on stdout
         log.addHandler(console)
     ignite_log = logging.getLogger("ignite")  # Ignite's own warnings and errors: to the file, not the console
     for handler in list(ignite_log.handlers):

@@ -207,7 +207,14 @@ def test_test_reports_per_class_accuracy_and_the_confusion_matrix_and_plots_them
     assert [c["total"] for c in result["per_class"]] == [sum(row) for row in matrix]
     assert all(c["accuracy"] == pytest.approx(100 * matrix[i][i] / sum(matrix[i]))
                for i, c in enumerate(result["per_class"]) if c["total"])
-    assert "confusion matrix (rows: true class, columns: predicted):" in err and "per class: 0 " in err
+    assert "confusion matrix (rows: true class, columns: predicted):" in err and "per class: 0 " in err  # --json
+    code, out, err = invoke(capsys, *opts, "test", "--epoch", "best", "--device", "cpu")
+    assert code == 0 and err == "", err  # without --json the report is the output, on stdout (once)
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("test of epoch ") and f"({result['correct']}/100)" in lines[0], out
+    assert lines[2] == "confusion matrix (rows: true class, columns: predicted):" and len(lines) == 4 + 10
+    log_file = compared / "experiments" / "z-fast" / "verbose.log"
+    assert log_file.read_text().rstrip().endswith(lines[-1])  # and in verbose.log
     with Image.open(tmp_path / "fast.png") as picture:
         assert picture.format == "PNG" and picture.size[0] > 600 and picture.size[1] > 300
     code, _, err = invoke(capsys, *opts, "test", "--epoch", "1", "--plot", tmp_path / "fast.jpg")
