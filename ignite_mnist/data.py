@@ -234,8 +234,8 @@ def _download(dataset: str, data_path: Path) -> None:
         files = ", ".join(stem + "(.gz)" for stem in STEMS)
         raise UserError(
             f"{dataset} is not in {data_path} and could not be downloaded ({reason}): put {files} in "
-            f"{data_path / DATASETS[dataset]['folder'] / 'raw'} or in {data_path}, or use the dataset "
-            "'mnist-sample' (data.dataset in the config), which is bundled and works offline"
+            f"{data_path / DATASETS[dataset]['folder'] / 'raw'} or in {data_path}, or `init` an experiment of the "
+            "dataset 'mnist-sample' (data.dataset in the config), which is bundled and works offline"
         ) from None
 
 

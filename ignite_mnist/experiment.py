@@ -607,6 +607,9 @@ def draw_split(train_size: int, val_split: float, seed: int) -> dict:
     n_val = round(val_split * train_size)
     if n_val >= train_size:
         raise UserError(f"data.val_split {val_split} leaves no training images out of {train_size}")
+    if val_split > 0 and train_size < 2:
+        raise UserError(f"data.val_split {val_split}: a validation set and a training set need at least 2 training "
+                        f"images, and the dataset has {train_size}: use data.val_split 0")
     if val_split > 0 and n_val == 0:  # training would look for a validation set that is not there
         raise UserError(f"data.val_split {val_split} of {train_size} training images gives 0 validation images: "
                         f"use 0 for none or at least 1/{train_size} ({1 / train_size:.2g})")

@@ -46,10 +46,10 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     if batch_size % world_size:
         raise UserError(f"training.batch_size {batch_size} is the global batch: it must divide among "
                         f"{world_size} processes")
+    if backend == "nccl" and device.type != "cuda":  # refused with one process too, not silently unused
+        raise UserError("backend nccl runs on CUDA GPUs only: use --backend gloo with --device cpu")
     if world_size > 1:
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
-        if backend == "nccl" and device.type != "cuda":
-            raise UserError("backend nccl runs on CUDA GPUs only: use --backend gloo with --device cpu")
         if device.type == "cuda" and nproc_per_node > torch.cuda.device_count():
             raise UserError(f"--nproc-per-node {nproc_per_node} with nccl needs as many GPUs; this machine has "
                             f"{torch.cuda.device_count()}")

@@ -228,7 +228,8 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     from ignite_mnist.device import resolve_device
     from ignite_mnist.launch import run_training
 
-    validate_name(f"{name}-{trials}")
+    validate_name(name)
+    validate_name(f"{name}-{trials}")  # the longest trial name, too
     if trials < 1 or max_epochs < 1:
         raise UserError(f"--trials and --max-epochs must be at least 1, not {trials} and {max_epochs}")
     space = load_space(space_path, config_path)

@@ -92,6 +92,7 @@ def test_test_and_release_before_any_training(copy, capsys, tiny_data):
     (["--max-epochs", "3", "--device", "bogus"], "unknown device 'bogus'"),
     (["--max-epochs", "3", "--backend", "nccl", "--nproc-per-node", "2", "--device", "cpu"],
      "backend nccl runs on CUDA GPUs only"),
+    (["--max-epochs", "3", "--backend", "nccl", "--device", "cpu"], "backend nccl runs on CUDA GPUs only"),
 ])
 def test_bad_train_requests(copy, capsys, args, message):
     assert_refused(capsys, copy, [*g(copy), "train", *args], 2, message)

@@ -232,3 +232,11 @@ def test_a_file_in_place_of_a_folder_is_named_before_training(copy, capsys, tiny
     assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2, message)
     if folder == "releases":
         assert_refused(capsys, copy, [*g(copy, data=tiny_data), "export-release"], 2, message)
+
+
+def test_a_validation_split_of_a_one_image_dataset_is_refused_saying_why():
+    from ignite_mnist.experiment import draw_split
+
+    with pytest.raises(UserError, match="need at least 2 training images, and the dataset has 1: use data.val_split 0"):
+        draw_split(1, 0.4, 0)
+    assert draw_split(1, 0, 0) == {"train": [0], "validation": []}

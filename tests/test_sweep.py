@@ -199,7 +199,8 @@ def test_storage_files_of_something_else_are_left_alone(workdir, tiny_data, caps
     assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
 
 
-@pytest.mark.parametrize("option, message", [(("--device", "cuda:7"), "cuda:7"), (("--seed", "-5"), "--seed must be")])
+@pytest.mark.parametrize("option, message", [(("--device", "cuda:7"), "cuda:7"), (("--seed", "-5"), "--seed must be"),
+                                             (("--name", "a/b"), "'a/b'")])
 def test_a_refused_sweep_makes_nothing(workdir, tiny_data, capsys, option, message):
     """Options are checked before the study is opened: no database, no failed trial, no experiment."""
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "k", 1, 1), *option)
