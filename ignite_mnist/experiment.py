@@ -103,7 +103,22 @@ def schema_violations(config, schema, schema_path: Path) -> list:
         reason = "a $ref leads back to itself" if isinstance(e, RecursionError) else \
             (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise UserError(f"config schema {schema_path} is not a usable JSON schema ({reason})") from None
-    return [f"{e.json_path}: {e.message}" for e in errors]
+    return [line for e in errors for line in _violation_lines(e)]
+
+
+def _violation_lines(error) -> list:
+    """jsonschema's error as lines "$.path: message"; where no alternative of a oneOf or anyOf fits, the errors
+    of the one the value meant (the one whose required keys it has), not "... is not valid under any of the
+    given schemas" with the value in Python's notation."""
+    if error.validator in ("oneOf", "anyOf") and error.context:
+        branches = {}
+        for sub in error.context:
+            branches.setdefault(sub.relative_schema_path[0], []).append(sub)
+        meant = [subs for subs in branches.values() if not any(sub.validator == "required" for sub in subs)]
+        if len(meant) == 1:
+            return [line for sub in meant[0] for line in _violation_lines(sub)]
+        return [f"{error.json_path}: {json.dumps(error.instance)} has none of the allowed forms"]
+    return [f"{error.json_path}: {error.message}"]
 
 
 def _with_defaults(config: dict, schema: dict) -> dict:

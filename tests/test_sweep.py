@@ -124,8 +124,10 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
 @pytest.mark.parametrize("space, message", [
     ({"training.learning_rate": {"float": [0.1, 1]}}, "training.learning_rate: the config has no such key; the "
                                                       "nearest is training.lr"),
-    ({"training.lr": {"float": [1]}}, "$['training.lr']: {'float': [1]} is not valid under any of the given schemas"),
-    ({"training.lr": {"uniform": [0, 1]}}, "is not valid under any of the given schemas"),
+    ({"training.lr": {"float": [1]}}, "$['training.lr'].float: [1] is too short"),
+    ({"training.lr": {"uniform": [0, 1]}}, """$['training.lr']: {"uniform": [0, 1]} has none of the allowed forms"""),
+    ({"training.lr": {"choice": []}}, "$['training.lr'].choice: [] should be non-empty"),
+    ({"training.batch_size": {"int": [32, 64], "step": 0}}, "$['training.batch_size'].step: 0 is less than the minimum"),
     ({"training.lr": {"float": [-1, 0.5]}}, "training.lr = -1 is refused by the config schema: $.training.lr: -1 is "
                                             "less than or equal to the minimum of 0"),
     ({"training.batch_size": {"choice": [32, "many"]}}, 'training.batch_size = "many" is refused by the config schema'),
@@ -134,7 +136,7 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
                                                                           "together"),
     ({"data.val_split": {"choice": [0, 0.2]}}, "data.val_split = 0 is refused by the config schema: a sweep scores its "
                                                "trials on validation accuracy: it needs data.val_split above 0"),
-    ({"training.batch_size": {"int": [16.5, 32]}}, "is not valid under any of the given schemas"),
+    ({"training.batch_size": {"int": [16.5, 32]}}, "$['training.batch_size'].int[0]: 16.5 is not of type 'integer'"),
 ])
 def test_bad_search_spaces_are_refused_in_one_line(workdir, tiny_data, capsys, space, message):
     args = sweep_args(workdir, tiny_data, "bad", 2, 1, space)
