@@ -366,8 +366,12 @@ def sweep(
               f"  {params}")
     if result["best"] is not None:
         best = next(t for t in result["trials"] if t["number"] == result["best"])
-        print(f"best: trial {best['number']}; export its best epoch with: "
-              f"ignite-mnist -e {best['experiment']} export-release --epoch best")
+        if (Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json").is_file():
+            print(f"best: trial {best['number']}; export its best epoch with: "
+                  f"ignite-mnist -e {best['experiment']} export-release --epoch best")
+        else:
+            print(f"best: trial {best['number']}; its experiment {best['experiment']} is no longer in "
+                  f"{ctx.obj.experiments_path}")
 
 
 @app.command()

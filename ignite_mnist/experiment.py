@@ -190,7 +190,7 @@ def check_config_key(key: str, where: str) -> None:
     """A dotted key that the config does not have: a UserError that names the nearest one it has."""
     keys = config_keys(builtin_schema())
     if key not in keys:
-        nearest = difflib.get_close_matches(key, keys, n=1, cutoff=0)
+        nearest = difflib.get_close_matches(key, [k for k in keys if "." in k], n=1, cutoff=0)  # not a section
         raise UserError(f"{where}{key}: the config has no such key" + (f"; the nearest is {nearest[0]}" if nearest else ""))
 
 

@@ -59,6 +59,12 @@ def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_
     assert f"ignite-mnist -e s-{result['best']} export-release --epoch best" in out
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "-e", "s-0", "info")
     assert "sweep s: trial 0, COMPLETE, score" in out
+    import shutil
+
+    shutil.rmtree(workdir / "experiments" / f"s-{result['best']}")  # the user deleted it: no advice to export it
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "s", "--status")
+    assert code == 0 and "export-release" not in out
+    assert f"best: trial {result['best']}; its experiment s-{result['best']} is no longer in" in out
 
 
 def start_worker(folder, tiny_data, *args):
