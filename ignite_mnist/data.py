@@ -349,9 +349,10 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
 
     `source` is a path, the file's bytes, or a binary file object; `name` names it in error messages (by
     default the path, or "the image"). A 28x28 image is taken as it is (inverted if its background is
-    light). A blank image (one colour, give or take noise) is an all-dark digit. Any other size is prepared as MNIST's digits were: the ink cropped, scaled to fit 20x20,
-    centred by its centre of mass in 28x28. An image of more than `max_pixels` pixels (default: Pillow's
-    Image.MAX_IMAGE_PIXELS) is refused before it is decoded: a decompression bomb costs nothing.
+    light). Any other size is prepared as MNIST's digits were: the ink cropped, scaled to fit 20x20,
+    centred by its centre of mass in 28x28. A blank image (one colour, give or take noise) is an all-dark
+    digit. An image of more than `max_pixels` pixels (default: Pillow's Image.MAX_IMAGE_PIXELS) is refused
+    before it is decoded: a decompression bomb costs nothing.
     """
     import io
     import warnings

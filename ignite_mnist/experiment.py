@@ -502,6 +502,14 @@ def check_experiments_folder(experiments_path: Path) -> None:
         raise UserError(f"--experiments-path {path} is not a folder: name the folder that holds the experiments")
 
 
+def check_name_free(experiments_path: Path, name: str) -> None:
+    """Before `init` makes experiment `name`: the experiments folder is one, and nothing has that name yet."""
+    check_experiments_folder(experiments_path)
+    root = Path(experiments_path) / name
+    if root.exists() or root.is_symlink():
+        raise _name_taken(experiments_path, name)
+
+
 def _name_taken(experiments_path: Path, name: str) -> UserError:
     """init's answer for a name in use: by an experiment, or by something else (a file, a folder of no experiment)."""
     root = Path(experiments_path) / name
@@ -644,9 +652,7 @@ def create_experiment(experiments_path: Path, name: str, config: dict, seed: int
     overrides: the --set values the config was made with (recorded); extra: more to record in experiment.json.
     """
     root = Path(experiments_path) / validate_name(name)
-    check_experiments_folder(experiments_path)
-    if root.exists() or root.is_symlink():
-        raise _name_taken(experiments_path, name)
+    check_name_free(experiments_path, name)
     check_seed(seed)
     split = draw_split(sizes["train"], config["data"]["val_split"], seed)
     meta = {
@@ -681,9 +687,7 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
     """What `init` does: the config with its overrides, validated; the dataset's sizes; the folder."""
     name = validate_name(name)
     config = load_config(config_path, schema_path, overrides)
-    check_experiments_folder(experiments_path)
-    if (Path(experiments_path) / name).exists() or (Path(experiments_path) / name).is_symlink():
-        raise _name_taken(experiments_path, name)
+    check_name_free(experiments_path, name)
     check_seed(seed)  # before the dataset, which may have to be downloaded
     from ignite_mnist import data
 
