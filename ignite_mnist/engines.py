@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.handlers import (Checkpoint, DiskSaver, EarlyStopping, ProgressBar, TensorboardLogger,
                              global_step_from_engine)
-from ignite.metrics import Accuracy, Average, ConfusionMatrix, Loss
+from ignite.metrics import Accuracy, Average, ConfusionMatrix, Loss, MetricsLambda
 from ignite.utils import manual_seed
 
 from ignite_mnist import data, release, summaries
@@ -72,7 +72,8 @@ def create_evaluator(model, dataset: data.TensorSet, bf16: bool, worst: int = 0)
         return {"y_pred": y_pred, "y": y, "index": index, "criterion_kwargs": {}}  # each metric takes its keys
 
     evaluator = Engine(eval_step)
-    (Accuracy(device=device) * 100).attach(evaluator, "accuracy")  # percent, as every command prints it
+    # percent, as every command prints it; rounded so that 949 of 1000 reads 94.9, not 94.89999999999999
+    MetricsLambda(lambda fraction: round(100 * fraction, 10), Accuracy(device=device)).attach(evaluator, "accuracy")
     Loss(F.nll_loss, device=device).attach(evaluator, "loss")
     ConfusionMatrix(num_classes=10, device=device).attach(evaluator, "confusion_matrix")  # the network's 10 outputs
     if worst:

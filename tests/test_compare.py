@@ -255,3 +255,26 @@ def test_worst_classified_keeps_the_lowest_probabilities_of_the_true_class_acros
     assert [w["index"] for w in worst] == truth.argsort()[:5].tolist()
     assert all(w["label"] == labels[w["index"]] and w["predicted"] == log_probabilities[w["index"]].argmax()
                and abs(w["probability"] - truth[w["index"]].exp()) < 1e-6 for w in worst)
+
+
+def test_accuracy_is_an_exact_looking_percent():
+    """949 of 1000 reads 94.9 in every output, not 94.89999999999999 (100 times Ignite's fraction)."""
+    import torch
+    from torch import nn
+
+    from ignite_mnist import data
+    from ignite_mnist.engines import create_evaluator, evaluate
+
+    class ReadsItsAnswer(nn.Module):  # the class to predict is written in each image's first pixel
+        def forward(self, x):
+            return nn.functional.one_hot((x[:, 0, 0, 0] * 255 / 20).round().long(), 10).float().log_softmax(1)
+
+    for correct, total in ((949, 1000), (57, 100), (1, 3)):
+        predicted = torch.arange(total) % 10
+        labels = torch.where(torch.arange(total) < correct, predicted, (predicted + 1) % 10)
+        images = torch.zeros(total, 28, 28, dtype=torch.uint8)
+        images[:, 0, 0] = (predicted * 20).to(torch.uint8)
+        evaluator = create_evaluator(ReadsItsAnswer(), data.TensorSet(images, labels, 0.0, 1.0), bf16=False)
+        result = evaluate(evaluator, total, 128)
+        assert result["correct"] == correct and result["accuracy"] == round(100 * correct / total, 10)
+        assert repr(result["accuracy"]) in ("94.9", "57.0", "33.3333333333")
