@@ -67,27 +67,23 @@ def load_space(path: Path, config_path: Path) -> dict:
     return space
 
 
-def suggest(trial, key: str, distribution: dict):
-    if "choice" in distribution:
-        return trial.suggest_categorical(key, distribution["choice"])
-    kind = "float" if "float" in distribution else "int"
-    low, high = distribution[kind]
-    suggest_value = trial.suggest_float if kind == "float" else trial.suggest_int
-    return suggest_value(key, low, high, **_options(distribution))
-
-
-def _options(distribution: dict) -> dict:
-    return {"log": distribution.get("log", False), **({"step": distribution["step"]} if "step" in distribution else {})}
-
-
 def optuna_distribution(distribution: dict):
-    """The Optuna distribution that suggest() draws from for a distribution of the space."""
+    """The Optuna distribution of a distribution of the space."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if "choice" in distribution:
         return CategoricalDistribution(distribution["choice"])
     kind = "float" if "float" in distribution else "int"
-    return (FloatDistribution if kind == "float" else IntDistribution)(*distribution[kind], **_options(distribution))
+    options = {"log": distribution.get("log", False), "step": distribution.get("step", None if kind == "float" else 1)}
+    return (FloatDistribution if kind == "float" else IntDistribution)(*distribution[kind], **options)
+
+
+def suggest(trial, key: str, distribution: dict):
+    d = optuna_distribution(distribution)
+    if "choice" in distribution:
+        return trial.suggest_categorical(key, d.choices)
+    suggest_value = trial.suggest_float if "float" in distribution else trial.suggest_int
+    return suggest_value(key, d.low, d.high, step=d.step, log=d.log)
 
 
 def check_space_against_study(study, space: dict, space_path: Path, name: str) -> None:
@@ -169,6 +165,15 @@ def check_journal(path: Path) -> None:
                         "file, or the journal of the sweep")
 
 
+def check_sqlite(path: Path) -> None:
+    """An existing SQLite --storage file must hold Optuna's tables: Optuna would add them to any database."""
+    if path.exists() and not path.is_file():  # a FIFO or a device: reading it would wait forever
+        raise UserError(f"the sweep storage {path} is not a regular file: name a new file, or the sweep's")
+    if path.is_file() and path.stat().st_size and not holds_optuna_tables(path):
+        raise UserError(f"the sweep storage {path} is an SQLite file without Optuna's tables (or not SQLite); "
+                        "it is left as it is: name a new file, or the database of the sweep")
+
+
 def holds_optuna_tables(path: Path) -> bool:
     """Whether an SQLite file holds Optuna's tables; read-only, so that --status never adds them to a database
     of something else."""
@@ -240,12 +245,8 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     resolve_device(device)  # an unavailable device is refused before the study is opened or a trial made
     url = storage_url(name, experiments_path, storage)
     new_file = _storage_file(url)
-    if new_file is not None and new_file.exists() and not new_file.is_file():
-        raise UserError(f"the sweep storage {new_file} is not a regular file: name a new file, or the sweep's")
-    if url.startswith("sqlite:///") and new_file.is_file() and new_file.stat().st_size \
-            and not holds_optuna_tables(new_file):
-        raise UserError(f"the sweep storage {new_file} is an SQLite file without Optuna's tables (or not SQLite); "
-                        "it is left as it is: name a new file, or the database of the sweep")
+    if new_file is not None:
+        (check_journal if "://" not in url else check_sqlite)(new_file)
     if new_file is not None and not new_file.exists():  # a new study: every NAME-<number> experiment is foreign
         foreign = foreign_experiments(None, name, experiments_path)
         if foreign:
@@ -376,11 +377,12 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url(name, experiments_path, storage)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
-        raise UserError(f"no sweep {name!r}: {url.removeprefix('sqlite:///')} does not exist (run `sweep` first, "
+    database = _storage_file(url) if url.startswith("sqlite:///") else None
+    if database is not None and not database.is_file():
+        raise UserError(f"no sweep {name!r}: {database} does not exist (run `sweep` first, "
                         "or pass the --storage it used)")
-    if url.startswith("sqlite:///") and not holds_optuna_tables(Path(url.removeprefix("sqlite:///"))):
-        raise UserError(f"no sweep {name!r}: {url.removeprefix('sqlite:///')} holds no Optuna study (run `sweep` "
+    if database is not None and not holds_optuna_tables(database):
+        raise UserError(f"no sweep {name!r}: {database} holds no Optuna study (run `sweep` "
                         "first, or pass the --storage it used)")
     if "://" not in url and not Path(url).exists():
         raise UserError(f"no sweep {name!r}: the journal file {url} does not exist")
