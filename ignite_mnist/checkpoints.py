@@ -38,8 +38,8 @@ class RNGStates:
     def load_state_dict(self, state: dict) -> None:
         version, internal, gauss = state["python"]
         random.setstate((version, tuple(internal), gauss))
-        n = state["numpy"]
-        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+        n = state["numpy"]  # its keys are a tensor that torch.load mapped onto the training device
+        np.random.set_state((n["kind"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                              n["cached_gaussian"]))
         torch.set_rng_state(state["torch"].cpu())
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():

@@ -67,3 +67,8 @@ def prepare_cpu_for_training() -> None:
     """What a CPU training process sets before its first step (training(), and the scripts that time it)."""
     torch.set_flush_denormal(True)  # denormals in late training slow the CPU down for nothing
     keep_freed_memory()  # no page fault per step for memory freed by the one before
+
+
+def prepare_cuda_for_training() -> None:
+    """What a CUDA training process sets before its first step (training(), and the scripts that time it)."""
+    torch.backends.cudnn.benchmark = True  # the fastest convolution for each batch shape, timed once

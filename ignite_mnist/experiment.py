@@ -27,6 +27,7 @@ import random
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -698,6 +699,20 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
 # ---- logs ---------------------------------------------------------------------------------------
 
 
+class ConsoleHandler(logging.StreamHandler):
+    """Messages to the console; while a progress bar is drawn, through tqdm.write, which lifts the bar, prints
+    the message on a line of its own and draws the bar again below it."""
+
+    def emit(self, record) -> None:
+        tqdm_std = sys.modules.get("tqdm.std")  # no bar without tqdm imported: plain logging
+        if tqdm_std is None or not getattr(tqdm_std.tqdm, "_instances", None):
+            return super().emit(record)
+        try:
+            tqdm_std.tqdm.write(self.format(record), file=self.stream)
+        except Exception:
+            self.handleError(record)
+
+
 def setup_logging(experiment: Experiment = None, verbose: bool = False, to_console: bool = True) -> None:
     """Log to the console (messages only; debug ones with --verbose) and, with an experiment, everything
     to its verbose.log (with times)."""
@@ -707,7 +722,7 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         log.removeHandler(handler)
         handler.close()
     if to_console:
-        console = logging.StreamHandler()
+        console = ConsoleHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console.setLevel(logging.DEBUG if verbose else logging.INFO)
         console.addFilter(lambda record: record.name != report_log.name)  # already printed on stdout

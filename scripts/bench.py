@@ -171,12 +171,11 @@ def bare_training(args, cfg: dict, device) -> tuple:
     from ignite.utils import manual_seed
 
     from ignite_mnist import engines
-    from ignite_mnist.device import prepare_cpu_for_training, use_bf16
+    from ignite_mnist.device import prepare_cpu_for_training, prepare_cuda_for_training, use_bf16
     from ignite_mnist.experiment import draw_split
     from ignite_mnist.model import Net
 
-    if device.type == "cpu":
-        prepare_cpu_for_training()  # as training() does
+    (prepare_cpu_for_training if device.type == "cpu" else prepare_cuda_for_training)()  # as training() does
     bf16 = use_bf16(cfg["precision"], device)
     manual_seed(args.seed)
     sets = data.tensor_sets(args.dataset, args.data_path, draw_split(args.sizes[0], 0, args.seed), device)
@@ -446,10 +445,17 @@ def cpu_kind() -> dict:
             "avx512_bf16": "avx512_bf16" in flags}
 
 
-def gemm_peak_gflops(dtype, device, n: int = 2048, repeats: int = 5) -> float:
+def gemm_size(device) -> int:
+    """The side of the GEMM that measures the peak: 2048 on a CPU; 8192 on a GPU, whose 2048 product is
+    too short to fill it (an H200 runs 8192 bf16 products at about 790 TFLOP/s)."""
+    return 8192 if device.type == "cuda" else 2048
+
+
+def gemm_peak_gflops(dtype, device, n: int | None = None, repeats: int = 5) -> float:
     """The best GFLOP/s of an n x n matrix product, with torch's default threads: the machine's own limit.
     A dtype the hardware does not compute natively (bf16 on an AVX2-only CPU runs at well under 1 GFLOP/s:
     a 2048 product would take a minute) is measured at n = 256 instead, when that first try is that slow."""
+    n = n or gemm_size(device)
     if n > 256 and gemm_peak_gflops(dtype, device, 256, 1) < 10:
         return gemm_peak_gflops(dtype, device, 256, repeats)
     a = torch.randn(n, n, device=device).to(dtype)
@@ -520,7 +526,8 @@ def machine_limit(args, earlier_peaks: dict) -> dict:
     best = max(peaks, key=peaks.get)  # bf16 wherever the hardware has it; fp32 on CPUs without native bf16
     paired = paired_peak_fraction(args, best)
     peaks[best] = max(peaks[best], *paired["paired_peaks_gflops"])
-    return {**cpu_kind(), "fp32_peak_gflops": peaks["fp32"], "bf16_peak_gflops": peaks["bf16"],
+    gpu = {"gpu": torch.cuda.get_device_name(args.device)} if args.device.startswith("cuda") else {}
+    return {**cpu_kind(), **gpu, "gemm_size": gemm_size(torch.device(args.device)), "fp32_peak_gflops": peaks["fp32"], "bf16_peak_gflops": peaks["bf16"],
             "peak_gflops": peaks[best], "peak_precision": best, "flops_per_image": flops_per_image(), **paired}
 
 
@@ -550,7 +557,7 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: d
     step_gflops = limit["flops_per_image"] * ign["img_s"] / 1e9
     print(f"\n{args.dataset}: {sizes[0]} training images, {sizes[1]} test images; {args.epochs} epoch(s), "
           f"{args.repeats} repeat(s) (medians); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.device}\nCPU: {limit['cpu']}\n")
+          f"{args.device}\nCPU: {limit['cpu']}" + (f"\nGPU: {limit['gpu']}" if "gpu" in limit else "") + "\n")
     print(f"{'':40}" + "".join(f"{LABELS[c]:>14}" for c in CONTENDERS))
     print(f"{'precision':40}" + "".join(f"{precision[c]:>14}" for c in CONTENDERS))
     for label, key, fmt in ROWS:
@@ -570,7 +577,7 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: d
               f"`train` in one process: {100 * paired['paired_engine_overhead']:+.1f}% (median of {len(blocks)} "
               f"blocks, {100 * min(blocks):+.1f}% to {100 * max(blocks):+.1f}%" + ("" if ci is None else
               f"; 95% confidence interval of the median {100 * ci[0]:+.1f}% to {100 * ci[1]:+.1f}%") + f": {verdict})")
-    print(f"machine limit (2048x2048 GEMM): fp32 {limit['fp32_peak_gflops']:.0f}, bf16 {limit['bf16_peak_gflops']:.0f} "
+    print(f"machine limit ({limit['gemm_size']}x{limit['gemm_size']} GEMM): fp32 {limit['fp32_peak_gflops']:.0f}, bf16 {limit['bf16_peak_gflops']:.0f} "
           f"GFLOP/s; the training step: {limit['flops_per_image'] / 1e6:.1f} MFLOP/image x {ign['img_s']:.0f} images/s = "
           f"{step_gflops:.0f} GFLOP/s, {100 * step_gflops / limit['peak_gflops']:.0f}% of the {limit['peak_precision']} "
           f"peak (the machine's best); measured alongside the peak, block by block: "

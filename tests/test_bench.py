@@ -35,3 +35,14 @@ def test_the_engine_is_measured_in_blocks_inside_a_real_training(tmp_path):
     assert low <= result["paired_engine_overhead"] <= high
     assert "release of epoch 1 written" in out.stderr  # the whole run, handlers and all, went through
     assert not any((tmp_path / "experiments").iterdir())  # its experiment removed
+
+
+def test_the_progress_bar_bench_times_the_bar_train_attaches():
+    out = subprocess.run([sys.executable, "scripts/bench_progress_bar.py", "--iterations", "300", "--epochs", "1",
+                          "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "bar as `train` attaches it (every 3)" in out.stdout
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert set(result["us_per_iteration"]) == {"none", "each", "train"}
+    assert all(us > 0 for us in result["us_per_iteration"].values())
+    assert out.stderr == ""  # the bars drew to /dev/null, not over the report

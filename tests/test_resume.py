@@ -1,5 +1,8 @@
 """Resume is exact on the CPU: 1 epoch, then resume to 3, equals 3 epochs straight, bit for bit."""
 
+import re
+import sys
+
 import pytest
 import torch
 
@@ -45,3 +48,50 @@ def test_training_is_reproducible_from_the_seed_and_differs_with_another(workdir
     weights = [read_checkpoint(e.checkpoints()[1], "cpu")["model"]["conv1.weight"] for e in (a, b, other)]
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], weights[2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/gpu_check.sh runs the rest there)")
+def test_training_resumes_on_cuda(workdir, tiny_data):
+    """On CUDA too, `train` goes on from its last checkpoint, random generators included (torch.load maps
+    every tensor of the checkpoint onto the GPU, the NumPy generator's keys among them)."""
+    import numpy as np
+
+    from ignite_mnist.checkpoints import RNGStates
+
+    experiment = new_experiment(workdir, tiny_data, "cuda")
+    run_training(experiment, tiny_data, max_epochs=1, device_name="cuda:0")
+    run_training(experiment, tiny_data, max_epochs=2, device_name="cuda:0")
+    assert list(experiment.checkpoints()) == [1, 2]
+    assert [e["epoch"] for e in experiment.history()["epochs"]] == [1, 2]
+    rng = read_checkpoint(experiment.checkpoints()[2], "cuda:0")["rng"]
+    assert rng["numpy"]["keys"].device.type == "cuda" and "cuda" in rng
+    RNGStates().load_state_dict(rng)
+    assert np.array_equal(np.random.get_state()[1], rng["numpy"]["keys"].cpu().numpy().astype(np.uint32))
+    assert torch.equal(torch.cuda.get_rng_state(), rng["cuda"][0].cpu())
+
+
+def test_the_progress_bar_is_redrawn_at_most_100_times_an_epoch(workdir, tiny_data, monkeypatch):
+    """At a terminal `train` shows a progress bar; each advance redraws it, so it advances 100 times an epoch
+    at most (every advance cost 20% of a GPU step), and still reaches the epoch's end."""
+    import io
+
+    import tqdm
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    draws = []
+    set_description = tqdm.std.tqdm.set_description
+    monkeypatch.setattr(tqdm.std.tqdm, "set_description",
+                        lambda bar, *args, **kwargs: (draws.append(bar.n), set_description(bar, *args, **kwargs))[1])
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    experiment = new_experiment(workdir, tiny_data, "bar", **{"training.batch_size": 1, "data.val_split": 0})
+    iterations = experiment.load_split()["train"].__len__()
+    assert iterations >= 300  # so that advancing at every iteration would be 3 times too often
+    run_training(experiment, tiny_data, max_epochs=1, device_name="cpu")
+    assert 50 <= len(draws) <= 100
+    console = sys.stderr.getvalue()
+    assert re.search(rf"\[{iterations - iterations % (iterations // 100)}/{iterations}\]", console)
+    # the epoch's line on a line of its own, the bar lifted first, not glued to the end of the bar
+    assert re.search(r"\r *\repoch 1/1: train loss", console), console[-300:]
