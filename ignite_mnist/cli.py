@@ -75,6 +75,12 @@ def _open(ctx: typer.Context, log_to_file: bool = True) -> Experiment:
     return experiment
 
 
+def _takes_no_experiment(ctx: typer.Context, command: str, why: str) -> None:
+    """Refuse --experiment-name where a command would silently ignore it."""
+    if ctx.obj.experiment_name is not None:
+        raise UserError(f"{command} takes no --experiment-name/-e ({ctx.obj.experiment_name!r}): {why}")
+
+
 @app.command()
 def init(
     ctx: typer.Context,
@@ -193,6 +199,7 @@ def predict(
 ):
     """Classify image files with a release."""
     setup_logging(None, ctx.obj.verbose)
+    _takes_no_experiment(ctx, "predict", "it runs the release file given by --release")
     from ignite_mnist import release
 
     results = release.predict(release_path, images)
@@ -220,6 +227,7 @@ def serve(
     import importlib.util
 
     setup_logging(None, ctx.obj.verbose)
+    _takes_no_experiment(ctx, "serve", "it runs the release file given by --release")
     packages = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
     missing = [package for module, package in packages.items() if importlib.util.find_spec(module) is None]
     if missing:
@@ -284,6 +292,7 @@ def list_experiments(
 ):
     """Compare the experiments: best epoch and its accuracies, the config values that differ, releases."""
     setup_logging(None, ctx.obj.verbose)
+    _takes_no_experiment(ctx, "list", f"it lists every experiment in {ctx.obj.experiments_path} (info shows one)")
     rows = summarize_experiments(ctx.obj.experiments_path)
     if as_json:
         print(json_text(rows, indent=2))
@@ -337,6 +346,7 @@ def sweep(
     """Search hyper-parameters with Optuna: every trial an experiment, pruned when unpromising."""
     g: Globals = ctx.obj
     setup_logging(None, g.verbose)
+    _takes_no_experiment(ctx, "sweep", "its trials are experiments named after --name (NAME-<n>)")
     try:
         import optuna  # noqa: F401  (imported here to say what is missing; sweep.py uses them)
         import optuna_integration  # noqa: F401

@@ -52,6 +52,17 @@ def test_unknown_experiment(copy, capsys, command):
                    f"no experiment 'nope' in {copy / 'experiments'}: create it with `init`; experiments there: exp")
 
 
+@pytest.mark.parametrize("command, why", [
+    (["list"], "it lists every experiment in"),
+    (["predict", "--release", "r.pt", "digit.png"], "it runs the release file given by --release"),
+    (["serve", "--release", "r.pt"], "it runs the release file given by --release"),
+    (["sweep", "--name", "s", "--status"], "its trials are experiments named after --name"),
+])
+def test_commands_that_take_no_experiment_refuse_one_rather_than_ignore_it(copy, capsys, command, why):
+    line = assert_refused(capsys, copy, [*g(copy), *command], 2, f"{command[0]} takes no --experiment-name/-e ('exp')")
+    assert why in line
+
+
 def test_verbose_adds_the_traceback_before_the_error_line(copy, capsys):
     code, _, err = invoke(capsys, "--verbose", *g(copy, "nope"), "info")
     assert code == 2 and "Traceback (most recent call last)" in err and "UserError" in err
