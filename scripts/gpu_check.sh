@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole workflow on a CUDA GPU, step by step, each step's result and time:
-#   init, train 2 epochs, resume to 3, test, export-release (pt, pt2, onnx), predict.
+#   init, train 2 epochs, resume to 3, test, export-release (pt, pt2, onnx), predict; on a GPU, also
+#   train 2 epochs and resume to 3 with training.cuda_graphs on.
 # Usage: scripts/gpu_check.sh [DEVICE] [DATASET] [DATA_PATH]   (defaults: cuda:0, mnist-sample; cpu: a dry run)
 # Exit 0 when every step passed; the last line is one JSON object with each step's seconds and outcome.
 set -uo pipefail
@@ -12,6 +13,7 @@ PY=${PYTHON:-.venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 CLI=("$PY" -m ignite_mnist --experiments-path "$WORK/experiments" --data-path "$DATA_PATH" -e gpu)
+GRAPHS=("$PY" -m ignite_mnist --experiments-path "$WORK/experiments" --data-path "$DATA_PATH" -e graphs)
 results=()
 failed=0
 
@@ -41,6 +43,12 @@ step test "${CLI[@]}" test --epoch best --device "$DEVICE" --json
 step export-pt "${CLI[@]}" export-release --epoch best
 step export-pt2 "${CLI[@]}" export-release --epoch best --format pt2
 step export-onnx "${CLI[@]}" export-release --epoch best --format onnx
+if [ "$DEVICE" != cpu ]; then  # the training step captured in CUDA graphs (torch.compile), and its resume
+  step graphs-init "${GRAPHS[@]}" init --set "data.dataset=$DATASET" --set training.cuda_graphs=true
+  step graphs-train-2 "${GRAPHS[@]}" train --max-epochs 2 --device "$DEVICE"
+  step graphs-resume-3 "${GRAPHS[@]}" train --max-epochs 3 --device "$DEVICE"
+  grep -q "resuming experiment graphs from epoch 2" "$WORK/graphs-resume-3.out" || { echo "graphs: resume did not resume"; failed=1; }
+fi
 release=$(tail -n 1 "$WORK/export-onnx.out")
 digits=$("$PY" scripts/sample_digits.py "$WORK/digits" 5)
 # shellcheck disable=SC2086
