@@ -6,6 +6,7 @@ data: a crafted pickle is refused without being run.
 
 import random
 import zipfile
+from pathlib import Path
 
 from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import numpy as np
@@ -74,6 +75,8 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     mmap=True maps the tensors instead of reading them: for callers that only look at the plain data.
     """
     try:
+        if Path(path).is_file() and not zipfile.is_zipfile(path):  # else torch's message: rerun with weights_only=False
+            raise ValueError("not a zip archive, as torch.save writes")
         check_crcs(path, tensors=not mmap)
         loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:

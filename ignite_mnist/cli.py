@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import sys
 import traceback
 from dataclasses import dataclass
@@ -377,8 +378,10 @@ def sweep(
     if result["best"] is not None:
         best = next(t for t in result["trials"] if t["number"] == result["best"])
         if (Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json").is_file():
+            where = ("" if Path(g.experiments_path) == Path("experiments") else
+                     f" --experiments-path {shlex.quote(str(g.experiments_path))}")
             print(f"best: trial {best['number']}; export its best epoch with: "
-                  f"ignite-mnist -e {best['experiment']} export-release --epoch best")
+                  f"ignite-mnist{where} -e {best['experiment']} export-release --epoch best")
         else:
             print(f"best: trial {best['number']}; its experiment {best['experiment']} is no longer in "
                   f"{ctx.obj.experiments_path}")
@@ -481,8 +484,10 @@ def _main(argv: Optional[List[str]]) -> None:
     try:
         code = app(args=args, prog_name="ignite-mnist", standalone_mode=False)
     except click_exceptions.ClickException as e:  # usage errors: click's own message, made one line
-        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
-            print(e.ctx.get_help())
+        if type(e).__name__ == "NoArgsIsHelpError":  # no command: the help, once (typer's rich help printed
+            help_text = e.format_message()                # itself when the error was made; click's is the message)
+            if help_text.strip():
+                print(help_text)
             sys.exit(2)
         ctx = getattr(e, "ctx", None)
         command = ctx.command_path if ctx else "ignite-mnist"

@@ -3,6 +3,7 @@ and one-line errors for bad search spaces."""
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -56,7 +57,12 @@ def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_
     assert listed[0]["name"] == f"s-{result['best']}" == result["trials"][0]["experiment"]
     assert listed[0]["best_val_accuracy"] == result["trials"][0]["best_val_accuracy"]
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "s", "--status")
-    assert f"ignite-mnist -e s-{result['best']} export-release --epoch best" in out
+    advice = out.split("export its best epoch with: ")[1].strip()
+    assert advice == (f"ignite-mnist --experiments-path {workdir / 'experiments'} -e s-{result['best']} "
+                      "export-release --epoch best")
+    code, _, err = invoke(capsys, *shlex.split(advice)[1:])  # the advice, run as printed, works
+    assert code == 0, err
+    assert list((workdir / "experiments" / f"s-{result['best']}" / "releases").iterdir())
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "-e", "s-0", "info")
     assert "sweep s: trial 0, COMPLETE, score" in out
     import shutil

@@ -149,6 +149,12 @@ def test_console_script_and_help_are_quick_to_load():
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing the CLI must not import torch"
 
 
+def test_no_command_prints_the_help_once_and_fails():
+    r = run_cli()
+    assert r.returncode == 2
+    assert (r.stdout + r.stderr).count("Usage: ignite-mnist") == 1 and "export-release" in r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("module", ["engines", "launch", "analysis", "checkpoints"])
 def test_ignite_is_imported_without_fsdp_and_torch_distributed_optim_stays_whole(module):
     """lazy_imports: each module that imports Ignite, imported first, imports it without
