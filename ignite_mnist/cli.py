@@ -5,11 +5,13 @@ traceback only with --verbose. torch is imported by the commands that need it, s
 """
 
 import enum
+import errno
 import json
 import logging
 import math
 import os
 import shlex
+import signal
 import sys
 import traceback
 from dataclasses import dataclass
@@ -478,9 +480,22 @@ def _exit_now(code) -> None:
     os._exit(code)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is, so that it cleans up as after a Ctrl-C (train and serve install
+    their own handlers for both)."""
+    raised = False
+
+
+def _terminate(signum, frame):
+    Terminated.raised = True  # typer turns the exception into exit code 130, which _main then reads
+    raise Terminated()
+
+
 def _main(argv: Optional[List[str]]) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     verbose = "--verbose" in args
+    if argv is None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(args=args, prog_name="ignite-mnist", standalone_mode=False)
     except click_exceptions.ClickException as e:  # usage errors: click's own message, made one line
@@ -502,13 +517,17 @@ def _main(argv: Optional[List[str]]) -> None:
             traceback.print_exc()
         _fail(str(e), e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted", 130)
+        _fail("terminated", 143) if Terminated.raised else _fail("interrupted", 130)
     except Exception as e:
         if verbose:
             traceback.print_exc()
+        if Terminated.raised:  # raised inside an import or a library, it can come out as another exception
+            _fail("terminated", 143)
+        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
+            _fail(f"cannot use {e.filename}: {e.strerror}", 2)
         _fail(f"{type(e).__name__}: {e}" + ("" if verbose else " (run with --verbose for the traceback)"), 1)
-    if code == 130:  # typer turns a Ctrl-C outside our own handling into exit 130, silently
-        _fail("interrupted", 130)
+    if code == 130:  # typer turns a Ctrl-C (or our SIGTERM) outside our own handling into exit 130, silently
+        _fail("terminated", 143) if Terminated.raised else _fail("interrupted", 130)
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
 
 

@@ -45,6 +45,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _CHECKPOINT = re.compile(r"checkpoint_([0-9]+)\.pt")
 _RELEASE = re.compile(r"release_epoch_([0-9]+)\.(pt|pt2|onnx)")
 MAX_CONFIG_BYTES = 1 << 20  # a config or schema is a few KB: more is the wrong file (or /dev/zero)
+MAX_JSON_BYTES = 64 << 20  # an experiment's own files: split.json of 60,000 images is about 400 KB
 MAX_SEED = 2**32 - 1  # NumPy's generator (seeded by Ignite's manual_seed) takes no more
 
 log = logging.getLogger("ignite_mnist")
@@ -54,17 +55,17 @@ report_log = log.getChild("report")  # what a command prints on stdout, for verb
 # ---- config -------------------------------------------------------------------------------------
 
 
-def read_json(path: Path, what: str, max_bytes: int = None):
+def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES):
     """Parse a JSON file, or raise a UserError that names the file and the problem.
 
-    max_bytes: refuse a file larger than that, or not a regular file (a device or a pipe may never end),
-    before reading it all."""
+    Refuses a file larger than max_bytes, or not a regular file (a device or a pipe may never end, or
+    never open), before reading it all."""
     try:
-        if max_bytes is not None and not stat.S_ISREG(os.stat(path).st_mode):
+        if not stat.S_ISREG(os.stat(path).st_mode):
             raise UserError(f"{what} {path} is not a regular file")
         with open(path, "rb") as f:
-            raw = f.read(-1 if max_bytes is None else max_bytes + 1)
-        if max_bytes is not None and len(raw) > max_bytes:
+            raw = f.read(max_bytes + 1)
+        if len(raw) > max_bytes:
             raise UserError(f"{what} {path} is larger than {max_bytes >> 20} MiB: is it the right file?")
         text = raw.decode("utf-8")
     except FileNotFoundError:
@@ -77,6 +78,8 @@ def read_json(path: Path, what: str, max_bytes: int = None):
         raise UserError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:  # NaN, Infinity
         raise UserError(f"{what} {path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise UserError(f"{what} {path} is not JSON that ignite-mnist reads: it is nested too deeply") from None
 
 
 def _not_json(constant: str):
@@ -209,6 +212,8 @@ def apply_overrides(config, overrides):
             value = json.loads(text, parse_constant=_not_json)
         except ValueError:
             value = text
+        except RecursionError:
+            raise UserError(f"--set {key}: the value is nested too deeply") from None
         *parents, leaf = key.split(".")
         node = config if isinstance(config, dict) else {}
         for parent in parents:  # a section that is absent or null (early_stopping) becomes an object
@@ -351,10 +356,10 @@ class Experiment:
         if not checkpoints:
             return {"epochs": [], "stopped_early": None}
         try:
-            history = json.loads(self.metrics_file.read_text(encoding="utf-8"))
+            history = read_json(self.metrics_file, "metrics file")
             if self._is_history(history, max(checkpoints)):
                 return {"epochs": history["epochs"], "stopped_early": history["stopped_early"]}
-        except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested beyond reason
+        except UserError:  # missing, not a regular file, unreadable, not JSON, nested beyond reason
             pass
         from ignite_mnist.checkpoints import history_of
 
@@ -533,6 +538,9 @@ def open_experiment(experiments_path: Path, name: str) -> Experiment:
     meta = read_json(root / "experiment.json", "experiment file")
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict) or not isinstance(meta.get("seed"), int):
         raise UserError(f"experiment file {root / 'experiment.json'} is malformed: it needs 'config' and 'seed'")
+    if type(meta["seed"]) is not int or not 0 <= meta["seed"] <= MAX_SEED:  # true is an int to isinstance
+        raise UserError(f"experiment file {root / 'experiment.json'} is malformed: its seed must be between 0 and "
+                        f"2**32 - 1, not {json.dumps(meta['seed'])}")
     config, violations = validate_config(meta["config"])
     if violations:
         raise UserError(f"the config stored in {root / 'experiment.json'} is invalid: " + "; ".join(violations))

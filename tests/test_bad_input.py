@@ -2,6 +2,7 @@
 nothing that existed before is changed (verbose.log only grows: the refusal is logged)."""
 
 import os
+import re
 import resource
 import shutil
 import signal
@@ -379,3 +380,50 @@ def test_names_taken_by_what_is_not_an_experiment_are_named_as_such(workdir, cap
     for args in (["list"], ["-e", "x", "info"], ["-e", "x", "init", "--config-path", config]):
         assert_refused(capsys, workdir, ["--experiments-path", workdir / "a-file", "--data-path", tiny_data, *args], 2,
                        f"--experiments-path {workdir / 'a-file'} is not a folder: name the folder that holds the experiments")
+
+
+# ---- files of odd kinds, sizes and depths; names too long ----------------------------------------
+
+def test_json_nested_too_deeply_is_refused_and_lists_as_broken(copy, capsys, tiny_data):
+    deep = copy / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)  # 200 KB, under the size cap: Python's parser recurses
+    assert_refused(capsys, copy, [*g(copy, "new", tiny_data), "init", "--config-path", deep], 2,
+                   f"config {deep} is not JSON that ignite-mnist reads: it is nested too deeply")
+    assert_refused(capsys, copy, [*g(copy, "new", tiny_data), "init", "--set", "training.lr=" + "[" * 5000 + "]" * 5000],
+                   2, "--set training.lr: the value is nested too deeply")
+    shutil.copytree(copy / "experiments" / "exp", copy / "experiments" / "deep")
+    shutil.copy(deep, copy / "experiments" / "deep" / "experiment.json")
+    code, out, err = invoke(capsys, "--experiments-path", copy / "experiments", "list")
+    assert code == 0, err
+    assert "exp  " in out and "deep: broken: experiment file" in out and "nested too deeply" in out
+
+
+@pytest.mark.parametrize("where", ["split.json", "metrics.json", "checkpoints/checkpoint_2.pt"])
+def test_a_pipe_in_place_of_an_experiment_file_is_refused_not_waited_on(copy, tiny_data, where):
+    path = copy / "experiments" / "exp" / where
+    path.unlink()
+    os.mkfifo(path)
+    if where == "metrics.json":  # not needed: read from the last checkpoint instead
+        r = run_cli(*g(copy, data=tiny_data), "info", timeout=60)
+        assert r.returncode == 0 and "epoch 2 (best)" in r.stdout, r.stderr
+        return
+    command = ["train", "--max-epochs", "3", "--device", "cpu"] if where == "split.json" else ["test", "--epoch", "2"]
+    r = run_cli(*g(copy, data=tiny_data), *command, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert f"{path.relative_to(copy)}" in r.stderr and "not a regular file" in r.stderr, r.stderr
+    assert not (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_3.pt").exists()
+
+
+@pytest.mark.parametrize("seed", ["-5", "4294967296", "true", "1.5"])
+def test_a_seed_edited_out_of_range_is_refused_naming_the_file(copy, capsys, seed):
+    path = copy / "experiments" / "exp" / "experiment.json"
+    path.write_text(re.sub(r'"seed": [0-9]+', f'"seed": {seed}', path.read_text()))
+    line = assert_refused(capsys, copy, [*g(copy), "info"], 2, f"experiment file {path}")
+    assert "'config' and 'seed'" in line if seed == "1.5" else f"its seed must be between 0 and 2**32 - 1, not {seed}" in line
+
+
+def test_names_too_long_for_the_file_system_are_one_line(copy, capsys):
+    long = "y" * 300
+    assert_refused(capsys, copy, ["--experiments-path", long, "list"], 2, f"cannot use {long}: File name too long")
+    assert_refused(capsys, copy, ["predict", "--release", "experiments/exp/releases/release_epoch_2.pt", f"{long}.png"],
+                   2, "File name too long")

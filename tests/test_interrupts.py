@@ -220,3 +220,17 @@ def test_every_module_imports_numpy_before_torch():
             assert r.returncode == 0, r.stderr
             order = r.stdout.split()
             assert "torch" not in order or order.index("numpy") < order.index("torch"), (module, order)
+
+
+def test_sigterm_during_export_release_ends_it_in_one_line_and_leaves_nothing(copy, tiny_data):
+    """Outside `train` and `serve` (their own handlers), SIGTERM ends a command as Ctrl-C does: its partial
+    files removed, exit 143. It had died silently, leaving the release's temporary file in releases/."""
+    releases = copy / "experiments" / "exp" / "releases"
+    before = sorted(p.name for p in releases.iterdir())
+    export = subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, g(copy, data=tiny_data)), "export-release", "--epoch", "1",
+                               "--format", "onnx"], cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: any(p.name.startswith("tmp") for p in releases.iterdir()) or export.poll() is not None, 120)
+    export.send_signal(signal.SIGTERM)
+    _, err = export.communicate(timeout=120)
+    assert export.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated", err[-2000:]
+    assert sorted(p.name for p in releases.iterdir()) == before
