@@ -380,11 +380,11 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
             if limit and width * height > limit:
                 raise UserError(f"{name} is {width}x{height} pixels, more than the limit of {limit} pixels "
                                 "(a decompression bomb?)")
-            image = ImageOps.exif_transpose(opened)
+            image = _shrunk(ImageOps.exif_transpose(opened))
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 image = _on_contrasting_background(image.convert("RGBA"))
             image = image.convert("L")
-    except UserError:
+    except (UserError, MemoryError):  # out of memory is the machine's trouble, not the file's
         raise
     except FileNotFoundError:
         raise UserError(f"{name} does not exist") from None
@@ -400,6 +400,22 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
     if pixels.shape != (28, 28):
         pixels = _center_like_mnist(pixels)
     return torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+WORK_SIDE = 1024  # pixels: a larger image is shrunk to this on its longer side before any other work
+
+
+def _shrunk(image):
+    """The image box-averaged down to WORK_SIDE pixels on its longer side, if larger: a 20-pixel digit needs no
+    more, and each later step then copies a few MB, not 100 MB and more (a 25-megapixel RGBA image took 680 MB
+    to prepare). Modes that Image.reduce does not take are converted first, to RGBA where they carry
+    transparency, else to L (what the digit becomes anyway)."""
+    factor = -(-max(image.size) // WORK_SIDE)
+    if factor <= 1:
+        return image
+    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "L")
+    return image.reduce(factor)
 
 
 def _on_contrasting_background(image):

@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -168,13 +169,19 @@ async def _uploads(request: Request, body: bytes, max_files: int) -> list:
     return files
 
 
+# Images decoded at once, whatever the number of requests: each holds its whole decoded image for a moment
+# (100 MB for 25 megapixels in RGBA), and more decoding threads than cores would not finish sooner.
+DECODING = threading.BoundedSemaphore(min(4, os.cpu_count() or 1))
+
+
 def _decode(uploads: list, max_pixels: int) -> torch.Tensor:
     """The uploads as uint8 digits [k, 28, 28], by the preprocessing of `predict`; UserError names a bad one."""
     digits = []
     for name, content in uploads:
         if not content:
             raise UserError(f"{name} is empty: send an image file (PNG, JPEG, ...)")
-        digits.append(data.image_as_digit(content, name=name, max_pixels=max_pixels))
+        with DECODING:
+            digits.append(data.image_as_digit(content, name=name, max_pixels=max_pixels))
     return torch.stack(digits)
 
 
@@ -202,6 +209,9 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
             digits = await run_in_threadpool(_decode, uploads, max_pixels)
         except UserError as e:
             return _error(400, str(e))
+        except MemoryError:  # the server's trouble, not the request's: it may well pass later
+            log.error("out of memory while decoding an image")
+            return _error(503, "the server has not the memory to decode that image now: try again later")
         try:
             log_probabilities = await batcher.log_probabilities(digits)
         except UserError as e:  # the release answers NaN: it is corrupt, and says so

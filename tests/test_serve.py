@@ -163,6 +163,67 @@ def test_strokes_on_a_transparent_background_are_read_whatever_their_colour(rele
     assert not any(a["blank"] for a in answers) and len({a["label"] for a in answers}) == 1, answers
 
 
+def test_a_large_image_is_shrunk_first_and_reads_as_the_same_digit(releases, digits):
+    """Over 1,024 pixels on a side, an image is box-averaged down before any other step (each step had copied it
+    whole: 680 MB for a transparent 25-megapixel one); the digit reads as a 500-pixel copy of it does."""
+    loaded = release.open_release(releases["pt"])
+    small = torch.stack([data.image_as_digit(digit_png(d, 500)) for d in digits[:6]])
+    large = torch.stack([data.image_as_digit(digit_png(d, 3000)) for d in digits[:6]])
+    transparent = []
+    for d in digits[:6]:  # white strokes drawn in the alpha channel (RGBA): reduced, then flattened
+        picture = Image.new("RGBA", (3000, 3000), "white")
+        picture.putalpha(Image.fromarray(d.numpy()).resize((3000, 3000), Image.Resampling.BILINEAR))
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        transparent.append(data.image_as_digit(buffer.getvalue()))
+    for shrunk in (large, torch.stack(transparent)):
+        assert (shrunk.float() - small.float()).abs().mean() < 8  # the same strokes, give or take the filters
+        assert torch.equal(loaded.log_probabilities_of(shrunk).argmax(1), loaded.log_probabilities_of(small).argmax(1))
+    assert data._shrunk(Image.new("P", (5000, 2000))).size == (1000, 400)
+    assert data._shrunk(Image.new("L", (1024, 1024))).size == (1024, 1024)  # no larger than needed: untouched
+
+
+def test_a_25_megapixel_transparent_image_is_read_in_a_fraction_of_the_memory_it_took(tmp_path):
+    """Its decoded pixels (100 MB of RGBA) and little more: the steps after the shrinking copy a few MB. It had
+    taken 680 MB more, so that a few concurrent requests could exhaust a server's memory."""
+    Image.new("RGBA", (4999, 4999), (0, 0, 0, 0)).save(tmp_path / "big.png")
+    code = f"""if True:
+        import resource
+        from ignite_mnist import data
+        from PIL import Image, ImageOps  # imported before the baseline, as the server has them
+        import numpy, torch
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        digit = data.image_as_digit({str(tmp_path / "big.png")!r})
+        print(int(digit.sum()), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ink, megabytes = map(int, out.stdout.split())
+    assert ink == 0 and megabytes < 250, megabytes  # a blank image; measured: about 125 MB, 680 MB before
+
+
+def test_decoding_runs_a_bounded_number_of_images_at_once(monkeypatch, digits):
+    """Each request decodes in a thread of Starlette's pool (40 threads): at most DECODING's count of images
+    are decoded at once, each holding its whole decoded image for a moment."""
+    running, most, lock = [0], [0], threading.Lock()
+    decode = data.image_as_digit
+
+    def counting(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            threading.Event().wait(0.05)
+            return decode(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(data, "image_as_digit", counting)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda _: serving._decode([("d", digit_png(digits[0]))], serving.MAX_PIXELS), range(32)))
+    assert most[0] == min(4, os.cpu_count() or 1)
+
+
 def test_a_fifo_or_a_device_is_refused_not_waited_on(releases, tmp_path, capsys):
     fifo = tmp_path / "digit.png"
     os.mkfifo(fifo)
