@@ -222,8 +222,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0: every interface)."),
     port: int = typer.Option(8000, help="Port to listen on (0: any free port)."),
     max_batch: int = typer.Option(64, "--max-batch", min=1, help="Most images in one forward pass."),
-    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", min=0, max=10_000,
-                                     help="How long a request waits for others to batch with (at most 10 s)."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms",
+                                     help="How long a request waits for others to batch with (0 to 10000 ms)."),
     max_body: int = typer.Option(1_000_000, "--max-body", min=1, help="Largest request body, in bytes (413 above)."),
 ):
     """Serve a release over HTTP: POST /predict, GET /health, GET /info, and a draw-a-digit page at /."""
@@ -231,6 +231,8 @@ def serve(
 
     setup_logging(None, ctx.obj.verbose)
     _takes_no_experiment(ctx, "serve", "it runs the release file given by --release")
+    if not 0 <= max_wait_ms <= 10_000:  # checked here, not by typer, which says of nan that it is over 10000
+        raise UserError(f"--max-wait-ms takes milliseconds from 0 to 10000, not {max_wait_ms}")
     packages = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
     missing = [package for module, package in packages.items() if importlib.util.find_spec(module) is None]
     if missing:

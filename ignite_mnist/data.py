@@ -215,7 +215,8 @@ def _download(dataset: str, data_path: Path) -> None:
 
     cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
     raw = data_path / DATASETS[dataset]["folder"] / "raw"
-    made = [folder for folder in (raw, raw.parent, data_path) if not folder.exists()]  # deepest first
+    made = [folder for folder in (raw, raw.parent, data_path, *data_path.parents)  # deepest first
+            if not folder.exists()]
     there_before = set(raw.iterdir()) if raw.is_dir() else set()
     try:
         for train in (True, False):

@@ -64,6 +64,12 @@ def test_commands_that_take_no_experiment_refuse_one_rather_than_ignore_it(copy,
     assert why in line
 
 
+@pytest.mark.parametrize("value", ["nan", "-1", "10001", "inf"])
+def test_serve_max_wait_ms_out_of_range_is_named(copy, capsys, value):
+    assert_refused(capsys, copy, ["serve", "--release", "experiments/exp/releases/release_epoch_2.pt",
+                                  "--max-wait-ms", value], 2, f"--max-wait-ms takes milliseconds from 0 to 10000, not")
+
+
 def test_verbose_adds_the_traceback_before_the_error_line(copy, capsys):
     code, _, err = invoke(capsys, "--verbose", *g(copy, "nope"), "info")
     assert code == 2 and "Traceback (most recent call last)" in err and "UserError" in err
@@ -206,9 +212,9 @@ def test_broken_data_files(copy, capsys, tiny_data, breakage, message):
 
 def test_missing_dataset_offline(copy, capsys, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
-    assert_refused(capsys, copy, [*g(copy, data=copy / "no-data"), "train", "--max-epochs", "3", "--device", "cpu"], 2,
-                   "mnist is not in")
-    assert not (copy / "no-data").exists()  # the failed download leaves no empty folders behind
+    assert_refused(capsys, copy, [*g(copy, data=copy / "no-data" / "x" / "y"), "train", "--max-epochs", "3",
+                                  "--device", "cpu"], 2, "mnist is not in")
+    assert not (copy / "no-data").exists()  # the failed download leaves no empty folders behind, parents included
 
 
 def test_a_failed_download_keeps_what_the_data_folder_held(tmp_path, monkeypatch):
