@@ -355,11 +355,17 @@ class Experiment:
         checkpoints = self.checkpoints()
         if not checkpoints:
             return {"epochs": [], "stopped_early": None}
-        try:
-            history = read_json(self.metrics_file, "metrics file")
+        try:  # json.loads, not read_json: a diverged loss is NaN, and the mirror writes it so
+            if not stat.S_ISREG(os.stat(self.metrics_file).st_mode):  # a pipe, a device: never waited on
+                raise ValueError("not a regular file")
+            with open(self.metrics_file, "rb") as f:
+                text = f.read(MAX_JSON_BYTES + 1)
+            if len(text) > MAX_JSON_BYTES:
+                raise ValueError("too large")
+            history = json.loads(text)
             if self._is_history(history, max(checkpoints)):
                 return {"epochs": history["epochs"], "stopped_early": history["stopped_early"]}
-        except UserError:  # missing, not a regular file, unreadable, not JSON, nested beyond reason
+        except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON, nested beyond reason
             pass
         from ignite_mnist.checkpoints import history_of
 
