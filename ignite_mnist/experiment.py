@@ -55,11 +55,11 @@ report_log = log.getChild("report")  # what a command prints on stdout, for verb
 # ---- config -------------------------------------------------------------------------------------
 
 
-def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES):
+def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES, allow_nan: bool = False):
     """Parse a JSON file, or raise a UserError that names the file and the problem.
 
     Refuses a file larger than max_bytes, or not a regular file (a device or a pipe may never end, or
-    never open), before reading it all."""
+    never open), before reading it all; and NaN or Infinity unless allow_nan."""
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise UserError(f"{what} {path} is not a regular file")
@@ -73,7 +73,7 @@ def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES):
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        return json.loads(text, parse_constant=_not_json)
+        return json.loads(text, parse_constant=None if allow_nan else _not_json)
     except json.JSONDecodeError as e:
         raise UserError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:  # NaN, Infinity
@@ -355,17 +355,11 @@ class Experiment:
         checkpoints = self.checkpoints()
         if not checkpoints:
             return {"epochs": [], "stopped_early": None}
-        try:  # json.loads, not read_json: a diverged loss is NaN, and the mirror writes it so
-            if not stat.S_ISREG(os.stat(self.metrics_file).st_mode):  # a pipe, a device: never waited on
-                raise ValueError("not a regular file")
-            with open(self.metrics_file, "rb") as f:
-                text = f.read(MAX_JSON_BYTES + 1)
-            if len(text) > MAX_JSON_BYTES:
-                raise ValueError("too large")
-            history = json.loads(text)
+        try:  # NaN allowed: a diverged loss is NaN, and the mirror writes it so
+            history = read_json(self.metrics_file, "metrics file", allow_nan=True)
             if self._is_history(history, max(checkpoints)):
                 return {"epochs": history["epochs"], "stopped_early": history["stopped_early"]}
-        except (OSError, ValueError, RecursionError):  # missing, unreadable, not JSON, nested beyond reason
+        except UserError:  # missing, not a regular file, unreadable, not JSON, nested beyond reason
             pass
         from ignite_mnist.checkpoints import history_of
 
