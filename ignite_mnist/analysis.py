@@ -137,7 +137,8 @@ def save_test_figure(path: Path, matrix, worst: list, images: torch.Tensor, clas
     right.set_title("worst-classified test digits (true>predicted, probability of the true class)")
     figure.suptitle(title)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
+        # the name cut short in the temporary one, which must fit the file system's 255 bytes as the target does
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:100]}.", suffix=".png", dir=target.parent)
     except OSError as e:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
     try:

@@ -521,6 +521,8 @@ def _name_taken(experiments_path: Path, name: str) -> UserError:
     root = Path(experiments_path) / name
     if (root / "experiment.json").is_file():
         return UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
+    if os.path.lexists(root / "experiment.json"):  # a pipe, a device, a folder, a link to nothing
+        return UserError(f"experiment file {root / 'experiment.json'} is not a regular file: move it away")
     what = ("a folder that holds no experiment.json" if root.is_dir() else "a file" if root.exists()
             else "a link to nothing")
     return UserError(f"{root} is {what}, not an experiment: pick another name, or move it away")

@@ -404,7 +404,7 @@ def test_json_nested_too_deeply_is_refused_and_lists_as_broken(copy, capsys, tin
     assert "exp  " in out and "deep: broken: experiment file" in out and "nested too deeply" in out
 
 
-@pytest.mark.parametrize("where", ["split.json", "metrics.json", "checkpoints/checkpoint_2.pt"])
+@pytest.mark.parametrize("where", ["experiment.json", "split.json", "metrics.json", "checkpoints/checkpoint_2.pt"])
 def test_a_pipe_in_place_of_an_experiment_file_is_refused_not_waited_on(copy, tiny_data, where):
     path = copy / "experiments" / "exp" / where
     path.unlink()
@@ -413,7 +413,7 @@ def test_a_pipe_in_place_of_an_experiment_file_is_refused_not_waited_on(copy, ti
         r = run_cli(*g(copy, data=tiny_data), "info", timeout=60)
         assert r.returncode == 0 and "epoch 2 (best)" in r.stdout, r.stderr
         return
-    command = ["train", "--max-epochs", "3", "--device", "cpu"] if where == "split.json" else ["test", "--epoch", "2"]
+    command = ["test", "--epoch", "2"] if where.startswith("checkpoints") else ["train", "--max-epochs", "3", "--device", "cpu"]
     r = run_cli(*g(copy, data=tiny_data), *command, timeout=60)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")
     assert f"{path.relative_to(copy)}" in r.stderr and "not a regular file" in r.stderr, r.stderr
@@ -433,3 +433,12 @@ def test_names_too_long_for_the_file_system_are_one_line(copy, capsys):
     assert_refused(capsys, copy, ["--experiments-path", long, "list"], 2, f"cannot use {long}: File name too long")
     assert_refused(capsys, copy, ["predict", "--release", "experiments/exp/releases/release_epoch_2.pt", f"{long}.png"],
                    2, "File name too long")
+
+
+def test_a_plot_name_as_long_as_the_file_system_takes_is_written(copy, capsys, tiny_data):
+    """The figure is written under a temporary name first: that name must fit in 255 bytes too."""
+    name = "p" * 251 + ".png"
+    code, _, err = invoke(capsys, *g(copy, data=tiny_data), "test", "--epoch", "2", "--plot", name)
+    assert code == 0, err
+    assert (copy / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in copy.iterdir() if p.name.startswith(".p")] == []
