@@ -75,10 +75,11 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     mmap=True maps the tensors instead of reading them: for callers that only look at the plain data.
     """
     try:
-        if Path(path).exists() and not Path(path).is_file():  # a pipe would never open, a device never end
-            raise ValueError("not a regular file")
-        if Path(path).is_file() and not zipfile.is_zipfile(path):  # else torch's message: rerun with weights_only=False
-            raise ValueError("not a zip archive, as torch.save writes")
+        if Path(path).exists():  # (a missing one: torch.load's own error)
+            if not Path(path).is_file():  # a pipe would never open, a device never end
+                raise ValueError("not a regular file")
+            if not zipfile.is_zipfile(path):  # else torch's message: rerun with weights_only=False
+                raise ValueError("not a zip archive, as torch.save writes")
         check_crcs(path, tensors=not mmap)
         loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:

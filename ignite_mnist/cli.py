@@ -493,6 +493,13 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def _fail_stopped() -> None:
+    """The command was stopped: by SIGTERM (exit 143) or by Ctrl-C (130)."""
+    if Terminated.raised:
+        _fail("terminated", 143)
+    _fail("interrupted", 130)
+
+
 def _main(argv: Optional[List[str]]) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     verbose = "--verbose" in args
@@ -519,17 +526,17 @@ def _main(argv: Optional[List[str]]) -> None:
             traceback.print_exc()
         _fail(str(e), e.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("terminated", 143) if Terminated.raised else _fail("interrupted", 130)
+        _fail_stopped()
     except Exception as e:
         if verbose:
             traceback.print_exc()
         if Terminated.raised:  # raised inside an import or a library, it can come out as another exception
-            _fail("terminated", 143)
+            _fail_stopped()
         if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
             _fail(f"cannot use {e.filename}: {e.strerror}", 2)
         _fail(f"{type(e).__name__}: {e}" + ("" if verbose else " (run with --verbose for the traceback)"), 1)
     if code == 130:  # typer turns a Ctrl-C (or our SIGTERM) outside our own handling into exit 130, silently
-        _fail("terminated", 143) if Terminated.raised else _fail("interrupted", 130)
+        _fail_stopped()
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
 
 

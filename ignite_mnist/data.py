@@ -381,7 +381,8 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
             if limit and width * height > limit:
                 raise UserError(f"{name} is {width}x{height} pixels, more than the limit of {limit} pixels "
                                 "(a decompression bomb?)")
-            image = _shrunk(ImageOps.exif_transpose(opened))
+            ImageOps.exif_transpose(opened, in_place=True)  # in place: no copy of a large image to turn none
+            image = _shrunk(opened)
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 image = _on_contrasting_background(image.convert("RGBA"))
             image = image.convert("L")

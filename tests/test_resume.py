@@ -87,7 +87,7 @@ def test_the_progress_bar_is_redrawn_at_most_100_times_an_epoch(workdir, tiny_da
                         lambda bar, *args, **kwargs: (draws.append(bar.n), set_description(bar, *args, **kwargs))[1])
     monkeypatch.setattr(sys, "stderr", Terminal())
     experiment = new_experiment(workdir, tiny_data, "bar", **{"training.batch_size": 1, "data.val_split": 0})
-    iterations = experiment.load_split()["train"].__len__()
+    iterations = len(experiment.load_split()["train"])
     assert iterations >= 300  # so that advancing at every iteration would be 3 times too often
     run_training(experiment, tiny_data, max_epochs=1, device_name="cpu")
     assert 50 <= len(draws) <= 100
