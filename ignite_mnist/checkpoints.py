@@ -80,6 +80,8 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
                 raise ValueError("not a regular file")
             if not zipfile.is_zipfile(path):  # else torch's message: rerun with weights_only=False
                 raise ValueError("not a zip archive, as torch.save writes")
+            if is_pt2_archive(path):  # else torch's: "PytorchStreamReader failed locating file data.pkl"
+                raise ValueError("a torch.export archive, not torch.save's: a pt2 release is read from a .pt2 file")
         check_crcs(path, tensors=not mmap)
         loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
@@ -89,6 +91,13 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     if not isinstance(loaded, dict):
         raise UserError(f"{what} {path} is not an ignite-mnist {what} (it holds a {type(loaded).__name__})")
     return loaded
+
+
+def is_pt2_archive(path) -> bool:
+    """Is this zip archive torch.export.save's (a pt2 release), which torch.load cannot read?"""
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return not any(n.endswith("/data.pkl") for n in names) and any(n.endswith("/archive_format") for n in names)
 
 
 def check_crcs(path, tensors: bool = True) -> None:

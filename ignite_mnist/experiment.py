@@ -14,6 +14,7 @@ Every file is written whole or not at all (a temporary file, then os.replace), a
 folder under a temporary name and renames it into place, so a failure leaves nothing half-made.
 """
 
+import codecs
 import copy
 import datetime
 import difflib
@@ -708,6 +709,21 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
 
 # ---- logs ---------------------------------------------------------------------------------------
 
+TEXT_AS_GIVEN = "ignite_mnist.text_as_given"  # the encoding errors of our console and verbose.log
+
+
+def _text_as_given(error: UnicodeEncodeError):
+    """A path's bytes that the file system encoding could not decode (surrogate escapes) are written back as
+    those bytes; another character the stream cannot encode (any non-ASCII one in a C locale) as an escape,
+    never as an exception in the middle of a log line."""
+    char = error.object[error.start]
+    if 0xDC80 <= ord(char) <= 0xDCFF:
+        return bytes([ord(char) - 0xDC00]), error.start + 1
+    return char.encode("ascii", "backslashreplace").decode("ascii"), error.start + 1
+
+
+codecs.register_error(TEXT_AS_GIVEN, _text_as_given)
+
 
 class ConsoleHandler(logging.StreamHandler):
     """Messages to the console; while a progress bar is drawn, through tqdm.write, which lifts the bar, prints
@@ -744,7 +760,7 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
     ignite_log.addHandler(logging.NullHandler())
     if experiment is not None:
         try:
-            file_handler = logging.FileHandler(experiment.log_file, encoding="utf-8")
+            file_handler = logging.FileHandler(experiment.log_file, encoding="utf-8", errors=TEXT_AS_GIVEN)
         except OSError as e:
             raise UserError(f"cannot write {experiment.log_file}: {e.strerror}") from None
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -363,6 +363,8 @@ def _check_pt2_archive(path: Path) -> None:
         check_crcs(path)  # torch.export.load does not check them either
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            if any(name.endswith("/data.pkl") for name in names):
+                refuse("a torch.save file, not a pt2 archive: a pt release is read from a .pt file")
             roots = {name.split("/", 1)[0] for name in names}
             if len(roots) != 1:
                 refuse("not a pt2 archive")

@@ -1,4 +1,4 @@
-"""Where the time goes: the training step (torch.profiler, per operator and per part) and the whole
+"""Where the time goes: the training step (every operator timed by wall clock, per part) and the whole
 `ignite-mnist train` process (cProfile, per phase).
 
     .venv/bin/python scripts/profile_training.py step                 # 200 steps of the real step, batch 64, default precision
@@ -7,12 +7,13 @@
     .venv/bin/python scripts/profile_training.py process              # one epoch of Fashion-MNIST, as a process, by phase
 
 step: the exact training step of `ignite-mnist train` (engines.make_train_step on the dataset's tensors),
-timed by wall clock over the same steps without the profiler (the profiler itself slows each op), then
-under torch.profiler, its operators grouped into forward, backward, optimizer, copies (autocast's casts),
-dropout masks and what no operator accounts for (Python, the engine, the allocator). With --compile, the
-model's forward (and so its backward), the optimizer's step, or both go through torch.compile (inductor)
-first; the time of the first steps (tracing, compiling, or loading inductor's cache) is printed apart, and the
-split by part holds only without it (compiled kernels are charged to no part or the wrong one).
+timed by wall clock, then the same number of further steps with every aten operator timed by wall clock
+(a dispatch mode, not torch.profiler, whose own allocations make the step's operators page-fault: see
+OperatorTimer), each charged to forward, backward, the optimizer, copies (autocast's casts) or dropout
+masks. What the operators leave of the step's wall clock is Python, the engine and the allocator. With
+--compile, the model's forward (and so its backward), the optimizer's step, or both go through
+torch.compile (inductor) first; the time of the first steps (tracing, compiling, or loading inductor's
+cache) is printed apart.
 
 process: `ignite-mnist train --max-epochs 1` under cProfile on a fresh experiment, its cumulative
 times split into imports, data (read + decode), the epochs (training, evaluation), checkpoint, metrics,
@@ -34,35 +35,52 @@ sys.path.insert(0, str(REPO))
 FASHION_MNIST_PATH = Path("/usr/share/datasets/fashion-mnist")
 
 
-CASTS = ("aten::_to_copy", "aten::to", "aten::copy_")
+CASTS = ("aten._to_copy.default", "aten.copy_.default")
+MASKS = ("aten.random_.from", "aten.lt.Scalar")
 
 
-def parts_of(events) -> dict:
-    """Self CPU time (us) by part: every operator is charged to the part of its top-level ancestor."""
-    parts = {}
+class OperatorTimer:
+    """Wall time of every aten operator of the step, each charged to the part of the step it runs in.
 
-    def charge(event, part):
-        if part in ("forward", "backward") and event.name in CASTS:
-            part = "copies (bf16: autocast's casts; fp32: layouts)"
-        elif part == "forward" and event.name in ("aten::random_", "aten::lt"):
-            part = "dropout masks"
-        parts[part] = parts.get(part, 0) + event.self_cpu_time_total
-        for child in event.cpu_children:
-            charge(child, part)
+    Not torch.profiler: its own allocations keep glibc's malloc from handing the step the blocks it freed the
+    step before (on the AMX VM, about 1,600 page faults a step under the profiler against 6 without), so every
+    operator that writes fresh memory (max-pool's zero-filled gradient, Adadelta's temporaries, autocast's
+    casts) reads several times slower under it than it runs. A dispatch mode only reads the clock around each
+    operator: the Python it adds between them is left out of the operators' times."""
 
-    for event in events:
-        if event.cpu_parent is None:
-            name = event.name
-            part = ("optimizer step" if name.startswith("Optimizer.step") else
-                    "zero_grad" if name.startswith("Optimizer.zero_grad") else
-                    "backward" if "autograd::engine" in name or "Backward" in name else "forward")
-            charge(event, part)
-    return parts
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        timer = self
+        self.in_optimizer = False
+        self.times = {}  # (part, operator, first input's shape) -> [seconds, calls]
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                t0 = time.perf_counter()
+                out = func(*args, **(kwargs or {}))
+                timer.charge(func, args, time.perf_counter() - t0)
+                return out
+
+        self.mode = Mode()
+
+    def charge(self, func, args, seconds):
+        import torch
+
+        name = str(func)
+        backward = torch._C._current_autograd_node() is not None
+        part = ("optimizer step" if self.in_optimizer else
+                "copies (bf16: autocast's casts; fp32: layouts)" if name in CASTS else
+                "dropout masks" if name in MASKS and not backward else
+                "backward" if backward else "forward (and the batch, loss, zero_grad)")
+        shape = next((tuple(a.shape) for a in args if isinstance(a, torch.Tensor)), ())
+        entry = self.times.setdefault((part, name, shape), [0.0, 0])
+        entry[0] += seconds
+        entry[1] += 1
 
 
 def profile_step(args) -> dict:
     import torch
-    from torch.profiler import ProfilerActivity, profile
 
     from ignite_mnist import data, engines
     from ignite_mnist.device import prepare_cpu_for_training, use_bf16
@@ -83,40 +101,46 @@ def profile_step(args) -> dict:
         optimizer.step = torch.compile(optimizer.step)
     step = engines.make_train_step(model, optimizer, sets["train"], bf16)
     batches = data.ShuffledBatches(len(sets["train"]), 64, 0)
-    indexes = [b for _, b in zip(range(args.steps + 20), batches)]
+    indexes = [b for _, b in zip(range(2 * args.steps + 20), batches)]
     t0 = time.perf_counter()
     for index in indexes[:20]:  # warm-up: oneDNN primitives, allocator, and torch.compile's work
         step(None, index)
     if args.compile != "none":
         print(f"torch.compile ({args.compile}): the first 20 steps took {time.perf_counter() - t0:.1f} s")
     faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    for index in indexes[20:]:
+    for index in indexes[20:20 + args.steps]:
         step(None, index)
     wall_ms = (time.perf_counter() - t0) / args.steps * 1000
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for index in indexes[20:]:
+
+    timer = OperatorTimer()
+    optimizer.register_step_pre_hook(lambda *_: setattr(timer, "in_optimizer", True))
+    optimizer.register_step_post_hook(lambda *_: setattr(timer, "in_optimizer", False))
+    faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+    with timer.mode:
+        for index in indexes[20 + args.steps:]:
             step(None, index)
-        profiled_ms = (time.perf_counter() - t0) / args.steps * 1000
-    events = prof.key_averages()
-    total_self = sum(e.self_cpu_time_total for e in events) / args.steps / 1000
-    parts = {key: us / args.steps / 1000 for key, us in parts_of(prof.events()).items()}
-    parts["Python, engine, allocator (no operator)"] = profiled_ms - total_self
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:args.top]
+    timed_ms = (time.perf_counter() - t0) / args.steps * 1000
+    timed_faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
+    per_step = {key: (seconds * 1000 / args.steps, calls / args.steps) for key, (seconds, calls) in timer.times.items()}
+    operators_ms = sum(ms for ms, _ in per_step.values())
+    parts = {}
+    for (part, _, _), (ms, _) in per_step.items():
+        parts[part] = parts.get(part, 0.0) + ms
+    parts["Python, engine, allocator (the step's wall clock less its operators)"] = wall_ms - operators_ms
     print(f"training step, batch 64, {'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} threads: "
           f"{wall_ms:.2f} ms per step by wall clock ({64 / wall_ms * 1000:.0f} images/s), {faults:.0f} page faults "
-          "per step\n")
-    print(f"{'operator':42} {'self ms/step':>12} {'calls/step':>11}")
-    for e in top:
-        print(f"{e.key[:42]:42} {e.self_cpu_time_total / args.steps / 1000:12.3f} {e.count / args.steps:11.1f}")
-    print(f"\nby part, under the profiler ({profiled_ms:.2f} ms per step, its own cost included; {total_self:.2f} ms "
-          "in operators):")
+          f"per step\n\noperators timed one by one ({timed_ms:.2f} ms a step with the timer's Python, "
+          f"{timed_faults:.0f} page faults a step; {operators_ms:.2f} ms in operators):\n")
+    print(f"{'operator':46} {'first input':>18} {'ms/step':>8} {'calls':>6}  part")
+    for (part, name, shape), (ms, calls) in sorted(per_step.items(), key=lambda kv: -kv[1][0])[:args.top]:
+        print(f"{name[:46]:46} {str(list(shape))[:18]:>18} {ms:8.3f} {calls:6.1f}  {part}")
+    print(f"\nby part ({wall_ms:.2f} ms a step by wall clock):")
     for key, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
-        print(f"  {key:34} {ms:7.2f} ms")
+        print(f"  {key:68} {ms:7.2f} ms")
     return {"precision": "bf16" if bf16 else "fp32", "step_ms": wall_ms, "images_per_s": 64 / wall_ms * 1000,
-            "page_faults_per_step": faults,
-            "profiled_step_ms": profiled_ms, "operators_ms": total_self, "parts_ms": parts}
+            "page_faults_per_step": faults, "timed_step_ms": timed_ms, "timed_page_faults_per_step": timed_faults,
+            "operators_ms": operators_ms, "parts_ms": parts}
 
 
 PHASES = [  # (phase, function name, file suffix): cumulative time of the function

@@ -7,6 +7,7 @@ import resource
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -433,6 +434,18 @@ def test_names_too_long_for_the_file_system_are_one_line(copy, capsys):
     assert_refused(capsys, copy, ["--experiments-path", long, "list"], 2, f"cannot use {long}: File name too long")
     assert_refused(capsys, copy, ["predict", "--release", "experiments/exp/releases/release_epoch_2.pt", f"{long}.png"],
                    2, "File name too long")
+
+
+@pytest.mark.parametrize("name", ["exp-ü", "exp-\udcff"])  # UTF-8 read in a C locale; a name that is not UTF-8
+def test_paths_the_locale_cannot_encode_are_printed_and_logged_as_their_bytes(tmp_path, tiny_data, name):
+    folder = os.fsencode(tmp_path / name)
+    r = subprocess.run([sys.executable, "-m", "ignite_mnist", "--experiments-path", folder, "--data-path",
+                        os.fsencode(tiny_data), "-e", "x", "init"], capture_output=True, timeout=120,
+                       env={**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "PYTHONIOENCODING": ""})
+    assert r.returncode == 0 and r.stderr.count(b"\n") == 1, r.stderr  # not logging's traceback
+    assert r.stderr.startswith(b"created experiment x in " + folder + b"/x: ")
+    log = (Path(os.fsdecode(folder)) / "x" / "verbose.log").read_bytes()
+    assert b"created experiment x in " + folder + b"/x: " in log
 
 
 def test_a_plot_name_as_long_as_the_file_system_takes_is_written(copy, capsys, tiny_data):

@@ -47,3 +47,19 @@ def test_the_progress_bar_bench_times_the_bar_train_attaches():
     assert set(result["us_per_iteration"]) == {"none", "each", "train"}
     assert all(us > 0 for us in result["us_per_iteration"].values())
     assert out.stderr == ""  # the bars drew to /dev/null, not over the report
+
+
+def test_the_step_profile_times_the_real_step_s_operators_by_part():
+    """profile_training.py step: every operator of the real step timed and charged to its part, inside the steps
+    that contain them, and the parts adding up to the step's wall clock."""
+    out = subprocess.run([sys.executable, "scripts/profile_training.py", "step", "--dataset", "mnist-sample",
+                          "--steps", "10", "--top", "200"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    parts = result["parts_ms"]
+    for part in ("forward (and the batch, loss, zero_grad)", "backward", "optimizer step", "dropout masks"):
+        assert parts[part] > 0, parts
+    assert 0 < result["operators_ms"] < result["timed_step_ms"]
+    assert abs(sum(parts.values()) - result["step_ms"]) < 1e-6
+    table = out.stdout.split("operators timed one by one", 1)[1]
+    assert "aten.convolution_backward.default" in table and "aten.addcmul_.default" in table  # conv2, Adadelta

@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -257,6 +258,17 @@ def test_a_pt2_archive_with_other_files_is_refused(releases, tmp_path, capsys):
         archive.writestr(f"{root}/data/aotinductor/model/model.so", b"\x7fELF")
     code, _, err = invoke(capsys, "predict", "--release", evil, tmp_path / "whatever.png")
     assert code == 2 and "unexpected file" in err and "aotinductor" in err
+
+
+@pytest.mark.parametrize("given, named, message", [
+    ("pt2", "release.pt", "(a torch.export archive, not torch.save's: a pt2 release is read from a .pt2 file)"),
+    ("pt", "release.pt2", "(a torch.save file, not a pt2 archive: a pt release is read from a .pt file)"),
+])
+def test_a_release_under_the_other_suffix_is_told_by_its_content(releases, tmp_path, capsys, given, named, message):
+    path = tmp_path / named
+    shutil.copy(releases[given], path)
+    code, _, err = invoke(capsys, "predict", "--release", path, tmp_path / "whatever.png")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
 @pytest.mark.parametrize("content, message", [
