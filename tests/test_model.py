@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ignite_mnist.model import Dropout, Net
+from ignite_mnist import model
+from ignite_mnist.model import Dropout, Net, PlainLayout
 
 
 def example_forward(net, x):
@@ -33,6 +34,32 @@ def test_same_parameters_and_outputs_as_the_example():
         channels_last.load_state_dict(net.state_dict())
         channels_last = channels_last.to(memory_format=torch.channels_last)
         assert torch.allclose(channels_last(x), net(x), atol=1e-5)
+
+
+def test_the_layout_change_in_training_changes_no_value_and_gives_the_gradient_back_channels_last(monkeypatch):
+    x = torch.randn(4, 8, 5, 5).to(memory_format=torch.channels_last).requires_grad_(True)
+    y = PlainLayout.apply(x)
+    assert y.is_contiguous() and torch.equal(y, x)
+    y.backward(torch.arange(y.numel(), dtype=torch.float32).view(y.shape))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x.grad, torch.arange(y.numel(), dtype=torch.float32).view(y.shape))
+
+    def trained(apply):  # a few bf16 training steps of the model, PlainLayout as given
+        monkeypatch.setattr(model.PlainLayout, "apply", apply)
+        torch.manual_seed(0)
+        net = Net().to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adadelta(net.parameters(), lr=1.0)
+        batches = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            images = torch.randn(16, 1, 28, 28, generator=batches).to(memory_format=torch.channels_last)
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                F.nll_loss(net(images), torch.randint(0, 10, (16,), generator=batches)).backward()
+            optimizer.step()
+        return net.state_dict()
+
+    with_it, without = trained(PlainLayout.apply), trained(lambda x: x)
+    assert all(torch.equal(with_it[k], without[k]) for k in with_it)  # bit for bit
 
 
 @pytest.mark.parametrize("p", [0.25, 0.5])
