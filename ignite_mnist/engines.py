@@ -53,6 +53,23 @@ def make_train_step(model, optimizer, train_set: data.TensorSet, bf16: bool):
     return train_step
 
 
+def compile_optimizer_step(optimizer) -> None:
+    """optimizer.step through torch.compile: inductor fuses Adadelta's eleven passes over each parameter into
+    one loop (README, Speed). Its learning rate becomes a tensor, which StepLR fills in place; as a float,
+    each epoch's new value would be compiled anew. Inductor builds its code with a C++ compiler, checked first."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as e:
+        raise UserError(f"training.compile_optimizer needs a C++ compiler for torch.compile, and none was found "
+                        f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}): install g++, or set "
+                        "it false") from None
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]))
+    optimizer.step = torch.compile(optimizer.step)
+
+
 def create_trainer(model, optimizer, train_set: data.TensorSet, bf16: bool) -> Engine:
     trainer = Engine(make_train_step(model, optimizer, train_set, bf16))
     Average(device=train_set.images.device).attach(trainer, "loss")  # the epoch's mean training loss
@@ -143,7 +160,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
     @trainer.on(Events.EPOCH_STARTED)
     def start_epoch(engine):
         batches.set_epoch(engine.state.epoch)  # the epoch's batch order, drawn from (seed, epoch)
-        history.epochs.append({"epoch": engine.state.epoch, "lr": optimizer.param_groups[0]["lr"]})
+        history.epochs.append({"epoch": engine.state.epoch, "lr": float(optimizer.param_groups[0]["lr"])})
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, STOP.check)
 
@@ -343,6 +360,8 @@ def _training(local_rank: int, job: dict) -> None:
         if rank == 0:  # what a kill between the checkpoint and publish_history left undone
             publish(experiment, history, last)
         log.info(f"resuming experiment {experiment.name} from epoch {last}")
+    if cfg["compile_optimizer"] and device.type == "cpu":  # after the resume, which restores the learning rate
+        compile_optimizer_step(optimizer)
     if rank > 0:  # its own dropout masks; rank 0's generator is the one checkpoints keep and restore
         torch.manual_seed(experiment.seed * 1_000_003 + 7919 * rank + trainer.state.epoch)
     attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches, history, to_save, job)

@@ -436,6 +436,21 @@ def test_names_too_long_for_the_file_system_are_one_line(copy, capsys):
                    2, "File name too long")
 
 
+def test_compile_optimizer_without_a_cpp_compiler_is_one_line_before_training(copy, capsys, tiny_data, monkeypatch):
+    from torch._inductor import cpp_builder, exc
+
+    def no_compiler():
+        raise exc.InvalidCxxCompiler()
+
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    config = copy / "experiments" / "exp" / "experiment.json"
+    config.write_text(config.read_text().replace('"compile_optimizer": false', '"compile_optimizer": true'))
+    assert '"compile_optimizer": true' in config.read_text()
+    assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2,
+                   "training.compile_optimizer needs a C++ compiler for torch.compile, and none was found")
+    assert not (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_3.pt").exists()
+
+
 @pytest.mark.parametrize("name", ["exp-ü", "exp-\udcff"])  # UTF-8 read in a C locale; a name that is not UTF-8
 def test_paths_the_locale_cannot_encode_are_printed_and_logged_as_their_bytes(tmp_path, tiny_data, name):
     folder = os.fsencode(tmp_path / name)

@@ -19,11 +19,18 @@ def new_experiment(workdir, tiny_data, name, **changes):
                              sizes=data.dataset_sizes("mnist", tiny_data))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_resumed_training_equals_uninterrupted_training(workdir, tiny_data, precision):
-    straight = new_experiment(workdir, tiny_data, f"straight-{precision}", **{"training.precision": precision})
-    resumed = new_experiment(workdir, tiny_data, f"resumed-{precision}", **{"training.precision": precision})
+@pytest.mark.parametrize("precision, compiled", [("fp32", False), ("bf16", False), ("bf16", True)])
+def test_resumed_training_equals_uninterrupted_training(workdir, tiny_data, precision, compiled):
+    changes = {"training.precision": precision, "training.compile_optimizer": compiled}
+    straight = new_experiment(workdir, tiny_data, f"straight-{precision}-{compiled}", **changes)
+    resumed = new_experiment(workdir, tiny_data, f"resumed-{precision}-{compiled}", **changes)
+    if compiled:
+        from torch._dynamo.utils import counters
+        graphs = counters["stats"]["unique_graphs"]
     run_training(straight, tiny_data, max_epochs=3, device_name="cpu")
+    if compiled:  # once for the run: the learning rate, which StepLR changes every epoch, is an input
+        assert counters["stats"]["unique_graphs"] == graphs + 1
+        assert read_checkpoint(straight.checkpoints()[3], "cpu")["history"]["epochs"][2]["lr"] == pytest.approx(0.49)
     run_training(resumed, tiny_data, max_epochs=1, device_name="cpu")
     assert list(resumed.checkpoints()) == [1]
     run_training(resumed, tiny_data, max_epochs=3, device_name="cpu")
