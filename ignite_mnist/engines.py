@@ -67,7 +67,8 @@ def compile_optimizer_step(optimizer) -> None:
                         "it false") from None
     for group in optimizer.param_groups:
         group["lr"] = torch.tensor(float(group["lr"]))
-    optimizer.step = torch.compile(optimizer.step)
+    torch.compiler.reset()  # one run at a time in a process (a sweep's trials): past runs' steps would count
+    optimizer.step = torch.compile(optimizer.step)  # against dynamo's limit of 8, then run uncompiled
 
 
 def create_trainer(model, optimizer, train_set: data.TensorSet, bf16: bool) -> Engine:

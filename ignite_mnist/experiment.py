@@ -753,11 +753,17 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         console.setLevel(logging.DEBUG if verbose else logging.INFO)
         console.addFilter(lambda record: record.name != report_log.name)  # already printed on stdout
         log.addHandler(console)
-    ignite_log = logging.getLogger("ignite")  # Ignite's own warnings and errors: to the file, not the console
-    for handler in list(ignite_log.handlers):
-        ignite_log.removeHandler(handler)
-    ignite_log.propagate = False
-    ignite_log.addHandler(logging.NullHandler())
+    # Ignite's own warnings and errors, and torch's (torch.compile's notes when training.compile_optimizer is on;
+    # torch gives each of its loggers its own console handler when it is imported; those named with "__" are its
+    # trace files, left alone): to the file, not the console
+    library_logs = [logging.getLogger("ignite")] + [
+        logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+        if (name == "torch" or name.startswith("torch.")) and "__" not in name and logging.getLogger(name).handlers]
+    for library_log in library_logs:
+        for handler in list(library_log.handlers):
+            library_log.removeHandler(handler)
+        library_log.propagate = False
+        library_log.addHandler(logging.NullHandler())
     if experiment is not None:
         try:
             file_handler = logging.FileHandler(experiment.log_file, encoding="utf-8", errors=TEXT_AS_GIVEN)
@@ -766,4 +772,5 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         file_handler.setLevel(logging.DEBUG)
         log.addHandler(file_handler)
-        ignite_log.addHandler(file_handler)
+        for library_log in library_logs:
+            library_log.addHandler(file_handler)

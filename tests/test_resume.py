@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from conftest import assert_same, make_config
+from conftest import assert_same, make_config, run_cli
 from ignite_mnist import data
 from ignite_mnist.checkpoints import read_checkpoint
 from ignite_mnist.launch import run_training
@@ -43,6 +43,35 @@ def test_resumed_training_equals_uninterrupted_training(workdir, tiny_data, prec
     first = read_checkpoint(straight.checkpoints()[1], "cpu")
     assert not torch.equal(last["model"]["fc2.weight"], first["model"]["fc2.weight"]), "training changed the model"
     assert last["history"]["epochs"][-1]["test_accuracy"] > 50  # 320 digits, 3 epochs: it learns
+
+
+def test_compile_optimizer_compiles_each_run_of_a_process_past_dynamo_s_limit_of_8():
+    """A sweep trains its trials one after another in one process: each trial's step is compiled anew, not
+    left uncompiled once dynamo has compiled 8 optimizers' steps."""
+    from torch._dynamo.utils import counters
+
+    from ignite_mnist.engines import compile_optimizer_step
+
+    for run in range(10):
+        layer = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.Adadelta(layer.parameters(), lr=1.0)
+        compile_optimizer_step(optimizer)
+        graphs = counters["stats"]["unique_graphs"]
+        layer(torch.ones(4, 3)).sum().backward()
+        optimizer.step()
+        assert counters["stats"]["unique_graphs"] == graphs + 1, f"run {run + 1} was not compiled"
+
+
+def test_compile_optimizer_s_notes_go_to_verbose_log_not_the_console(workdir, tiny_data):
+    cli = ["--experiments-path", workdir / "experiments", "--data-path", tiny_data, "-e", "c"]
+    r = run_cli(*cli, "init", "--set", "training.compile_optimizer=true", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*cli, "train", "--max-epochs", "1", "--device", "cpu", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    assert "epoch 1/1: train loss" in r.stderr
+    assert not re.search(r"^[WIE]\d{4} |torch\._dynamo|Profiler record function", r.stderr, re.M), r.stderr
+    log = (workdir / "experiments" / "c" / "verbose.log").read_text()
+    assert "torch._dynamo" in log or "torch.utils.cpp_extension" in log  # what torch.compile said, kept
 
 
 def test_training_is_reproducible_from_the_seed_and_differs_with_another(workdir, tiny_data):
