@@ -753,10 +753,11 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         console.setLevel(logging.DEBUG if verbose else logging.INFO)
         console.addFilter(lambda record: record.name != report_log.name)  # already printed on stdout
         log.addHandler(console)
-    # Ignite's own warnings and errors, and torch's (torch.compile's notes when training.compile_optimizer is on;
-    # torch gives each of its loggers its own console handler when it is imported; those named with "__" are its
-    # trace files, left alone): to the file, not the console
-    library_logs = [logging.getLogger("ignite")] + [
+    # The libraries' own warnings and errors: Ignite's, matplotlib's (a cache folder it could not write), torch's
+    # (torch.compile's notes when training.compile_optimizer is on; torch gives each of its loggers its own console
+    # handler when it is imported; those named with "__" are its trace files, left alone): to the file, not the
+    # console
+    library_logs = [logging.getLogger("ignite"), logging.getLogger("matplotlib")] + [
         logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
         if (name == "torch" or name.startswith("torch.")) and "__" not in name and logging.getLogger(name).handlers]
     for library_log in library_logs:

@@ -463,6 +463,16 @@ def test_paths_the_locale_cannot_encode_are_printed_and_logged_as_their_bytes(tm
     assert b"created experiment x in " + folder + b"/x: " in log
 
 
+def test_a_home_matplotlib_cannot_write_in_leaves_the_console_to_the_report(copy, tiny_data):
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    r = subprocess.run([sys.executable, "-m", "ignite_mnist", *map(str, g(copy, data=tiny_data)), "test", "--epoch", "2",
+                        "--plot", "p.png"], cwd=copy, capture_output=True, text=True, timeout=120,
+                       env={**env, "HOME": "/dev/null"})  # not a folder: matplotlib makes a temporary one
+    assert r.returncode == 0 and (copy / "p.png").is_file(), r.stderr
+    assert "Matplotlib" not in r.stderr and "MPLCONFIGDIR" not in r.stderr, r.stderr
+    assert "MPLCONFIGDIR" in (copy / "experiments" / "exp" / "verbose.log").read_text()  # said, in the log
+
+
 def test_a_plot_name_as_long_as_the_file_system_takes_is_written(copy, capsys, tiny_data):
     """The figure is written under a temporary name first: that name must fit in 255 bytes too."""
     name = "p" * 251 + ".png"
