@@ -5,6 +5,7 @@ engines, restores the last checkpoint, and attach_handlers() is the map of a run
 on an event is attached there. evaluate_checkpoint() is the `test` command's evaluation.
 """
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -57,18 +58,34 @@ def compile_optimizer_step(optimizer) -> None:
     """optimizer.step through torch.compile: inductor fuses Adadelta's eleven passes over each parameter into
     one loop (README, Speed). Its learning rate becomes a tensor, which StepLR fills in place; as a float,
     each epoch's new value would be compiled anew. Inductor builds its code with a C++ compiler, checked first."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def first_line(e):
+        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
-
+    except ImportError:  # (a private module: if it moves, a missing compiler is named at the first step)
+        get_cpp_compiler = str
+    try:
         get_cpp_compiler()
     except Exception as e:
         raise UserError(f"training.compile_optimizer needs a C++ compiler for torch.compile, and none was found "
-                        f"({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]}): install g++, or set "
-                        "it false") from None
-    for group in optimizer.param_groups:
-        group["lr"] = torch.tensor(float(group["lr"]))
+                        f"({first_line(e)}): install g++, or set it false") from None
+    for group in optimizer.param_groups:  # float64: the values StepLR computes as floats, to the last digit
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64)
     torch.compiler.reset()  # one run at a time in a process (a sweep's trials): past runs' steps would count
-    optimizer.step = torch.compile(optimizer.step)  # against dynamo's limit of 8, then run uncompiled
+    compiled = torch.compile(optimizer.step)  # against dynamo's limit of 8, then run uncompiled
+
+    @functools.wraps(optimizer.step)  # its marks too: StepLR warns of a step that it did not wrap
+    def step(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except BackendCompilerFailed as e:  # compiled at the first step (inductor's InductorError is one)
+            raise UserError(f"training.compile_optimizer: torch.compile could not compile Adadelta's step "
+                            f"({first_line(e)}): set it false") from None
+
+    optimizer.step = step
 
 
 def create_trainer(model, optimizer, train_set: data.TensorSet, bf16: bool) -> Engine:
@@ -363,6 +380,9 @@ def _training(local_rank: int, job: dict) -> None:
         log.info(f"resuming experiment {experiment.name} from epoch {last}")
     if cfg["compile_optimizer"] and device.type == "cpu":  # after the resume, which restores the learning rate
         compile_optimizer_step(optimizer)
+    else:  # a checkpoint of a compiled run holds it as a tensor (on CUDA, each step would wait to read it)
+        for group in optimizer.param_groups:
+            group["lr"] = float(group["lr"])
     if rank > 0:  # its own dropout masks; rank 0's generator is the one checkpoints keep and restore
         torch.manual_seed(experiment.seed * 1_000_003 + 7919 * rank + trainer.state.epoch)
     attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches, history, to_save, job)

@@ -739,6 +739,9 @@ class ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+_LIBRARY_LOGS = {}  # name: (handlers, propagate) of each library logger setup_logging took, as it found them
+
+
 def setup_logging(experiment: Experiment = None, verbose: bool = False, to_console: bool = True) -> None:
     """Log to the console (messages only; debug ones with --verbose) and, with an experiment, everything
     to its verbose.log (with times)."""
@@ -753,18 +756,21 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         console.setLevel(logging.DEBUG if verbose else logging.INFO)
         console.addFilter(lambda record: record.name != report_log.name)  # already printed on stdout
         log.addHandler(console)
-    # The libraries' own warnings and errors: Ignite's, matplotlib's (a cache folder it could not write), torch's
-    # (torch.compile's notes when training.compile_optimizer is on; torch gives each of its loggers its own console
-    # handler when it is imported; those named with "__" are its trace files, left alone): to the file, not the
-    # console
-    library_logs = [logging.getLogger("ignite"), logging.getLogger("matplotlib")] + [
-        logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
-        if (name == "torch" or name.startswith("torch.")) and "__" not in name and logging.getLogger(name).handlers]
+    # Ignite's own warnings and errors: to the file, not the console. With an experiment and without --verbose,
+    # matplotlib's (a cache folder it could not write) and torch's too (torch.compile's notes when
+    # training.compile_optimizer is on): torch gives each of its loggers a console handler when it is imported
+    # (those named with "__" are its trace files, left alone); ranks > 0 keep them, having no verbose.log
+    for name, (handlers, propagate) in _LIBRARY_LOGS.items():  # as they were before an earlier call took them
+        logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
+    _LIBRARY_LOGS.clear()
+    library_logs = [logging.getLogger("ignite")]
+    if experiment is not None and not verbose:
+        library_logs += [logging.getLogger("matplotlib")] + [
+            logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+            if (name == "torch" or name.startswith("torch.")) and "__" not in name and logging.getLogger(name).handlers]
     for library_log in library_logs:
-        for handler in list(library_log.handlers):
-            library_log.removeHandler(handler)
-        library_log.propagate = False
-        library_log.addHandler(logging.NullHandler())
+        _LIBRARY_LOGS[library_log.name] = (list(library_log.handlers), library_log.propagate)
+        library_log.handlers, library_log.propagate = [logging.NullHandler()], False
     if experiment is not None:
         try:
             file_handler = logging.FileHandler(experiment.log_file, encoding="utf-8", errors=TEXT_AS_GIVEN)

@@ -7,10 +7,10 @@
     .venv/bin/python scripts/profile_training.py process              # one epoch of Fashion-MNIST, as a process, by phase
 
 step: the exact training step of `ignite-mnist train` (engines.make_train_step on the dataset's tensors),
-timed by wall clock, then the same number of further steps with every aten operator timed by wall clock
+timed by wall clock, alternating with as many steps in which every aten operator is timed by wall clock
 (a dispatch mode, not torch.profiler, whose own allocations make the step's operators page-fault: see
-OperatorTimer), each charged to forward, backward, the optimizer, copies (autocast's casts) or dropout
-masks. What the operators leave of the step's wall clock is Python, the engine and the allocator. With
+OperatorTimer), each charged to forward, backward, the optimizer, casts (autocast's), layout copies or
+dropout masks. What the operators leave of the step's wall clock is Python, the engine and the allocator. With
 --compile, the model's forward (and so its backward), the optimizer's step, or both go through
 torch.compile (inductor) first; the time of the first steps (tracing, compiling, or loading inductor's
 cache) is printed apart.
@@ -69,11 +69,14 @@ class OperatorTimer:
 
         name = str(func)
         backward = torch._C._current_autograd_node() is not None
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        mask = first is not None and first.dtype == torch.bool  # the dropout mask's cast
         part = ("optimizer step" if self.in_optimizer else
-                "copies (bf16: autocast's casts; fp32: layouts)" if name in CASTS else
-                "dropout masks" if name in MASKS and not backward else
+                "dropout masks" if (name in MASKS and not backward) or (name in CASTS and mask) else
+                "casts (bf16: autocast's)" if name in CASTS else
+                "layout copies (flatten, model.PlainLayout)" if name == "aten.clone.default" else
                 "backward" if backward else "forward (and the batch, loss, zero_grad)")
-        shape = next((tuple(a.shape) for a in args if isinstance(a, torch.Tensor)), ())
+        shape = () if first is None else tuple(first.shape)
         entry = self.times.setdefault((part, name, shape), [0.0, 0])
         entry[0] += seconds
         entry[1] += 1
@@ -97,8 +100,8 @@ def profile_step(args) -> dict:
     optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
     if args.compile in ("model", "both"):
         model.forward = torch.compile(model.forward)
-    if args.compile in ("optimizer", "both"):
-        optimizer.step = torch.compile(optimizer.step)
+    if args.compile in ("optimizer", "both"):  # as training.compile_optimizer does
+        engines.compile_optimizer_step(optimizer)
     step = engines.make_train_step(model, optimizer, sets["train"], bf16)
     batches = data.ShuffledBatches(len(sets["train"]), 64, 0)
     indexes = [b for _, b in zip(range(2 * args.steps + 20), batches)]
@@ -107,27 +110,28 @@ def profile_step(args) -> dict:
         step(None, index)
     if args.compile != "none":
         print(f"torch.compile ({args.compile}): the first 20 steps took {time.perf_counter() - t0:.1f} s")
-    faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    for index in indexes[20:20 + args.steps]:
-        step(None, index)
-    wall_ms = (time.perf_counter() - t0) / args.steps * 1000
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
-
     timer = OperatorTimer()
     optimizer.register_step_pre_hook(lambda *_: setattr(timer, "in_optimizer", True))
     optimizer.register_step_post_hook(lambda *_: setattr(timer, "in_optimizer", False))
-    faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    with timer.mode:
-        for index in indexes[20 + args.steps:]:
-            step(None, index)
-    timed_ms = (time.perf_counter() - t0) / args.steps * 1000
-    timed_faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
+    # plain steps and operator-timed steps alternate, so that the machine's drift enters both alike
+    wall = timed = faults = timed_faults = 0.0
+    for plain, operators in zip(indexes[20::2], indexes[21::2]):
+        faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        step(None, plain)
+        t1, faults1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        with timer.mode:
+            step(None, operators)
+        timed += time.perf_counter() - t1
+        wall, faults = wall + t1 - t0, faults + faults1 - faults0
+        timed_faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults1
+    wall_ms, timed_ms = wall / args.steps * 1000, timed / args.steps * 1000
+    faults, timed_faults = faults / args.steps, timed_faults / args.steps
     per_step = {key: (seconds * 1000 / args.steps, calls / args.steps) for key, (seconds, calls) in timer.times.items()}
     operators_ms = sum(ms for ms, _ in per_step.values())
     parts = {}
     for (part, _, _), (ms, _) in per_step.items():
         parts[part] = parts.get(part, 0.0) + ms
-    rest = "Python, engine, allocator (the step's wall clock less its operators, timed in other steps)"
+    rest = "Python, engine, allocator (the step's wall clock less its operators)"
     if args.compile != "none":  # compiled code calls its kernels directly: the dispatch mode never sees them
         rest = f"the compiled {args.compile}, Python, engine, allocator (wall clock less the operators seen)"
     parts[rest] = wall_ms - operators_ms

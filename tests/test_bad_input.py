@@ -451,6 +451,33 @@ def test_compile_optimizer_without_a_cpp_compiler_is_one_line_before_training(co
     assert not (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_3.pt").exists()
 
 
+def test_compile_optimizer_failing_to_compile_is_one_line_naming_the_option(copy, capsys, tiny_data, monkeypatch):
+    from torch._inductor.exc import InductorError
+
+    def broken_compiler(fn):  # as inductor fails when the C++ compiler found is not one (CXX=/bin/echo)
+        def run(*args, **kwargs):
+            raise InductorError(IndexError("list index out of range"), None)
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compiler)
+    config = copy / "experiments" / "exp" / "experiment.json"
+    config.write_text(config.read_text().replace('"compile_optimizer": false', '"compile_optimizer": true'))
+    code, _, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu")
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("error: training.compile_optimizer: torch.compile could not compile "
+                                            "Adadelta's step (IndexError: list index out of range): set it false")
+    assert sorted(p.name for p in (copy / "experiments" / "exp" / "checkpoints").iterdir()) == [
+        "checkpoint_1.pt", "checkpoint_2.pt"]  # it failed at the first step, before any epoch ended
+
+
+def test_text_the_console_cannot_encode_is_escaped_and_path_bytes_written_back():
+    from ignite_mnist.experiment import TEXT_AS_GIVEN
+
+    assert "a é b".encode("ascii", TEXT_AS_GIVEN) == b"a \\xe9 b"  # a character the locale lacks: escaped
+    assert "/tmp/\udcc3\udcbc/x".encode("ascii", TEXT_AS_GIVEN) == "/tmp/ü/x".encode()  # a path's bytes: as they were
+    assert "é \udcff".encode("utf-8", TEXT_AS_GIVEN) == b"\xc3\xa9 \xff"
+
+
 @pytest.mark.parametrize("name", ["exp-ü", "exp-\udcff"])  # UTF-8 read in a C locale; a name that is not UTF-8
 def test_paths_the_locale_cannot_encode_are_printed_and_logged_as_their_bytes(tmp_path, tiny_data, name):
     folder = os.fsencode(tmp_path / name)

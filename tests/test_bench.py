@@ -57,9 +57,12 @@ def test_the_step_profile_times_the_real_step_s_operators_by_part():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.splitlines()[-1])
     parts = result["parts_ms"]
-    for part in ("forward (and the batch, loss, zero_grad)", "backward", "optimizer step", "dropout masks"):
+    for part in ("forward (and the batch, loss, zero_grad)", "backward", "optimizer step", "dropout masks",
+                 "layout copies (flatten, model.PlainLayout)"):
         assert parts[part] > 0, parts
-    assert 0 < result["operators_ms"] < result["timed_step_ms"]
-    assert abs(sum(parts.values()) - result["step_ms"]) < 1e-6
+    if result["precision"] == "bf16":  # (auto: fp32 on a CPU without native bf16)
+        assert parts["casts (bf16: autocast's)"] > 0, parts
+    # the operators run inside the timed steps, and take most of a step (the rest is Python between them)
+    assert 0.3 * result["step_ms"] < result["operators_ms"] < result["timed_step_ms"]
     table = out.stdout.split("operators timed one by one", 1)[1]
     assert "aten.convolution_backward.default" in table and "aten.addcmul_.default" in table  # conv2, Adadelta
