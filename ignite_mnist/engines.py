@@ -65,10 +65,10 @@ def compile_optimizer_step(optimizer) -> None:
 
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
-    except ImportError:  # (a private module: if it moves, a missing compiler is named at the first step)
-        get_cpp_compiler = str
-    try:
+
         get_cpp_compiler()
+    except ImportError:  # (a private module: if it moves, a missing compiler is named at the first step)
+        pass
     except Exception as e:
         raise UserError(f"training.compile_optimizer needs a C++ compiler for torch.compile, and none was found "
                         f"({first_line(e)}): install g++, or set it false") from None

@@ -1,7 +1,7 @@
 """Where the time goes: the training step (every operator timed by wall clock, per part) and the whole
 `ignite-mnist train` process (cProfile, per phase).
 
-    .venv/bin/python scripts/profile_training.py step                 # 200 steps of the real step, batch 64, default precision
+    .venv/bin/python scripts/profile_training.py step                 # 200 + 200 steps of the real step, batch 64, default precision
     .venv/bin/python scripts/profile_training.py step --precision fp32
     .venv/bin/python scripts/profile_training.py step --compile optimizer   # a lever: torch.compile'd parts
     .venv/bin/python scripts/profile_training.py process              # one epoch of Fashion-MNIST, as a process, by phase
@@ -30,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy  # noqa: F401  (before torch: see ignite_mnist/lazy_imports.py)
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 FASHION_MNIST_PATH = Path("/usr/share/datasets/fashion-mnist")
@@ -39,7 +43,7 @@ CASTS = ("aten._to_copy.default", "aten.copy_.default")
 MASKS = ("aten.random_.from", "aten.lt.Scalar")
 
 
-class OperatorTimer:
+class OperatorTimer(TorchDispatchMode):
     """Wall time of every aten operator of the step, each charged to the part of the step it runs in.
 
     Not torch.profiler: its own allocations keep glibc's malloc from handing the step the blocks it freed the
@@ -49,24 +53,17 @@ class OperatorTimer:
     operator: the Python it adds between them is left out of the operators' times."""
 
     def __init__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        timer = self
+        super().__init__()
         self.in_optimizer = False
         self.times = {}  # (part, operator, first input's shape) -> [seconds, calls]
 
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                t0 = time.perf_counter()
-                out = func(*args, **(kwargs or {}))
-                timer.charge(func, args, time.perf_counter() - t0)
-                return out
-
-        self.mode = Mode()
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        t0 = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.charge(func, args, time.perf_counter() - t0)
+        return out
 
     def charge(self, func, args, seconds):
-        import torch
-
         name = str(func)
         backward = torch._C._current_autograd_node() is not None
         first = next((a for a in args if isinstance(a, torch.Tensor)), None)
@@ -83,8 +80,6 @@ class OperatorTimer:
 
 
 def profile_step(args) -> dict:
-    import torch
-
     from ignite_mnist import data, engines
     from ignite_mnist.device import prepare_cpu_for_training, use_bf16
     from ignite_mnist.experiment import draw_split
@@ -119,7 +114,7 @@ def profile_step(args) -> dict:
         faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
         step(None, plain)
         t1, faults1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        with timer.mode:
+        with timer:
             step(None, operators)
         timed += time.perf_counter() - t1
         wall, faults = wall + t1 - t0, faults + faults1 - faults0
