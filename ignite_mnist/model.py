@@ -31,8 +31,10 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         n = x.numel()
         words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2**63, None)  # all 64 bits uniform
-        keep = words.view(torch.uint8)[:n].view(x.shape) < int(keep_below)
-        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))
+        # the comparison writes 0 and 1 in x's dtype at once: no bool mask and no cast pass over it
+        keep = torch.lt(words.view(torch.uint8)[:n].view(x.shape), int(keep_below),
+                        out=torch.empty(x.shape, dtype=x.dtype))
+        return x * keep.mul_(1 / (1 - self.p))
 
 
 class PlainLayout(torch.autograd.Function):

@@ -93,6 +93,20 @@ def test_byte_dropout_is_reproducible_and_off_in_eval_mode():
     assert Dropout(0.25)(x.bfloat16()).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_byte_dropout_mask_is_the_bytes_compared_and_scaled_in_the_activation_dtype(dtype):
+    # the comparison writes the mask in x's dtype directly (no bool mask and cast): the same values, bit for bit
+    x = torch.randn(64, 64, 12, 12, dtype=dtype).to(memory_format=torch.channels_last)  # as after the pooling
+    torch.manual_seed(5)
+    y = Dropout(0.25)(x)
+    torch.manual_seed(5)
+    n = x.numel()
+    words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2**63, None)
+    keep = words.view(torch.uint8)[:n].view(x.shape) < 192
+    assert torch.equal(y, x * keep.to(dtype).mul_(1 / 0.75))
+    assert y.dtype == dtype
+
+
 def test_other_probabilities_use_torch_dropout():
     torch.manual_seed(4)
     x = torch.ones(100_000)
