@@ -40,7 +40,7 @@ FASHION_MNIST_PATH = Path("/usr/share/datasets/fashion-mnist")
 
 
 CASTS = ("aten._to_copy.default", "aten.copy_.default")
-MASKS = ("aten.random_.from", "aten.lt.Scalar")
+MASKS = ("aten.random_.from", "aten.lt.Scalar", "aten.lt.Scalar_out")
 
 
 class OperatorTimer(TorchDispatchMode):

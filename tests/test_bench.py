@@ -66,3 +66,23 @@ def test_the_step_profile_times_the_real_step_s_operators_by_part():
     assert 0.3 * result["step_ms"] < result["operators_ms"] < result["timed_step_ms"]
     table = out.stdout.split("operators timed one by one", 1)[1]
     assert "aten.convolution_backward.default" in table and "aten.addcmul_.default" in table  # conv2, Adadelta
+
+
+def test_the_step_a_b_compares_two_checkouts_models_and_their_weights(tmp_path):
+    """ab_step.py: this checkout's model against another's, step by step; a model that trains differently is
+    named as such (here: the other checkout's dropout is torch's own, another random stream)."""
+    args = [sys.executable, "scripts/ab_step.py", "--dataset", "mnist-sample", "--data-path", ".", "--blocks", "2",
+            "--steps", "3"]
+    out = subprocess.run(args + [str(ROOT)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["same_weights_after_20_steps"] is True and result["this_ms"] > 0 and result["other_ms"] > 0
+    assert result["ratio_min"] <= result["ratio"] <= result["ratio_max"]
+
+    other = tmp_path / "other"
+    (other / "ignite_mnist").mkdir(parents=True)
+    source = (ROOT / "ignite_mnist" / "model.py").read_text()
+    (other / "ignite_mnist" / "model.py").write_text(source.replace("self.p == 0 or", "True or"))
+    out = subprocess.run(args + [str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1])["same_weights_after_20_steps"] is False
