@@ -26,9 +26,9 @@ except ImportError:
     from click import exceptions as click_exceptions
 
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, TEXT_AS_GIVEN, Experiment, flatten, init_experiment,
-                                     log, open_experiment, report_log, setup_logging, summarize_experiments,
-                                     tensorboard_runs)
+from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, console_shows_any_text, flatten,
+                                     init_experiment, log, open_experiment, report_log, setup_logging,
+                                     summarize_experiments, tensorboard_runs)
 
 app = typer.Typer(
     add_completion=False,
@@ -457,23 +457,13 @@ def json_text(value, **kwargs) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     """The command line; argv None: this process is the command (console script, python -m ignite_mnist)."""
     if argv is None:
-        _console_shows_any_text()
+        console_shows_any_text()
     try:
         _main(argv)
     except SystemExit as e:
         if argv is None and "torch" in sys.modules:
             _exit_now(e.code)
         raise
-
-
-def _console_shows_any_text() -> None:
-    """A path is printed as its bytes, and a character the console cannot encode (any non-ASCII one in a C
-    locale without UTF-8 mode) escaped, rather than as logging's traceback or a UnicodeEncodeError."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.reconfigure(errors=TEXT_AS_GIVEN)
-        except (AttributeError, ValueError):  # not a text file, or already closed
-            pass
 
 
 def _exit_now(code) -> None:

@@ -725,6 +725,17 @@ def _text_as_given(error: UnicodeEncodeError):
 codecs.register_error(TEXT_AS_GIVEN, _text_as_given)
 
 
+def console_shows_any_text() -> None:
+    """A path is printed as its bytes, and a character the console cannot encode (any non-ASCII one in a C
+    locale without UTF-8 mode) escaped, rather than as logging's traceback or a UnicodeEncodeError. In each
+    process that prints: the command's, and the ranks it spawns (through setup_logging)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors=TEXT_AS_GIVEN)
+        except (AttributeError, ValueError):  # not a text file, or already closed
+            pass
+
+
 class ConsoleHandler(logging.StreamHandler):
     """Messages to the console; while a progress bar is drawn, through tqdm.write, which lifts the bar, prints
     the message on a line of its own and draws the bar again below it."""
@@ -751,6 +762,7 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         log.removeHandler(handler)
         handler.close()
     if to_console:
+        console_shows_any_text()
         console = ConsoleHandler()
         console.setFormatter(logging.Formatter("%(message)s"))
         console.setLevel(logging.DEBUG if verbose else logging.INFO)

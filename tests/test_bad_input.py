@@ -14,7 +14,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import g, invoke, make_config, run_cli, snapshot
+from conftest import ROOT, g, invoke, make_config, run_cli, snapshot
 from ignite_mnist.model import Net
 
 
@@ -476,6 +476,20 @@ def test_text_the_console_cannot_encode_is_escaped_and_path_bytes_written_back()
     assert "a é b".encode("ascii", TEXT_AS_GIVEN) == b"a \\xe9 b"  # a character the locale lacks: escaped
     assert "/tmp/\udcc3\udcbc/x".encode("ascii", TEXT_AS_GIVEN) == "/tmp/ü/x".encode()  # a path's bytes: as they were
     assert "é \udcff".encode("utf-8", TEXT_AS_GIVEN) == b"\xc3\xa9 \xff"
+
+
+def test_a_process_that_only_sets_up_logging_prints_path_bytes_as_they_are():
+    # a rank that train spawns never runs the CLI's main: its console is made to print any text by setup_logging
+    script = ("import logging, sys\n"
+              "from ignite_mnist.experiment import log, setup_logging\n"
+              "setup_logging(None)\n"
+              "log.info('in /tmp/\\udcc3\\udcbc/x, a \\u00e9')\n"
+              "print('/tmp/\\udcff', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60, cwd=ROOT,
+                       env={**os.environ, "PYTHONUTF8": "0", "LC_ALL": "C", "PYTHONIOENCODING": ""})
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "in /tmp/ü/x, a ".encode() + b"\\xe9\n"  # the path's bytes; a character ASCII lacks, escaped
+    assert r.stdout == b"/tmp/\xff\n"  # stdout (strict by default in a C locale) too
 
 
 @pytest.mark.parametrize("name", ["exp-ü", "exp-\udcff"])  # UTF-8 read in a C locale; a name that is not UTF-8
