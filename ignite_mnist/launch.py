@@ -149,26 +149,33 @@ def _ranks_start_with_sigint_blocked():
 
     A Ctrl-C reaches every process of the terminal's group: a rank still importing torch would die of its
     KeyboardInterrupt, printing a traceback. Blocked (the mask survives fork and exec), it waits, and the
-    rank stops cleanly as soon as it can. Only the forks are covered: this process keeps its own handler.
+    rank stops cleanly as soon as it can. A stop this process was asked for before the new rank was counted
+    among the children it forwards signals to (StopRequest) is forwarded to it once it is: else that rank
+    would train to the end. (Blocking SIGINT here does not hold it back: another thread may take it.)
     """
     from multiprocessing import resource_tracker
     from multiprocessing.context import SpawnProcess
 
-    popen = SpawnProcess.__dict__["_Popen"]
+    own_start, start = SpawnProcess.__dict__.get("start"), SpawnProcess.start  # (BaseProcess's)
 
-    def popen_with_sigint_blocked(process_obj):
+    def start_with_sigint_blocked(process):
         resource_tracker.ensure_running()  # its first start unblocks SIGINT (and SIGTERM) when it is done
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            return popen.__func__(process_obj)
+            start(process)  # forks, then counts the rank among the active children
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a SIGINT meanwhile is handled here, now
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if STOP.signum:  # asked before the rank was counted: the forwarding missed it
+            os.kill(process.pid, STOP.signum)
 
-    SpawnProcess._Popen = staticmethod(popen_with_sigint_blocked)
+    SpawnProcess.start = start_with_sigint_blocked
     try:
         yield
     finally:
-        SpawnProcess._Popen = popen
+        if own_start is None:
+            del SpawnProcess.start
+        else:
+            SpawnProcess.start = own_start
 
 
 @contextmanager

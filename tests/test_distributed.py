@@ -195,3 +195,36 @@ def test_sigint_while_the_ranks_start_is_a_stop_not_a_rank_failure(small_data, t
     assert last.startswith("error: training stopped by SIGINT; ") or last == "error: interrupted", last
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert not (tmp_path / "experiments" / "early" / "checkpoints" / "checkpoint_1.pt").exists()
+
+
+def test_a_sigint_while_a_rank_is_spawned_is_forwarded_to_that_rank_too(monkeypatch):
+    """A Ctrl-C to the launcher while it spawns a rank, handled before the rank is counted among the children it
+    forwards signals to, reached no rank, and the ranks trained to the end. Here the SIGINT comes during the
+    fork; the child, its SIGINT still blocked (it is not a rank: nothing unblocks it), must hold it pending."""
+    from multiprocessing.context import SpawnProcess
+
+    from ignite_mnist.engines import STOP
+    from ignite_mnist.launch import _ranks_start_with_sigint_blocked
+
+    popen = SpawnProcess._Popen
+
+    def signalled_while_spawned(process_obj):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, to this process, during the fork
+        return popen(process_obj)
+
+    monkeypatch.setattr(SpawnProcess, "_Popen", staticmethod(signalled_while_spawned))
+    STOP.signum = 0
+    child = SpawnProcess(target=time.sleep, args=(60,))
+    try:
+        with STOP, _ranks_start_with_sigint_blocked():
+            child.start()
+        assert STOP.signum == signal.SIGINT  # the launcher's own stop
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{child.pid}/status").read_text().splitlines())
+        pending = int(status["SigPnd"], 16) | int(status["ShdPnd"], 16)
+        assert pending & (1 << (signal.SIGINT - 1)), status  # forwarded, waiting for the rank's handler
+    finally:
+        STOP.signum = 0
+        if child.pid is not None:
+            child.kill()
+            child.join()
+    assert "start" not in SpawnProcess.__dict__  # put back as it was
