@@ -140,7 +140,10 @@ class StopRequest:
         self._previous = []
 
     def __enter__(self):
-        self._previous.append({s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)})
+        # a signal the process was started ignoring stays ignored, as Python leaves it: a shell starts its
+        # background jobs ignoring SIGINT, so that a Ctrl-C meant for the foreground does not stop them
+        self._previous.append({s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)
+                               if signal.getsignal(s) != signal.SIG_IGN})
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a spawned rank starts with it blocked
         return self
 

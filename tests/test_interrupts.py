@@ -143,6 +143,29 @@ def test_sigint_and_sigterm_stop_cleanly_and_training_resumes(workdir, tiny_data
     assert r.returncode == 0 and f"resuming experiment exp from epoch {kept[-1]}" in r.stderr
 
 
+def test_a_training_started_ignoring_sigint_keeps_ignoring_it(workdir, tiny_data):
+    """`ignite-mnist train ... &` in a script: the shell starts it ignoring SIGINT, so that a Ctrl-C meant for
+    the script's foreground does not stop it. It trains on (SIGTERM stops it)."""
+    opts = g(workdir, data=tiny_data)
+    assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
+    checkpoints = workdir / "experiments" / "exp" / "checkpoints"
+    process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, opts), "train", "--max-epochs", "100",
+                                "--device", "cpu"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        wait_for(lambda: (checkpoints / "checkpoint_1.pt").exists() or process.poll() is not None)
+        process.send_signal(signal.SIGINT)
+        wait_for(lambda: (checkpoints / "checkpoint_3.pt").exists() or process.poll() is not None)
+        assert process.poll() is None  # still training, two epochs after the SIGINT
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 143, err
+    assert "training stopped by SIGTERM" in err.strip().splitlines()[-1]
+
+
 def test_a_second_train_is_refused_at_once_and_a_dead_owners_lock_is_taken_over(workdir, tiny_data):
     opts = g(workdir, data=tiny_data)
     assert run_cli(*opts, "init", "--config-path", make_config(workdir)).returncode == 0
