@@ -480,8 +480,7 @@ def test_text_the_console_cannot_encode_is_escaped_and_path_bytes_written_back()
 
 def test_a_process_that_only_sets_up_logging_prints_path_bytes_as_they_are():
     # a rank that train spawns never runs the CLI's main: its console is made to print any text by setup_logging
-    script = ("import logging, sys\n"
-              "from ignite_mnist.experiment import log, setup_logging\n"
+    script = ("from ignite_mnist.experiment import log, setup_logging\n"
               "setup_logging(None)\n"
               "log.info('in /tmp/\\udcc3\\udcbc/x, a \\u00e9')\n"
               "print('/tmp/\\udcff', flush=True)\n")

@@ -96,7 +96,7 @@ def test_byte_dropout_is_reproducible_and_off_in_eval_mode():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_byte_dropout_mask_is_the_bytes_compared_and_scaled_in_the_activation_dtype(dtype):
     # the comparison writes the mask in x's dtype directly (no bool mask and cast): the same values, bit for bit
-    x = torch.randn(64, 64, 12, 12, dtype=dtype).to(memory_format=torch.channels_last)  # as after the pooling
+    x = torch.randn(64, 64, 12, 12, dtype=dtype).to(memory_format=torch.channels_last)  # either layout
     torch.manual_seed(5)
     y = Dropout(0.25)(x)
     torch.manual_seed(5)
