@@ -4,6 +4,7 @@
     .venv/bin/python scripts/profile_training.py step                 # 200 + 200 steps of the real step, batch 64, default precision
     .venv/bin/python scripts/profile_training.py step --precision fp32
     .venv/bin/python scripts/profile_training.py step --compile optimizer   # a lever: torch.compile'd parts
+    .venv/bin/python scripts/profile_training.py step --peak-blocks 10      # and its share of the GEMM peak
     .venv/bin/python scripts/profile_training.py process              # one epoch of Fashion-MNIST, as a process, by phase
 
 step: the exact training step of `ignite-mnist train` (engines.make_train_step on the dataset's tensors),
@@ -21,9 +22,12 @@ TensorBoard, release, and the rest (start-up and exit, outside Python's profile)
 """
 
 import argparse
+import importlib.util
+import itertools
 import json
 import pstats
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -140,9 +144,36 @@ def profile_step(args) -> dict:
     print(f"\nby part ({wall_ms:.2f} ms a step by wall clock):")
     for key, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"  {key:90} {ms:7.2f} ms")
-    return {"precision": "bf16" if bf16 else "fp32", "step_ms": wall_ms, "images_per_s": 64 / wall_ms * 1000,
-            "page_faults_per_step": faults, "timed_step_ms": timed_ms, "timed_page_faults_per_step": timed_faults,
-            "operators_ms": operators_ms, "parts_ms": parts}
+    result = {"precision": "bf16" if bf16 else "fp32", "step_ms": wall_ms, "images_per_s": 64 / wall_ms * 1000,
+              "page_faults_per_step": faults, "timed_step_ms": timed_ms, "timed_page_faults_per_step": timed_faults,
+              "operators_ms": operators_ms, "parts_ms": parts}
+    if args.peak_blocks:
+        result.update(share_of_the_peak(step, itertools.cycle(indexes), bf16, args.peak_blocks))
+    return result
+
+
+def share_of_the_peak(step, batches, bf16: bool, blocks: int, steps: int = 40) -> dict:
+    """The step's share of the GEMM peak as bench.py's paired_peak_fraction measures it: blocks of 40 steps,
+    each followed by the GEMM peak (bf16, or fp32 for an fp32 step); the median of the blocks' shares. Here for
+    the step as profiled, --compile included."""
+    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    device, dtype = torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32
+    flops = bench.flops_per_image() * 64 * steps
+    shares, step_ms = [], []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step(None, next(batches))
+        seconds = time.perf_counter() - t0
+        shares.append(flops / seconds / 1e9 / bench.gemm_peak_gflops(dtype, device, repeats=3))
+        step_ms.append(seconds / steps * 1000)
+    share = statistics.median(shares)
+    print(f"\nthe step's share of the {'bf16' if bf16 else 'fp32'} GEMM peak, {blocks} blocks of {steps} steps each "
+          f"followed by the peak: {100 * share:.1f}% (median; {100 * min(shares):.1f}% to {100 * max(shares):.1f}%), "
+          f"{statistics.median(step_ms):.2f} ms a step")
+    return {"paired_peak_fraction": share, "paired_peak_fractions": [round(f, 4) for f in shares]}
 
 
 PHASES = [  # (phase, function name, file suffix): cumulative time of the function
@@ -211,6 +242,8 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--compile", default="none", choices=["none", "model", "optimizer", "both"],
                    help="step: torch.compile the model's forward, the optimizer's step, or both")
+    p.add_argument("--peak-blocks", type=int, default=0,
+                   help="step: then the step's share of the GEMM peak in this many blocks of 40 steps (bench.py's)")
     args = p.parse_args()
     result = profile_step(args) if args.what == "step" else profile_process(args)
     print(json.dumps(result))

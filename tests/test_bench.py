@@ -53,7 +53,8 @@ def test_the_step_profile_times_the_real_step_s_operators_by_part():
     """profile_training.py step: every operator of the real step timed and charged to its part, inside the steps
     that contain them, and the parts adding up to the step's wall clock."""
     out = subprocess.run([sys.executable, "scripts/profile_training.py", "step", "--dataset", "mnist-sample",
-                          "--steps", "10", "--top", "200"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          "--steps", "10", "--top", "200", "--peak-blocks", "1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.splitlines()[-1])
     parts = result["parts_ms"]
@@ -66,6 +67,8 @@ def test_the_step_profile_times_the_real_step_s_operators_by_part():
     assert 0.3 * result["step_ms"] < result["operators_ms"] < result["timed_step_ms"]
     table = out.stdout.split("operators timed one by one", 1)[1]
     assert "aten.convolution_backward.default" in table and "aten.addcmul_.default" in table  # conv2, Adadelta
+    # and the step's share of the GEMM peak, as bench.py measures it (one block here)
+    assert len(result["paired_peak_fractions"]) == 1 and 0 < result["paired_peak_fraction"] < 1
 
 
 def test_the_step_a_b_compares_two_checkouts_models_and_their_weights(tmp_path):
