@@ -488,11 +488,8 @@ def gemm_peaks(args) -> dict:
 
 
 def paired_peak_fraction(args, precision: str, blocks: int = 8, steps: int = 40) -> dict:
-    """The step's share of the GEMM peak measured alongside it: in this process, blocks of `steps` real
-    training steps (bare_training's step, the config's batch), each followed by the GEMM peak in `precision`; the
-    median of the blocks' ratios, and the blocks' peaks. A VM's speed drifts within a run: an AMX VM's bf16
-    peak switched between about 500-700 and 1,750-1,950 GFLOP/s from one block to the next while the step
-    stayed at 140-230 GFLOP/s; the blocks' peaks also count toward the machine's best (machine_limit)."""
+    """The step's share of the GEMM peak measured alongside it, for bare_training's step (the config's batch):
+    see peak_shares."""
     import itertools
 
     from ignite_mnist.experiment import load_config
@@ -501,21 +498,31 @@ def paired_peak_fraction(args, precision: str, blocks: int = 8, steps: int = 40)
     device = torch.device(args.device)
     sets, _, _, step, _ = bare_training(args, cfg, device)
     batches = itertools.cycle(list(data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], args.seed, 0, 1, device)))
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     for _ in range(20):  # warm-up: oneDNN's primitives, the allocator
         step(None, next(batches))
-    fractions, peaks, flops = [], [], flops_per_image() * cfg["batch_size"] * steps
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    return peak_shares(step, batches, cfg["batch_size"], dtype, device, blocks, steps)
+
+
+def peak_shares(step, batches, batch_size: int, dtype, device, blocks: int = 8, steps: int = 40) -> dict:
+    """In this process, blocks of `steps` training steps, each followed by the GEMM peak in `dtype`; the median
+    of the blocks' shares of the peak, and the blocks' peaks. A VM's speed drifts within a run: an AMX VM's bf16
+    peak switched between about 500-700 and 1,750-1,950 GFLOP/s from one block to the next while the step
+    stayed at 140-230 GFLOP/s; the blocks' peaks also count toward the machine's best (machine_limit).
+    (profile_training.py --peak-blocks measures its own step, compiled or not, with it.)"""
+    fractions, peaks, step_ms, flops = [], [], [], flops_per_image() * batch_size * steps
     for _ in range(blocks):
         synchronize(device)
         t0 = time.perf_counter()
         for _ in range(steps):
             step(None, next(batches))
         synchronize(device)
-        step_gflops = flops / (time.perf_counter() - t0) / 1e9
+        seconds = time.perf_counter() - t0
         peaks.append(gemm_peak_gflops(dtype, device, repeats=3))
-        fractions.append(step_gflops / peaks[-1])
+        fractions.append(flops / seconds / 1e9 / peaks[-1])
+        step_ms.append(seconds / steps * 1000)
     return {"paired_peak_fraction": median(fractions), "paired_peak_fractions": [round(f, 4) for f in fractions],
-            "paired_peaks_gflops": [round(p, 1) for p in peaks]}
+            "paired_peaks_gflops": [round(p, 1) for p in peaks], "paired_step_ms": median(step_ms)}
 
 
 def machine_limit(args, earlier_peaks: dict) -> dict:

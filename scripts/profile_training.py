@@ -27,7 +27,6 @@ import itertools
 import json
 import pstats
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -152,28 +151,19 @@ def profile_step(args) -> dict:
     return result
 
 
-def share_of_the_peak(step, batches, bf16: bool, blocks: int, steps: int = 40) -> dict:
-    """The step's share of the GEMM peak as bench.py's paired_peak_fraction measures it: blocks of 40 steps,
-    each followed by the GEMM peak (bf16, or fp32 for an fp32 step); the median of the blocks' shares. Here for
-    the step as profiled, --compile included."""
+def share_of_the_peak(step, batches, bf16: bool, blocks: int) -> dict:
+    """The profiled step's share of the GEMM peak (bf16, or fp32 for an fp32 step), --compile included, as
+    bench.py measures its own step's (bench.peak_shares: blocks of 40 steps, each followed by the peak)."""
     spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    device, dtype = torch.device("cpu"), torch.bfloat16 if bf16 else torch.float32
-    flops = bench.flops_per_image() * 64 * steps
-    shares, step_ms = [], []
-    for _ in range(blocks):
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step(None, next(batches))
-        seconds = time.perf_counter() - t0
-        shares.append(flops / seconds / 1e9 / bench.gemm_peak_gflops(dtype, device, repeats=3))
-        step_ms.append(seconds / steps * 1000)
-    share = statistics.median(shares)
-    print(f"\nthe step's share of the {'bf16' if bf16 else 'fp32'} GEMM peak, {blocks} blocks of {steps} steps each "
-          f"followed by the peak: {100 * share:.1f}% (median; {100 * min(shares):.1f}% to {100 * max(shares):.1f}%), "
-          f"{statistics.median(step_ms):.2f} ms a step")
-    return {"paired_peak_fraction": share, "paired_peak_fractions": [round(f, 4) for f in shares]}
+    result = bench.peak_shares(step, batches, 64, torch.bfloat16 if bf16 else torch.float32, torch.device("cpu"),
+                               blocks)
+    shares = result["paired_peak_fractions"]
+    print(f"\nthe step's share of the {'bf16' if bf16 else 'fp32'} GEMM peak, {blocks} blocks of 40 steps each "
+          f"followed by the peak: {100 * result['paired_peak_fraction']:.1f}% (median; {100 * min(shares):.1f}% to "
+          f"{100 * max(shares):.1f}%), {result['paired_step_ms']:.2f} ms a step")
+    return result
 
 
 PHASES = [  # (phase, function name, file suffix): cumulative time of the function
