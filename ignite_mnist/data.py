@@ -63,6 +63,13 @@ def read_idx(path: Path) -> np.ndarray:
     return array
 
 
+def cache_root() -> Path:
+    """$XDG_CACHE_HOME/ignite-mnist (~/.cache/ignite-mnist where it is unset or not absolute, as XDG says);
+    RuntimeError without a home directory."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "ignite-mnist"
+
+
 def decoded_cache(path: Path):
     """Where the decoded array of .gz file `path` is kept: $XDG_CACHE_HOME/ignite-mnist (~/.cache), or None
     for a file too small to gain from it (or one that cannot be read: decoding it says why)."""
@@ -73,8 +80,7 @@ def decoded_cache(path: Path):
         with open(path, "rb") as f:
             f.seek(-8, os.SEEK_END)
             trailer = f.read(8).hex()  # CRC-32 and length (mod 2^32) of the uncompressed data
-        xdg = os.environ.get("XDG_CACHE_HOME", "")
-        root = (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "ignite-mnist"  # XDG: absolute only
+        root = cache_root()
     except (OSError, RuntimeError):  # unreadable (decoding says why), or no home directory
         return None
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]

@@ -65,7 +65,8 @@ def main() -> None:
     def train_step(side):
         net = nets[side]().to(device, memory_format=torch.channels_last)
         net.load_state_dict(weights)
-        return net, engines.make_train_step(net, torch.optim.Adadelta(net.parameters(), lr=1.0), sets["train"], bf16)
+        return net, engines.make_train_step(net, engines.make_optimizer(net.parameters(), 1.0, device),
+                                          sets["train"], bf16)
 
     batches = data.ShuffledBatches(len(sets["train"]), 64, 0)
     indexes = [b for _, b in zip(range(20 + args.blocks * args.steps), batches)]

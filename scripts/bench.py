@@ -180,7 +180,7 @@ def bare_training(args, cfg: dict, device) -> tuple:
     manual_seed(args.seed)
     sets = data.tensor_sets(args.dataset, args.data_path, draw_split(args.sizes[0], 0, args.seed), device)
     model = Net().to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=cfg["lr"])
+    optimizer = engines.make_optimizer(model.parameters(), cfg["lr"], device)
     return sets, model, optimizer, engines.make_train_step(model, optimizer, sets["train"], bf16), bf16
 
 

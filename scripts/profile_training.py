@@ -95,7 +95,7 @@ def profile_step(args) -> dict:
     sizes = data.dataset_sizes(args.dataset, args.data_path)
     sets = data.tensor_sets(args.dataset, args.data_path, draw_split(sizes["train"], 0, 0), device)
     model = Net().to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    optimizer = engines.make_optimizer(model.parameters(), 1.0, device, args.compile in ("optimizer", "both"))
     if args.compile in ("model", "both"):
         model.forward = torch.compile(model.forward)
     if args.compile in ("optimizer", "both"):  # as training.compile_optimizer does

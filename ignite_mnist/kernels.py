@@ -1,0 +1,201 @@
+"""Fused CPU kernels for the training step (kernels.c): one pass over memory where the eager operators they
+replace make several (README, Speed).
+
+- PoolReluDropout: model.Net's max-pool, ReLU, dropout1 and the change to the plain layout, and their backward:
+  the same values as the eager operators, bit for bit;
+- FusedAdadelta: torch.optim.Adadelta's update of each float32 parameter in one loop instead of eleven passes:
+  torch's arithmetic, but square roots correctly rounded, where torch's CPU kernel is within one unit in the
+  last place.
+
+kernels.c is compiled with the C compiler (`$CC`, else `cc`) on first use, for this CPU (-march=native), and
+kept in data.cache_root() (~/.cache/ignite-mnist). Without a compiler, or with IGNITE_MNIST_KERNELS=0, training
+runs the eager operators, slower.
+"""
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy  # noqa: F401  (before torch: see lazy_imports)
+import torch
+
+from ignite_mnist import data
+
+log = logging.getLogger("ignite_mnist")
+
+SOURCES = [Path(__file__).with_name("kernels.c"), Path(__file__).with_name("kernels_pool.h")]
+FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-fopenmp",
+         "-fPIC", "-shared"]
+VLEN = 16  # kernels.c's channels a vector
+
+_library = None  # the loaded kernels, or False where they cannot be
+
+
+def library():
+    """kernels.c loaded, built first if this CPU's build is not in the cache; None if it cannot be (said once,
+    in the log)."""
+    global _library
+    if _library is None:
+        try:
+            _library = _load()
+        except KernelsUnavailable as e:
+            log.info("fused kernels not used (%s): training runs the eager operators, with the same results", e)
+            _library = False
+    return _library or None
+
+
+class KernelsUnavailable(Exception):
+    pass
+
+
+def _cpu_flags() -> str:
+    try:
+        return next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
+    except OSError:
+        return ""
+
+
+def _load():
+    if os.environ.get("IGNITE_MNIST_KERNELS", "1") == "0":
+        raise KernelsUnavailable("IGNITE_MNIST_KERNELS=0")
+    if "OpenMP" not in torch.__config__.parallel_info():  # kernels.c's threads share torch's OpenMP runtime
+        raise KernelsUnavailable("this torch does not use OpenMP")
+    compiler = os.environ.get("CC") or "cc"
+    key = hashlib.sha256()
+    for part in [*(p.read_bytes() for p in SOURCES), " ".join([compiler, *FLAGS]).encode(), _cpu_flags().encode()]:
+        key.update(part)
+    try:
+        cache = data.cache_root()
+    except RuntimeError:
+        raise KernelsUnavailable("no home directory to keep them in") from None
+    path = cache / f"kernels-{key.hexdigest()[:16]}.so"
+    if not path.is_file():
+        _build(compiler, cache, path)
+    lib = ctypes.CDLL(str(path))
+    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+    for dtype in ("bf16", "f32"):
+        getattr(lib, f"pool_{dtype}_fwd").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, p, i32]
+        getattr(lib, f"pool_{dtype}_bwd").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, i32]
+    lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
+    return lib
+
+
+def _build(compiler: str, cache: Path, path: Path) -> None:
+    if shutil.which(compiler) is None:
+        raise KernelsUnavailable(f"no C compiler: {compiler} not found")
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".so.tmp", dir=cache)  # then renamed: atomic, so
+        os.close(fd)  # that processes building at once (the ranks of a run) never load half a file
+    except OSError as e:
+        raise KernelsUnavailable(f"cannot write {cache}: {e.strerror}") from None
+    try:
+        done = subprocess.run([compiler, *FLAGS, str(SOURCES[0]), "-o", tmp], capture_output=True, text=True)
+        if done.returncode != 0:
+            first = (done.stderr.strip().splitlines() or ["no message"])[0][:200]
+            raise KernelsUnavailable(f"{compiler} failed to compile kernels.c: {first}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return {torch.bfloat16: "bf16", torch.float32: "f32"}[t.dtype]
+
+
+# ---- max-pool, ReLU and dropout -------------------------------------------------------------------------
+
+
+def pool_fits(x: torch.Tensor) -> bool:
+    """Whether PoolReluDropout takes x: a channels_last CPU activation of the sizes kernels.c handles."""
+    return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and x.dim() == 4
+            and x.shape[1] % VLEN == 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+            and x.is_contiguous(memory_format=torch.channels_last) and library() is not None)
+
+
+class PoolReluDropout(torch.autograd.Function):
+    """dropout(relu(max_pool2d(x, 2))) of a channels_last x, in the plain layout, as model.Net computes it
+    eagerly. keep_bytes: dropout's random bytes in the output's plain layout; an element is kept where its byte
+    is below keep_below, and multiplied by keep_value (dropout's mask value, in x's dtype)."""
+
+    @staticmethod
+    def forward(ctx, x, keep_bytes, keep_below: int, keep_value: float):
+        n, c, h, w = x.shape
+        pooled = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=torch.channels_last)
+        code = torch.empty_like(pooled, dtype=torch.uint8)
+        keep_bytes = keep_bytes.view(pooled.shape).contiguous(memory_format=torch.channels_last)
+        getattr(library(), f"pool_{_dtype_name(x)}_fwd")(
+            x.data_ptr(), keep_bytes.data_ptr(), keep_below, keep_value, n, h, w, c, pooled.data_ptr(),
+            code.data_ptr(), _threads())
+        ctx.save_for_backward(code)
+        ctx.keep_value, ctx.input_shape = keep_value, x.shape
+        return pooled.contiguous()  # fc1 reads the plain layout
+
+    @staticmethod
+    def backward(ctx, grad):
+        (code,) = ctx.saved_tensors
+        n, c, h, w = ctx.input_shape
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad_x = torch.empty(ctx.input_shape, dtype=grad.dtype, memory_format=torch.channels_last)
+        getattr(library(), f"pool_{_dtype_name(grad)}_bwd")(
+            grad.data_ptr(), code.data_ptr(), 1, ctx.keep_value, n, h, w, c, grad_x.data_ptr(), _threads())
+        return grad_x, None, None, None
+
+
+# ---- Adadelta -----------------------------------------------------------------------------------------
+
+
+class FusedAdadelta(torch.optim.Adadelta):
+    """torch.optim.Adadelta whose step runs kernels.c's adadelta: one loop a parameter instead of eleven passes.
+    The same state (checkpoints are torch's), the same arithmetic in torch's order and roundings, except the two
+    square roots, correctly rounded here and within one unit in the last place in torch's (MKL's) kernel: the
+    weights drift from torch's step by float32 rounding, not more. Torch's own step runs wherever the fused one
+    does not compute the same thing (weight decay, maximize, a closure, a tensor lr, another device or dtype) and
+    when the kernels are unavailable."""
+
+    def _fits(self) -> bool:
+        def like(t, p):  # float32 on the CPU, each element once in memory, in the same order as p's
+            return (t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided
+                    and t.shape == p.shape and t.stride() == p.stride()
+                    and (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))))
+
+        for group in self.param_groups:
+            if (group["weight_decay"] != 0 or group["maximize"] or group["differentiable"] or group["capturable"]
+                    or isinstance(group["lr"], torch.Tensor)):
+                return False
+            for p in group["params"]:
+                state = self.state[p]
+                if p.grad is not None and not (
+                        like(p, p) and like(p.grad, p)
+                        and all(like(state[k], p) for k in ("square_avg", "acc_delta") if k in state)):
+                    return False
+        return library() is not None
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None or not self._fits():
+            return super().step(closure)
+        for group in self.param_groups:
+            lr, rho, eps = group["lr"], group["rho"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:  # as torch's Adadelta starts a parameter's state
+                    state["step"] = torch.zeros(())
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                library().adadelta(p.data_ptr(), p.grad.data_ptr(), state["square_avg"].data_ptr(),
+                                   state["acc_delta"].data_ptr(), p.numel(), -lr, rho, 1 - rho, eps, _threads())
+        return None

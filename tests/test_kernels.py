@@ -1,0 +1,217 @@
+"""The fused CPU kernels (kernels.c) compute what the eager operators they replace compute, and training falls back
+to those operators wherever the kernels cannot run."""
+
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ignite_mnist import kernels, model
+from ignite_mnist.model import Net
+
+needs_kernels = pytest.mark.skipif(kernels.library() is None, reason="no C compiler with OpenMP to build kernels.c")
+
+
+def eager_pool_relu_dropout(x, keep_bytes, p):
+    """model.Net's eager path from conv2's output: max-pool, layout change, ReLU, byte dropout (model.Dropout)."""
+    y = model.PlainLayout.apply(F.max_pool2d(x, 2))
+    r = F.relu(y)
+    keep = torch.lt(keep_bytes.view(r.shape), int((1 - p) * 256), out=torch.empty(r.shape, dtype=r.dtype))
+    return r * keep.mul_(1 / (1 - p))
+
+
+def special_values(x):
+    """Windows of ties, negatives, zeros, NaN and infinities: where max-pool's first-maximum rule and NaN rule,
+    ReLU's and threshold_backward's decide."""
+    x[0, 0, :2, :2] = 0.5  # a tie: the first in scan order takes the gradient
+    x[0, 1, :2, :2] = -1.0  # a negative tie: ReLU stops the gradient
+    x[0, 2, 2:4, 2:4] = 0.0
+    x[0, 3, 0, 1] = float("nan")  # NaN wins its window
+    x[0, 4, 1, 1] = float("inf")
+    x[1, 5, :2, :2] = float("-inf")  # no value above -inf: the first keeps it
+    x[1, 6, 1, 0] = float("nan")
+    x[1, 6, 1, 1] = float("nan")  # two NaN: the last wins, as in aten
+    return x
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("p", [0.25, 0.5])
+@pytest.mark.parametrize("shape", [(64, 64, 24, 24), (3, 16, 4, 6), (2, 32, 2, 2)])
+def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
+    generator = torch.Generator().manual_seed(0)
+    x = special_values(torch.randn(shape, generator=generator).to(dtype)).contiguous(memory_format=torch.channels_last)
+    n, c, h, w = shape
+    keep_bytes = torch.randint(0, 256, (n * c * h * w // 4,), dtype=torch.uint8, generator=generator)
+    grad = torch.randn(n, c, h // 2, w // 2, generator=generator).to(dtype)
+    grad[0, 0, 0, 0] = float("inf")  # dropped or not, inf * mask as the eager multiply makes it
+
+    results = []
+    for fused in (False, True):
+        xg = x.detach().clone().requires_grad_(True)
+        if fused:
+            assert kernels.pool_fits(xg)
+            y = kernels.PoolReluDropout.apply(xg, keep_bytes, int((1 - p) * 256), model.mask_value(p, dtype))
+        else:
+            y = eager_pool_relu_dropout(xg, keep_bytes, p)
+        y.backward(grad)
+        assert y.is_contiguous() and xg.grad.is_contiguous(memory_format=torch.channels_last)
+        results.append((y.detach(), xg.grad))
+    (y_eager, g_eager), (y_fused, g_fused) = results
+    same = lambda a, b: torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(0), b.nan_to_num(0))  # noqa
+    assert y_fused.isnan().any() and not g_fused.isfinite().all()  # the special values reached both outputs
+    assert same(y_fused, y_eager)
+    assert same(g_fused, g_eager)
+
+
+@needs_kernels
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_steps_give_the_same_weights_with_and_without_the_pooling_kernel(monkeypatch, precision):
+    def trained(fused):  # three steps of the model from the same weights and generator state, torch's Adadelta
+        monkeypatch.setattr(model.kernels, "pool_fits", kernels.pool_fits if fused else (lambda x: False))
+        calls = []
+        monkeypatch.setattr(kernels.PoolReluDropout, "apply",
+                            lambda *a, original=kernels.PoolReluDropout.apply: calls.append(1) or original(*a))
+        torch.manual_seed(0)
+        net = Net().to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adadelta(net.parameters(), lr=1.0)
+        batches = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            images = torch.randn(16, 1, 28, 28, generator=batches).to(memory_format=torch.channels_last)
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                F.nll_loss(net(images), torch.randint(0, 10, (16,), generator=batches)).backward()
+            optimizer.step()
+        assert len(calls) == (3 if fused else 0)
+        return net.state_dict()
+
+    fused, eager = trained(True), trained(False)
+    assert all(torch.equal(fused[k], eager[k]) for k in fused)
+
+
+def adadelta_with_exact_square_roots(params, grads, square_avgs, acc_deltas, lr, rho=0.9, eps=1e-6):
+    """torch/optim/adadelta.py's _single_tensor_adadelta, its two sqrt_ correctly rounded (through float64)."""
+    for param, grad, square_avg, acc_delta in zip(params, grads, square_avgs, acc_deltas):
+        square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)
+        std = square_avg.add(eps).double().sqrt().float()
+        delta = acc_delta.add(eps).double().sqrt().float().div_(std).mul_(grad)
+        acc_delta.mul_(rho).addcmul_(delta, delta, value=1 - rho)
+        param.add_(delta, alpha=-lr)
+
+
+@needs_kernels
+@pytest.mark.parametrize("lr", [1.0, 0.7, 0.343])
+def test_fused_adadelta_is_torch_s_arithmetic_with_exact_square_roots(lr):
+    torch.manual_seed(0)
+    net = Net().to(memory_format=torch.channels_last)  # conv2's weight channels_last; tails of 10 and 32 elements
+    fused = kernels.FusedAdadelta(net.parameters(), lr=lr)
+    torch_adadelta = torch.optim.Adadelta(Net().parameters(), lr=lr)
+    params = [p.detach().clone() for p in net.parameters()]
+    square_avgs, acc_deltas = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    for step in range(4):
+        grads = [torch.randn_like(p) * 10.0 ** -step for p in params]
+        for p, g in zip(net.parameters(), grads):
+            p.grad = g.clone()
+        fused.step()
+        adadelta_with_exact_square_roots(params, grads, square_avgs, acc_deltas, lr)
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), params))
+    assert all(torch.equal(fused.state[p]["square_avg"], s) and torch.equal(fused.state[p]["acc_delta"], a)
+               for p, s, a in zip(net.parameters(), square_avgs, acc_deltas))
+    assert all(fused.state[p]["step"].item() == 4 for p in net.parameters())
+    # the state is torch's: the same keys and types, loadable into torch's Adadelta and back
+    torch_adadelta.load_state_dict(fused.state_dict())
+    assert {k: type(v) for k, v in torch_adadelta.state_dict()["state"][0].items()} == \
+        {k: type(v) for k, v in fused.state_dict()["state"][0].items()}
+
+
+@needs_kernels
+def test_fused_adadelta_stays_within_float32_rounding_of_torch_s():
+    torch.manual_seed(0)
+    a, b = torch.randn(100_000), None
+    b = a.clone()
+    fused, eager = kernels.FusedAdadelta([a], lr=1.0), torch.optim.Adadelta([b], lr=1.0)
+    for _ in range(20):
+        a.grad = torch.randn(100_000) * 1e-2
+        b.grad = a.grad.clone()
+        fused.step()
+        eager.step()
+    assert not torch.equal(a, b)  # the square roots differ in the last place, somewhere
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_adadelta_runs_torch_s_step_where_it_would_compute_something_else(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels, "library", lambda: calls.append(1) or pytest.fail("the fused step ran"))
+    torch.manual_seed(0)
+    for options in ({"weight_decay": 0.1}, {"maximize": True}, {"lr": torch.tensor(1.0)}):
+        a = torch.randn(1000)
+        b = a.clone()
+        fused, eager = kernels.FusedAdadelta([a], **options), torch.optim.Adadelta([b], **options)
+        a.grad = torch.randn(1000)
+        b.grad = a.grad.clone()
+        fused.step()
+        eager.step()
+        assert torch.equal(a, b), options
+    a = torch.randn(1000, dtype=torch.float64)
+    a.grad = torch.randn(1000, dtype=torch.float64)
+    kernels.FusedAdadelta([a]).step()  # float64
+    assert kernels.FusedAdadelta([a]).step(lambda: torch.tensor(1.0)).item() == 1.0  # a closure: its loss back
+
+
+@needs_kernels
+def test_step_lr_sees_the_fused_step_as_an_optimizer_step():
+    p = torch.nn.Parameter(torch.randn(10))
+    optimizer = kernels.FusedAdadelta([p], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "lr_scheduler.step() before optimizer.step()", had the step lost its marks
+        p.grad = torch.ones(10)
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.7)
+
+
+FALLBACK = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+import torch
+from ignite_mnist import kernels, model
+print(kernels.library() is None)
+net = model.Net().to(memory_format=torch.channels_last)
+net(torch.randn(4, 1, 28, 28).to(memory_format=torch.channels_last)).sum().backward()  # trains eagerly
+kernels.FusedAdadelta(net.parameters()).step()
+print("trained")
+"""
+
+
+@pytest.mark.parametrize("env", [{"IGNITE_MNIST_KERNELS": "0"}, {"CC": "/nonexistent/cc"}, {"CC": "false"}])
+def test_without_the_kernels_training_runs_the_eager_operators_and_says_why_in_the_log(tmp_path, env):
+    run = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path), **env})  # nothing built yet there
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["True", "trained"]
+    said = [line for line in run.stderr.splitlines() if line.startswith("fused kernels not used")]
+    expected = {"IGNITE_MNIST_KERNELS": "IGNITE_MNIST_KERNELS=0", "CC": "no C compiler: /nonexistent/cc not found"}
+    if env.get("CC") == "false":
+        assert len(said) == 1 and "false failed to compile kernels.c" in said[0], run.stderr
+    else:
+        assert len(said) == 1 and expected[next(iter(env))] in said[0], run.stderr
+    assert not list(tmp_path.rglob("*.so*"))  # no half-built file left behind
+
+
+@needs_kernels
+def test_the_kernels_are_built_once_per_cpu_and_source_then_loaded(tmp_path):
+    def load():
+        run = subprocess.run([sys.executable, "-c", "from ignite_mnist import kernels; print(kernels.library())"],
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+        assert run.returncode == 0, run.stderr[-2000:]
+        return list((tmp_path / "ignite-mnist").glob("kernels-*.so"))
+
+    built = load()
+    assert len(built) == 1
+    mtime = built[0].stat().st_mtime_ns
+    assert load() == built and built[0].stat().st_mtime_ns == mtime  # loaded, not built again
