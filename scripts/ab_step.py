@@ -15,6 +15,7 @@ Prints the median ms a step of each side and the median, lowest and highest of t
 
 import argparse
 import importlib.util
+import itertools
 import json
 import statistics
 import sys
@@ -69,7 +70,8 @@ def main() -> None:
                                           sets["train"], bf16)
 
     batches = data.ShuffledBatches(len(sets["train"]), 64, 0)
-    indexes = [b for _, b in zip(range(20 + args.blocks * args.steps), batches)]
+    indexes = list(itertools.islice(itertools.chain.from_iterable(itertools.repeat(batches)),  # epochs enough
+                                    20 + args.blocks * args.steps))
 
     # the same results? the same steps from the same generator state on each side
     trained = {}

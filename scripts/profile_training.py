@@ -11,7 +11,8 @@ step: the exact training step of `ignite-mnist train` (engines.make_train_step o
 timed by wall clock, alternating with as many steps in which every aten operator is timed by wall clock
 (a dispatch mode, not torch.profiler, whose own allocations make the step's operators page-fault: see
 OperatorTimer), each charged to forward, backward, the optimizer, casts (autocast's), layout copies or
-dropout masks. What the operators leave of the step's wall clock is Python, the engine and the allocator. With
+dropout masks; the fused kernels (ignite_mnist/kernels.c) as operators named kernels.*. What the operators
+leave of the step's wall clock is Python, the engine and the allocator. With
 --compile, the model's forward (and so its backward), the optimizer's step, or both go through
 torch.compile (inductor) first; the time of the first steps (tracing, compiling, or loading inductor's
 cache) is printed apart.
@@ -57,8 +58,35 @@ class OperatorTimer(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.in_optimizer = False
+        self.in_optimizer = self.on = False
         self.times = {}  # (part, operator, first input's shape) -> [seconds, calls]
+
+    def __enter__(self):
+        self.on = True
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        self.on = False
+        return super().__exit__(*exc)
+
+    def time_kernels(self, library):
+        """kernels.c's functions (ctypes calls, which a dispatch mode does not see) timed as operators too."""
+        timer = self
+
+        class Timed:
+            def __getattr__(self, name):
+                function = getattr(library, name)
+
+                def timed(*args):
+                    t0 = time.perf_counter()
+                    out = function(*args)
+                    if timer.on:
+                        timer.charge(f"kernels.{name}", (), time.perf_counter() - t0)
+                    return out
+
+                return timed
+
+        return Timed()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         t0 = time.perf_counter()
@@ -83,7 +111,7 @@ class OperatorTimer(TorchDispatchMode):
 
 
 def profile_step(args) -> dict:
-    from ignite_mnist import data, engines
+    from ignite_mnist import data, engines, kernels
     from ignite_mnist.device import prepare_cpu_for_training, use_bf16
     from ignite_mnist.experiment import draw_split
     from ignite_mnist.model import Net
@@ -102,13 +130,15 @@ def profile_step(args) -> dict:
         engines.compile_optimizer_step(optimizer)
     step = engines.make_train_step(model, optimizer, sets["train"], bf16)
     batches = data.ShuffledBatches(len(sets["train"]), 64, 0)
-    indexes = [b for _, b in zip(range(2 * args.steps + 20), batches)]
+    indexes = list(itertools.islice(itertools.chain.from_iterable(itertools.repeat(batches)), 2 * args.steps + 20))  # epochs
     t0 = time.perf_counter()
     for index in indexes[:20]:  # warm-up: oneDNN primitives, allocator, and torch.compile's work
         step(None, index)
     if args.compile != "none":
         print(f"torch.compile ({args.compile}): the first 20 steps took {time.perf_counter() - t0:.1f} s")
     timer = OperatorTimer()
+    if kernels.library() is not None:
+        kernels._library = timer.time_kernels(kernels.library())
     optimizer.register_step_pre_hook(lambda *_: setattr(timer, "in_optimizer", True))
     optimizer.register_step_post_hook(lambda *_: setattr(timer, "in_optimizer", False))
     # plain steps and operator-timed steps alternate, so that the machine's drift enters both alike
