@@ -2,7 +2,9 @@
  *
  * Each computes, bit for bit, what the eager PyTorch operators it replaces compute (tests/test_kernels.py), in
  * one pass over memory instead of several:
- * - pool_*_fwd/bwd: max-pool 2x2 (stride 2), ReLU and dropout on a channels_last activation, and their backward;
+ * - pool_fwd_*, pool_bwd_*: max-pool 2x2 (stride 2), ReLU and dropout on a channels_last activation, and their
+ *   backward (kernels_dtype.h, for bf16 and float32);
+ * - relu_bwd_*: ReLU's backward (threshold_backward) in one pass;
  * - adadelta: torch.optim.Adadelta's update of one float32 parameter (no weight decay), torch's order of
  *   operations, each rounded to float as torch rounds it.
  * Compiled with -ffp-contract=off (fused multiply-adds only where torch has them: fmaf), -fno-trapping-math and
@@ -38,24 +40,30 @@ static inline vf round_bf16(vf f) { uint16_t h[VLEN]; store_bf16(h, f); return l
 static inline vf load_f32(const float *p) { vf f; memcpy(&f, p, sizeof f); return f; }
 static inline void store_f32(float *p, vf f) { memcpy(p, &f, sizeof f); }
 static inline vf round_f32(vf f) { return f; }
+static inline vi out_passes(vf out) { return ~(out <= 0.0f); }
+static inline float load1_bf16(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
+static inline float load1_f32(float f) { return f; }
 
 #define T uint16_t
-#define NAME(x) pool_bf16_##x
+#define NAME(x) x##_bf16
 #define LOAD load_bf16
 #define STORE store_bf16
 #define ROUND round_bf16
-#include "kernels_pool.h"
+#define LOAD1 load1_bf16
+#include "kernels_dtype.h"
 #undef T
 #undef NAME
 #undef LOAD
 #undef STORE
 #undef ROUND
+#undef LOAD1
 #define T float
-#define NAME(x) pool_f32_##x
+#define NAME(x) x##_f32
 #define LOAD load_f32
 #define STORE store_f32
 #define ROUND round_f32
-#include "kernels_pool.h"
+#define LOAD1 load1_f32
+#include "kernels_dtype.h"
 
 /* torch.optim.Adadelta's single-tensor step (torch/optim/adadelta.py), weight_decay 0, not maximizing:
  *   square_avg.mul_(rho).addcmul_(grad, grad, value=1 - rho)

@@ -8,7 +8,8 @@ Layer names and shapes are the example's, so weights load into either. Three cha
 - in training, the pooled activations leave the channels_last layout of the convolutions right after the
   pooling, and their gradient comes back to it in one copy (PlainLayout below);
 - in training on the CPU, max-pool, ReLU, dropout1 and that layout change run as one kernel each way
-  (kernels.PoolReluDropout), which computes the same values as the eager operators, bit for bit.
+  (kernels.PoolReluDropout), and conv1's ReLU has a one-pass backward (kernels.Relu): the same values as the
+  eager operators, bit for bit.
 """
 
 import functools
@@ -85,7 +86,8 @@ class Net(nn.Module):
         self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x):
-        x = F.relu(self.conv1(x))
+        x = self.conv1(x)
+        x = kernels.Relu.apply(x) if self.training and kernels.relu_fits(x) else F.relu(x)
         x = self.conv2(x)
         if self.dropout1.draws_bytes(x) and kernels.pool_fits(x):  # training on the CPU
             p = self.dropout1.p

@@ -70,10 +70,13 @@ def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
 
 @needs_kernels
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_training_steps_give_the_same_weights_with_and_without_the_pooling_kernel(monkeypatch, precision):
+def test_training_steps_give_the_same_weights_with_and_without_the_kernels_in_the_model(monkeypatch, precision):
     def trained(fused):  # three steps of the model from the same weights and generator state, torch's Adadelta
         monkeypatch.setattr(model.kernels, "pool_fits", kernels.pool_fits if fused else (lambda x: False))
-        calls = []
+        monkeypatch.setattr(model.kernels, "relu_fits", kernels.relu_fits if fused else (lambda x: False))
+        calls, relu_calls = [], []
+        monkeypatch.setattr(kernels.Relu, "apply",
+                            lambda x, original=kernels.Relu.apply: relu_calls.append(x.shape) or original(x))
         monkeypatch.setattr(kernels.PoolReluDropout, "apply",
                             lambda *a, original=kernels.PoolReluDropout.apply: calls.append(1) or original(*a))
         torch.manual_seed(0)
@@ -87,10 +90,40 @@ def test_training_steps_give_the_same_weights_with_and_without_the_pooling_kerne
                 F.nll_loss(net(images), torch.randint(0, 10, (16,), generator=batches)).backward()
             optimizer.step()
         assert len(calls) == (3 if fused else 0)
+        assert relu_calls == ([torch.Size([16, 32, 26, 26])] * 3 if fused else [])  # conv1's ReLU
         return net.state_dict()
 
     fused, eager = trained(True), trained(False)
     assert all(torch.equal(fused[k], eager[k]) for k in fused)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape, layout", [((64, 32, 26, 26), torch.channels_last), ((3, 5, 7, 9), torch.channels_last),
+                                           ((1001,), torch.contiguous_format)])
+def test_relu_backward_is_threshold_backward_bit_for_bit(dtype, shape, layout):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator).to(dtype)
+    x.view(-1)[:6] = torch.tensor([0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e-30])
+    x = x.contiguous(memory_format=layout)
+    grad = torch.randn(shape, generator=generator).to(dtype)
+    grad.view(-1)[6:9] = float("nan")
+
+    def bits(t):  # the bits of each value; any NaN as one (aten writes bf16 NaN as 0xFFFF, this kernel keeps 0x7FC0)
+        t = t.contiguous().masked_fill(t.isnan(), float("nan"))
+        return t.view(torch.int16 if dtype == torch.bfloat16 else torch.int32).masked_fill(t.isnan(), 0)
+
+    for grad_layout in (layout, torch.contiguous_format):  # the second copied into x's layout first
+        results = []
+        for relu in (torch.relu, kernels.Relu.apply):
+            xg = x.detach().clone().requires_grad_(True)
+            y = relu(xg)
+            y.backward(grad.contiguous(memory_format=grad_layout))
+            results.append((y.detach(), xg.grad))
+        (y_eager, g_eager), (y_fused, g_fused) = results
+        assert torch.equal(bits(y_eager), bits(y_fused)) and torch.equal(bits(g_eager), bits(g_fused))
+        assert torch.equal(g_eager.isnan(), g_fused.isnan()) and g_fused.isnan().any()  # the NaN gradients too
+        assert g_fused.stride() == x.stride()
 
 
 def adadelta_with_exact_square_roots(params, grads, square_avgs, acc_deltas, lr, rho=0.9, eps=1e-6):

@@ -1,5 +1,6 @@
-/* Included by kernels.c once per dtype (T, NAME, LOAD, STORE, ROUND). All tensors channels_last:
- * x and gx [N, H, W, C]; y, gy, keep_bytes and code [N, H/2, W/2, C]; H and W even, C a multiple of VLEN.
+/* Included by kernels.c once per dtype (T, NAME, LOAD, STORE, ROUND). All tensors channels_last but keep_bytes:
+ * x and gx [N, H, W, C]; y, gy and code [N, H/2, W/2, C]; keep_bytes [N, C, H/2, W/2] (plain, as the eager
+ * dropout draws them); H and W even, C a multiple of VLEN.
  *
  * Forward, as model.Net computes it eagerly: y = dropout(relu(max_pool2d(x, 2))), where max-pool keeps the first
  * maximum of each window in scan order unless a NaN comes (aten's rule), ReLU passes NaN, and dropout keeps an
@@ -7,7 +8,7 @@
  * code records, per output, the window position of the maximum (bits 0-1), whether dropout kept it (bit 2) and
  * whether ReLU passes its gradient (bit 3: not relu(m) <= 0, as threshold_backward decides).
  * keep_bytes NULL: no dropout (code bit 2 set). */
-void NAME(fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float keep_value, int64_t N, int64_t H,
+void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float keep_value, int64_t N, int64_t H,
                int64_t W, int64_t C, T *y, uint8_t *code, int threads) {
     const int64_t OH = H / 2, OW = W / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -26,8 +27,10 @@ void NAME(fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float keep
                 vf r = SEL((m > 0.0f) | (m != m), m, (vf){0});  /* relu */
                 k |= ~(r <= 0.0f) & 8;
                 if (keep_bytes) {
-                    vb bytes; memcpy(&bytes, keep_bytes + o + c, sizeof bytes);
-                    vi keep = __builtin_convertvector(bytes, vi) < keep_below;
+                    const uint8_t *b = keep_bytes + ((n * C + c) * OH + oh) * OW + ow;  /* plain: a channel apart */
+                    vi keep;
+                    for (int j = 0; j < VLEN; j++) keep[j] = b[j * OH * OW];
+                    keep = keep < keep_below;
                     r = r * SEL(keep, (vf){0} + keep_value, (vf){0});
                     k |= keep & 4;
                 } else {
@@ -43,7 +46,7 @@ void NAME(fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float keep
 
 /* The gradient of x from y's: dropout's (gy * mask, rounded to T), ReLU's, then max-pool's (to the window's
  * maximum; zero elsewhere). */
-void NAME(bwd)(const T *gy, const uint8_t *code, int dropout, float keep_value, int64_t N, int64_t H, int64_t W,
+void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_value, int64_t N, int64_t H, int64_t W,
                int64_t C, T *gx, int threads) {
     const int64_t OH = H / 2, OW = W / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -66,4 +69,16 @@ void NAME(bwd)(const T *gy, const uint8_t *code, int dropout, float keep_value, 
             }
         }
     }
+}
+
+/* ReLU's backward from its output: gx = out <= 0 ? 0 : g (threshold_backward's rule: NaN passes the gradient).
+ * g, out and gx in the same layout, n elements. */
+void NAME(relu_bwd)(const T *g, const T *out, int64_t n, T *gx, int threads) {
+    const int64_t vectors = n / VLEN;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t v = 0; v < vectors; v++) {
+        const int64_t i = v * VLEN;
+        STORE(gx + i, SEL(out_passes(LOAD(out + i)), LOAD(g + i), (vf){0}));
+    }
+    for (int64_t i = vectors * VLEN; i < n; i++) gx[i] = LOAD1(out[i]) <= 0.0f ? (T)0 : g[i];
 }
