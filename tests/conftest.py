@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny MNIST-format dataset cut from the bundled sample, and ways to run the CLI."""
 
+import atexit
 import gzip
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,10 +39,12 @@ def write_dataset(folder: Path, train, test, gz: bool = True) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", autouse=True)
-def decoded_cache_in_a_temporary_folder(tmp_path_factory):
-    """Datasets decoded by the tests (and the commands they run) are cached there, not in the user's home."""
-    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+def pytest_configure(config):
+    """Datasets decoded and kernels built by the tests (and the commands they run) are cached in a temporary
+    folder, not in the user's home: set before the test modules are collected (test_kernels builds at import)."""
+    folder = tempfile.mkdtemp(prefix="ignite-mnist-tests-cache-")
+    os.environ["XDG_CACHE_HOME"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

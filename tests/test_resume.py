@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import assert_same, make_config, run_cli
-from ignite_mnist import data
+from ignite_mnist import data, kernels
 from ignite_mnist.checkpoints import read_checkpoint
 from ignite_mnist.launch import run_training
 from ignite_mnist.experiment import create_experiment, load_config
@@ -20,11 +20,14 @@ def new_experiment(workdir, tiny_data, name, **changes):
 
 
 @pytest.mark.filterwarnings("error::UserWarning")  # (StepLR's, had the compiled step lost its marks)
-@pytest.mark.parametrize("precision, compiled", [("fp32", False), ("bf16", False), ("bf16", True)])
-def test_resumed_training_equals_uninterrupted_training(workdir, tiny_data, precision, compiled):
+@pytest.mark.parametrize("precision, compiled, fused", [("fp32", False, True), ("bf16", False, True), ("bf16", True, True),
+                                                       ("bf16", False, False)])
+def test_resumed_training_equals_uninterrupted_training(workdir, tiny_data, precision, compiled, fused, monkeypatch):
+    if not fused:  # the eager operators, as without a C compiler (fused: kernels.c, where it builds)
+        monkeypatch.setattr(kernels, "_library", False)
     changes = {"training.precision": precision, "training.compile_optimizer": compiled}
-    straight = new_experiment(workdir, tiny_data, f"straight-{precision}-{compiled}", **changes)
-    resumed = new_experiment(workdir, tiny_data, f"resumed-{precision}-{compiled}", **changes)
+    straight = new_experiment(workdir, tiny_data, f"straight-{precision}-{compiled}-{fused}", **changes)
+    resumed = new_experiment(workdir, tiny_data, f"resumed-{precision}-{compiled}-{fused}", **changes)
     if compiled:
         from torch._dynamo.utils import counters
         graphs = counters["stats"]["unique_graphs"]
