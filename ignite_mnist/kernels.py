@@ -36,6 +36,10 @@ VLEN = 16  # kernels.c's channels a vector
 _library = None  # the loaded kernels, or False where they cannot be
 
 
+class KernelsUnavailable(Exception):
+    pass
+
+
 def library():
     """kernels.c loaded, built first if this CPU's build is not in the cache; None if it cannot be (said once,
     in the log)."""
@@ -44,13 +48,9 @@ def library():
         try:
             _library = _load()
         except KernelsUnavailable as e:
-            log.info("fused kernels not used (%s): training runs the eager operators, with the same results", e)
+            log.info("fused kernels not used (%s): training runs PyTorch's own operators, slower", e)
             _library = False
     return _library or None
-
-
-class KernelsUnavailable(Exception):
-    pass
 
 
 def _cpu_flags() -> str:
@@ -96,7 +96,11 @@ def _build(compiler: str, cache: Path, path: Path) -> None:
     except OSError as e:
         raise KernelsUnavailable(f"cannot write {cache}: {e.strerror}") from None
     try:
-        done = subprocess.run([compiler, *FLAGS, str(SOURCES[0]), "-o", tmp], capture_output=True, text=True)
+        try:
+            done = subprocess.run([compiler, *FLAGS, str(SOURCES[0]), "-o", tmp], capture_output=True, text=True,
+                                  timeout=120)
+        except subprocess.TimeoutExpired:
+            raise KernelsUnavailable(f"{compiler} took more than 120 s to compile kernels.c") from None
         if done.returncode != 0:
             first = (done.stderr.strip().splitlines() or ["no message"])[0][:200]
             raise KernelsUnavailable(f"{compiler} failed to compile kernels.c: {first}")

@@ -1,6 +1,6 @@
 """The network of the PyTorch MNIST example (pytorch/examples, mnist/main.py).
 
-Layer names and shapes are the example's, so weights load into either. Three changes, for speed only:
+Layer names and shapes are the example's, so weights load into either. Four changes, for speed only:
 - max-pool runs before the ReLU that precedes it in the example: ReLU is monotonic, so
   max_pool(relu(x)) == relu(max_pool(x)) exactly, and the ReLU then touches a quarter of the values;
 - dropout draws its mask from random bytes on the CPU (Dropout below): the same Bernoulli(1 - p)
@@ -39,6 +39,7 @@ class Dropout(nn.Dropout):
     """
 
     def draws_bytes(self, x) -> bool:
+        """Whether the mask comes from random bytes: in training on the CPU, p a multiple of 1/256."""
         return (self.training and x.device.type == "cpu" and self.p != 0 and not (1 - self.p) * 256 % 1
                 and not self.inplace)
 

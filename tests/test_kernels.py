@@ -248,3 +248,12 @@ def test_the_kernels_are_built_once_per_cpu_and_source_then_loaded(tmp_path):
     assert len(built) == 1
     mtime = built[0].stat().st_mtime_ns
     assert load() == built and built[0].stat().st_mtime_ns == mtime  # loaded, not built again
+
+
+def test_training_makes_the_fused_adadelta_on_the_cpu_unless_inductor_compiles_the_step():
+    from ignite_mnist.engines import make_optimizer
+
+    params = list(Net().parameters())
+    assert type(make_optimizer(params, 1.0, torch.device("cpu"))) is kernels.FusedAdadelta
+    assert type(make_optimizer(params, 1.0, torch.device("cpu"), compiled=True)) is torch.optim.Adadelta
+    assert type(make_optimizer(params, 1.0, torch.device("meta"))) is torch.optim.Adadelta  # (CUDA's case)
