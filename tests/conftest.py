@@ -39,6 +39,26 @@ def write_dataset(folder: Path, train, test, gz: bool = True) -> Path:
     return folder
 
 
+def three_training_steps(bf16: bool = True) -> dict:
+    """The weights after three training steps of model.Net (torch's Adadelta, batches of 16 random images) from
+    seed 0: to compare the model's code paths, which must give the same weights bit for bit."""
+    import torch.nn.functional as F
+
+    from ignite_mnist.model import Net
+
+    torch.manual_seed(0)
+    net = Net().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adadelta(net.parameters(), lr=1.0)
+    batches = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        images = torch.randn(16, 1, 28, 28, generator=batches).to(memory_format=torch.channels_last)
+        optimizer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            F.nll_loss(net(images), torch.randint(0, 10, (16,), generator=batches)).backward()
+        optimizer.step()
+    return net.state_dict()
+
+
 def pytest_configure(config):
     """Datasets decoded and kernels built by the tests (and the commands they run) are cached in a temporary
     folder, not in the user's home: set before the test modules are collected (test_kernels builds at import)."""

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import three_training_steps
 from ignite_mnist import kernels, model
 from ignite_mnist.model import Net
 
@@ -71,7 +72,7 @@ def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
 @needs_kernels
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_training_steps_give_the_same_weights_with_and_without_the_kernels_in_the_model(monkeypatch, precision):
-    def trained(fused):  # three steps of the model from the same weights and generator state, torch's Adadelta
+    def trained(fused):  # the same weights and generator state, torch's Adadelta
         monkeypatch.setattr(model.kernels, "pool_fits", kernels.pool_fits if fused else (lambda x: False))
         monkeypatch.setattr(model.kernels, "relu_fits", kernels.relu_fits if fused else (lambda x: False))
         calls, relu_calls = [], []
@@ -79,19 +80,10 @@ def test_training_steps_give_the_same_weights_with_and_without_the_kernels_in_th
                             lambda x, original=kernels.Relu.apply: relu_calls.append(x.shape) or original(x))
         monkeypatch.setattr(kernels.PoolReluDropout, "apply",
                             lambda *a, original=kernels.PoolReluDropout.apply: calls.append(1) or original(*a))
-        torch.manual_seed(0)
-        net = Net().to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adadelta(net.parameters(), lr=1.0)
-        batches = torch.Generator().manual_seed(1)
-        for _ in range(3):
-            images = torch.randn(16, 1, 28, 28, generator=batches).to(memory_format=torch.channels_last)
-            optimizer.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                F.nll_loss(net(images), torch.randint(0, 10, (16,), generator=batches)).backward()
-            optimizer.step()
+        weights = three_training_steps(bf16=precision == "bf16")
         assert len(calls) == (3 if fused else 0)
         assert relu_calls == ([torch.Size([16, 32, 26, 26])] * 3 if fused else [])  # conv1's ReLU
-        return net.state_dict()
+        return weights
 
     fused, eager = trained(True), trained(False)
     assert all(torch.equal(fused[k], eager[k]) for k in fused)

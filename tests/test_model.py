@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import three_training_steps
 from ignite_mnist import model
 from ignite_mnist.model import Dropout, Net, PlainLayout
 
@@ -47,17 +48,7 @@ def test_the_layout_change_in_training_changes_no_value_and_gives_the_gradient_b
     def trained(apply):  # a few bf16 training steps of the model, PlainLayout as given
         monkeypatch.setattr(model.PlainLayout, "apply", apply)
         monkeypatch.setattr(model.kernels, "pool_fits", lambda x: False)  # the eager path (kernels: test_kernels)
-        torch.manual_seed(0)
-        net = Net().to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adadelta(net.parameters(), lr=1.0)
-        batches = torch.Generator().manual_seed(1)
-        for _ in range(3):
-            images = torch.randn(16, 1, 28, 28, generator=batches).to(memory_format=torch.channels_last)
-            optimizer.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                F.nll_loss(net(images), torch.randint(0, 10, (16,), generator=batches)).backward()
-            optimizer.step()
-        return net.state_dict()
+        return three_training_steps()
 
     original, calls = PlainLayout.apply, []
     with_it = trained(lambda x: calls.append(x.shape) or original(x))
