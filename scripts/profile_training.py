@@ -130,7 +130,8 @@ def profile_step(args) -> dict:
         engines.compile_optimizer_step(optimizer)
     step = engines.make_train_step(model, optimizer, sets["train"], bf16)
     batches = data.ShuffledBatches(len(sets["train"]), 64, 0)
-    indexes = list(itertools.islice(itertools.chain.from_iterable(itertools.repeat(batches)), 2 * args.steps + 20))  # epochs
+    indexes = list(itertools.islice(itertools.chain.from_iterable(itertools.repeat(batches)),  # epochs enough
+                                    2 * args.steps + 20))
     t0 = time.perf_counter()
     for index in indexes[:20]:  # warm-up: oneDNN primitives, allocator, and torch.compile's work
         step(None, index)
