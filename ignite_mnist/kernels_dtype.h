@@ -5,6 +5,7 @@
  * Forward, as model.Net computes it eagerly: y = dropout(relu(max_pool2d(x, 2))), where max-pool keeps the first
  * maximum of each window in scan order unless a NaN comes (aten's rule), ReLU passes NaN, and dropout keeps an
  * element whose byte is below keep_below and multiplies it by keep_value (dropout's mask, already in x's dtype).
+ * Signed zeros come out as the eager operators make them, NaN where they make NaN (the tests compare bits).
  * code records, per output, the window position of the maximum (bits 0-1), whether dropout kept it (bit 2) and
  * whether ReLU passes its gradient (bit 3: not relu(m) <= 0, as threshold_backward decides).
  * keep_bytes NULL: no dropout (code bit 2 set). */
@@ -24,7 +25,7 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
                 vi b = (v1 > m) | (v1 != v1); m = SEL(b, v1, m); k = (b & 1) | (k & ~b);
                 b = (v2 > m) | (v2 != v2);    m = SEL(b, v2, m); k = (b & 2) | (k & ~b);
                 b = (v3 > m) | (v3 != v3);    m = SEL(b, v3, m); k = (b & 3) | (k & ~b);
-                vf r = SEL((m > 0.0f) | (m != m), m, (vf){0});  /* relu */
+                vf r = SEL(m < 0.0f, (vf){0}, m);  /* relu: NaN and -0.0 pass, as in aten */
                 k |= ~(r <= 0.0f) & 8;
                 if (keep_bytes) {
                     const uint8_t *b = keep_bytes + ((n * C + c) * OH + oh) * OW + ow;  /* plain: a channel apart */
@@ -60,7 +61,7 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_va
                 vi k = __builtin_convertvector(kb, vi);
                 vf g = LOAD(gy + o + c);
                 if (dropout) g = ROUND(g * SEL((k & 4) != 0, (vf){0} + keep_value, (vf){0}));
-                g = SEL((k & 8) != 0, g, (vf){0});
+                g = SEL((k & 8) != 0, g, (vf){0}) + 0.0f;  /* + 0: max-pool's backward adds into zeros (-0 to +0) */
                 vi at = k & 3;
                 STORE(g0 + c, SEL(at == 0, g, (vf){0}));
                 STORE(g0 + C + c, SEL(at == 1, g, (vf){0}));
