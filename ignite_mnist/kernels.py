@@ -16,13 +16,19 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
+import re
+import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import numpy  # noqa: F401  (before torch: see lazy_imports)
 import torch
+from torch.autograd.function import once_differentiable
 
 from ignite_mnist import data
 
@@ -65,45 +71,80 @@ def _load():
         raise KernelsUnavailable("IGNITE_MNIST_KERNELS=0")
     if "OpenMP" not in torch.__config__.parallel_info():  # kernels.c's threads share torch's OpenMP runtime
         raise KernelsUnavailable("this torch does not use OpenMP")
-    compiler = os.environ.get("CC") or "cc"
+    compiler = shlex.split(os.environ.get("CC") or "cc")  # (CC="ccache gcc" too)
+    found = shutil.which(compiler[0]) if compiler else None
     key = hashlib.sha256()
-    for part in [*(p.read_bytes() for p in SOURCES), " ".join([compiler, *FLAGS]).encode(), _cpu_flags().encode()]:
-        key.update(part)
+    for part in [*(p.read_bytes() for p in SOURCES), " ".join([*compiler, *FLAGS]), _cpu_flags(),
+                 str(platform.libc_ver()), _identity(found)]:  # a shared home: another libc or compiler, another build
+        key.update(part if isinstance(part, bytes) else part.encode())
     try:
         cache = data.cache_root()
-    except RuntimeError:
-        raise KernelsUnavailable("no home directory to keep them in") from None
-    path = cache / f"kernels-{key.hexdigest()[:16]}.so"
-    if not path.is_file():
-        _build(compiler, cache, path)
-    lib = ctypes.CDLL(str(path))
-    p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-    for dtype in ("bf16", "f32"):
-        getattr(lib, f"pool_fwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, p, i32]
-        getattr(lib, f"pool_bwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, i32]
-        getattr(lib, f"relu_bwd_{dtype}").argtypes = [p, p, i64, p, i32]
-    lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
+        path = cache / f"kernels-{key.hexdigest()[:16]}.so"
+        built = path.is_file()
+    except (RuntimeError, OSError) as e:
+        raise KernelsUnavailable(f"no cache folder to keep them in ({e})") from None
+    if not built:
+        if found is None:
+            raise KernelsUnavailable(f"no C compiler: {compiler[0] if compiler else 'CC'} not found")
+        _build([found, *compiler[1:]], cache, path)
+    openmp_before = _openmp_runtimes()
+    try:
+        lib = ctypes.CDLL(str(path))
+        p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+        for dtype in ("bf16", "f32"):
+            getattr(lib, f"pool_fwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, p, i32]
+            getattr(lib, f"pool_bwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, i32]
+            getattr(lib, f"relu_bwd_{dtype}").argtypes = [p, p, i64, p, i32]
+        lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
+    except (OSError, AttributeError) as e:  # a damaged file, or one built for another system: delete it to rebuild
+        raise KernelsUnavailable(f"cannot load {path}: {e}") from None
+    if len(_openmp_runtimes() | openmp_before) > 1:  # two thread pools would spin against each other
+        raise KernelsUnavailable(f"kernels.c links another OpenMP runtime than torch's: {sorted(_openmp_runtimes())}")
     return lib
 
 
-def _build(compiler: str, cache: Path, path: Path) -> None:
-    if shutil.which(compiler) is None:
-        raise KernelsUnavailable(f"no C compiler: {compiler} not found")
+def _identity(program) -> str:
+    """The compiler's path, size and time: a cheap stand-in for its version."""
+    try:
+        stat = os.stat(program)
+        return f"{os.path.realpath(program)} {stat.st_size} {stat.st_mtime_ns}"
+    except (OSError, TypeError):
+        return ""
+
+
+def _openmp_runtimes() -> set:
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return set()
+    return {os.path.realpath(m) for m in re.findall(r"/\S*/lib(?:g|i)?omp[^/\s]*\.so[^/\s]*", maps)}
+
+
+def _build(compiler: list, cache: Path, path: Path) -> None:
     try:
         cache.mkdir(parents=True, exist_ok=True)
+        for stale in cache.glob("kernels-*.so.tmp"):  # of a build killed half-way, an hour or more ago
+            if time.time() - stale.stat().st_mtime > 3600:
+                stale.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".so.tmp", dir=cache)  # then renamed: atomic, so
         os.close(fd)  # that processes building at once (the ranks of a run) never load half a file
     except OSError as e:
         raise KernelsUnavailable(f"cannot write {cache}: {e.strerror}") from None
     try:
+        # its own process group: on a timeout, the compiler's own children (cc1, as, ld) are stopped too
+        process = subprocess.Popen([*compiler, *FLAGS, str(SOURCES[0]), "-o", tmp], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
-            done = subprocess.run([compiler, *FLAGS, str(SOURCES[0]), "-o", tmp], capture_output=True, text=True,
-                                  timeout=120)
+            _, stderr = process.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            raise KernelsUnavailable(f"{compiler} took more than 120 s to compile kernels.c") from None
-        if done.returncode != 0:
-            first = (done.stderr.strip().splitlines() or ["no message"])[0][:200]
-            raise KernelsUnavailable(f"{compiler} failed to compile kernels.c: {first}")
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise KernelsUnavailable(f"{compiler[0]} took more than 120 s to compile kernels.c") from None
+        if process.returncode != 0:
+            first = (stderr.strip().splitlines() or ["no message"])[0][:200]
+            raise KernelsUnavailable(f"{compiler[0]} failed to compile kernels.c: {first}")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # on disk before it has its name: a crash leaves no truncated library there
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -148,6 +189,7 @@ class PoolReluDropout(torch.autograd.Function):
         return pooled.contiguous()  # fc1 reads the plain layout
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (code,) = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
@@ -168,6 +210,7 @@ class Relu(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         (out,) = ctx.saved_tensors
         if grad.stride() != out.stride() or grad.dtype != out.dtype:
@@ -217,7 +260,10 @@ class FusedAdadelta(torch.optim.Adadelta):
     @torch.no_grad()
     def step(self, closure=None):
         if closure is not None or not self._fits():
-            return super().step(closure)
+            torch_step = torch.optim.Adadelta.step
+            if getattr(torch_step, "hooked", False):  # its optimizer hooks wrapper: this step's own ran them already
+                torch_step = torch_step.__wrapped__
+            return torch_step(self, closure)
         for group in self.param_groups:
             lr, rho, eps = group["lr"], group["rho"], group["eps"]
             for p in group["params"]:

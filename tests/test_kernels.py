@@ -2,6 +2,7 @@
 to those operators wherever the kernels cannot run."""
 
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -240,7 +241,8 @@ def test_without_the_kernels_training_runs_the_eager_operators_and_says_why_in_t
 def test_the_kernels_are_built_once_per_cpu_and_source_then_loaded(tmp_path):
     def load():
         run = subprocess.run([sys.executable, "-c", "from ignite_mnist import kernels; print(kernels.library())"],
-                             capture_output=True, text=True, timeout=120, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
         assert run.returncode == 0, run.stderr[-2000:]
         return list((tmp_path / "ignite-mnist").glob("kernels-*.so"))
 
@@ -248,6 +250,11 @@ def test_the_kernels_are_built_once_per_cpu_and_source_then_loaded(tmp_path):
     assert len(built) == 1
     mtime = built[0].stat().st_mtime_ns
     assert load() == built and built[0].stat().st_mtime_ns == mtime  # loaded, not built again
+    built[0].write_bytes(b"not a library")  # damaged: training goes on without the kernels, saying why
+    run = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert run.returncode == 0 and run.stdout.split() == ["True", "trained"], run.stderr[-2000:]
+    assert f"fused kernels not used (cannot load {built[0]}" in run.stderr
 
 
 def test_training_makes_the_fused_adadelta_on_the_cpu_unless_inductor_compiles_the_step():
@@ -257,3 +264,26 @@ def test_training_makes_the_fused_adadelta_on_the_cpu_unless_inductor_compiles_t
     assert type(make_optimizer(params, 1.0, torch.device("cpu"))) is kernels.FusedAdadelta
     assert type(make_optimizer(params, 1.0, torch.device("cpu"), compiled=True)) is torch.optim.Adadelta
     assert type(make_optimizer(params, 1.0, torch.device("meta"))) is torch.optim.Adadelta  # (CUDA's case)
+
+
+def test_the_kernels_build_where_there_is_a_c_compiler():
+    """Where a C compiler is found, kernels.c must build and load: a source that no longer compiles would otherwise
+    only turn the other tests of this file into skips."""
+    compiler = os.environ.get("CC") or "cc"
+    if os.environ.get("IGNITE_MNIST_KERNELS") == "0" or shutil.which(compiler.split()[0]) is None:
+        pytest.skip(f"no C compiler ({compiler}) or IGNITE_MNIST_KERNELS=0")
+    assert kernels.library() is not None
+
+
+@needs_kernels
+def test_optimizer_hooks_run_once_a_step_on_the_fused_step_and_on_torch_s(monkeypatch):
+    torch.optim.Adadelta([torch.nn.Parameter(torch.zeros(1))])  # a torch Adadelta hooks its class's step too
+    for options in ({}, {"weight_decay": 0.1}):  # the fused step, then torch's
+        p = torch.nn.Parameter(torch.randn(10))
+        optimizer = kernels.FusedAdadelta([p], **options)
+        calls = []
+        optimizer.register_step_pre_hook(lambda *_: calls.append("pre"))
+        optimizer.register_step_post_hook(lambda *_: calls.append("post"))
+        p.grad = torch.ones(10)
+        optimizer.step()
+        assert calls == ["pre", "post"], options

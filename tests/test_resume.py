@@ -1,6 +1,8 @@
 """Resume is exact on the CPU: 1 epoch, then resume to 3, equals 3 epochs straight, bit for bit."""
 
+import os
 import re
+import shutil
 import sys
 
 import pytest
@@ -25,6 +27,8 @@ def new_experiment(workdir, tiny_data, name, **changes):
 def test_resumed_training_equals_uninterrupted_training(workdir, tiny_data, precision, compiled, fused, monkeypatch):
     if not fused:  # the eager operators, as without a C compiler (fused: kernels.c, where it builds)
         monkeypatch.setattr(kernels, "_library", False)
+    else:
+        assert kernels.library() is not None or shutil.which(os.environ.get("CC") or "cc") is None
     changes = {"training.precision": precision, "training.compile_optimizer": compiled}
     straight = new_experiment(workdir, tiny_data, f"straight-{precision}-{compiled}-{fused}", **changes)
     resumed = new_experiment(workdir, tiny_data, f"resumed-{precision}-{compiled}-{fused}", **changes)
