@@ -87,6 +87,17 @@ def _load():
         if found is None:
             raise KernelsUnavailable(f"no C compiler: {compiler[0] if compiler else 'CC'} not found")
         _build([found, *compiler[1:]], cache, path)
+    try:
+        return _open(path)
+    except KernelsUnavailable:  # a damaged file, or one built for another system: built again, once
+        if not built or found is None:
+            raise
+        path.unlink(missing_ok=True)
+        _build([found, *compiler[1:]], cache, path)
+        return _open(path)
+
+
+def _open(path: Path):
     openmp_before = _openmp_runtimes()
     try:
         lib = ctypes.CDLL(str(path))
@@ -96,7 +107,7 @@ def _load():
             getattr(lib, f"pool_bwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, i32]
             getattr(lib, f"relu_bwd_{dtype}").argtypes = [p, p, i64, p, i32]
         lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
-    except (OSError, AttributeError) as e:  # a damaged file, or one built for another system: delete it to rebuild
+    except (OSError, AttributeError) as e:
         raise KernelsUnavailable(f"cannot load {path}: {e}") from None
     if len(_openmp_runtimes() | openmp_before) > 1:  # two thread pools would spin against each other
         raise KernelsUnavailable(f"kernels.c links another OpenMP runtime than torch's: {sorted(_openmp_runtimes())}")

@@ -250,11 +250,11 @@ def test_the_kernels_are_built_once_per_cpu_and_source_then_loaded(tmp_path):
     assert len(built) == 1
     mtime = built[0].stat().st_mtime_ns
     assert load() == built and built[0].stat().st_mtime_ns == mtime  # loaded, not built again
-    built[0].write_bytes(b"not a library")  # damaged: training goes on without the kernels, saying why
-    run = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
-    assert run.returncode == 0 and run.stdout.split() == ["True", "trained"], run.stderr[-2000:]
-    assert f"fused kernels not used (cannot load {built[0]}" in run.stderr
+    built[0].write_bytes(b"not a library")  # damaged (or another system's): built again
+    assert load() == built and built[0].stat().st_size > 1000
+    (tmp_path / "damaged.so").write_bytes(b"not a library")  # a library that cannot load is a reason, not a crash
+    with pytest.raises(kernels.KernelsUnavailable, match="cannot load .*damaged.so"):
+        kernels._open(tmp_path / "damaged.so")
 
 
 def test_training_makes_the_fused_adadelta_on_the_cpu_unless_inductor_compiles_the_step():
