@@ -534,7 +534,10 @@ def machine_limit(args, earlier_peaks: dict) -> dict:
     paired = paired_peak_fraction(args, best)
     peaks[best] = max(peaks[best], *paired["paired_peaks_gflops"])
     gpu = {"gpu": torch.cuda.get_device_name(args.device)} if args.device.startswith("cuda") else {}
-    return {**cpu_kind(), **gpu, "gemm_size": gemm_size(torch.device(args.device)), "fp32_peak_gflops": peaks["fp32"], "bf16_peak_gflops": peaks["bf16"],
+    from ignite_mnist import kernels  # whether ignite-mnist's step ran its fused CPU kernels (README, Speed)
+
+    fused = args.device == "cpu" and kernels.library() is not None
+    return {**cpu_kind(), **gpu, "fused_kernels": fused, "gemm_size": gemm_size(torch.device(args.device)), "fp32_peak_gflops": peaks["fp32"], "bf16_peak_gflops": peaks["bf16"],
             "peak_gflops": peaks[best], "peak_precision": best, "flops_per_image": flops_per_image(), **paired}
 
 
@@ -564,7 +567,9 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: d
     step_gflops = limit["flops_per_image"] * ign["img_s"] / 1e9
     print(f"\n{args.dataset}: {sizes[0]} training images, {sizes[1]} test images; {args.epochs} epoch(s), "
           f"{args.repeats} repeat(s) (medians); torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.device}\nCPU: {limit['cpu']}" + (f"\nGPU: {limit['gpu']}" if "gpu" in limit else "") + "\n")
+          f"{args.device}\nCPU: {limit['cpu']}; ignite-mnist's fused kernels (kernels.c): "
+          f"{'used' if limit['fused_kernels'] else 'not used'}" + (f"\nGPU: {limit['gpu']}" if "gpu" in limit else "")
+          + "\n")
     print(f"{'':40}" + "".join(f"{LABELS[c]:>14}" for c in CONTENDERS))
     print(f"{'precision':40}" + "".join(f"{precision[c]:>14}" for c in CONTENDERS))
     for label, key, fmt in ROWS:
