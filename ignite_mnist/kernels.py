@@ -87,18 +87,21 @@ def _load():
         if found is None:
             raise KernelsUnavailable(f"no C compiler: {compiler[0] if compiler else 'CC'} not found")
         _build([found, *compiler[1:]], cache, path)
+    openmp_before = _openmp_runtimes()
     try:
-        return _open(path)
+        lib = _open(path)
     except KernelsUnavailable:  # a damaged file, or one built for another system: built again, once
         if not built or found is None:
             raise
         path.unlink(missing_ok=True)
         _build([found, *compiler[1:]], cache, path)
-        return _open(path)
+        lib = _open(path)
+    if len(_openmp_runtimes() | openmp_before) > 1:  # two thread pools would spin against each other
+        raise KernelsUnavailable(f"kernels.c links another OpenMP runtime than torch's: {sorted(_openmp_runtimes())}")
+    return lib
 
 
 def _open(path: Path):
-    openmp_before = _openmp_runtimes()
     try:
         lib = ctypes.CDLL(str(path))
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -109,8 +112,6 @@ def _open(path: Path):
         lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
     except (OSError, AttributeError) as e:
         raise KernelsUnavailable(f"cannot load {path}: {e}") from None
-    if len(_openmp_runtimes() | openmp_before) > 1:  # two thread pools would spin against each other
-        raise KernelsUnavailable(f"kernels.c links another OpenMP runtime than torch's: {sorted(_openmp_runtimes())}")
     return lib
 
 

@@ -83,14 +83,15 @@ def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
 @needs_kernels
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_training_steps_give_the_same_weights_with_and_without_the_kernels_in_the_model(monkeypatch, precision):
+    pool_fits, relu_fits = kernels.pool_fits, kernels.relu_fits
+    pool, relu = kernels.PoolReluDropout.apply, kernels.Relu.apply
+
     def trained(fused):  # the same weights and generator state, torch's Adadelta
-        monkeypatch.setattr(model.kernels, "pool_fits", kernels.pool_fits if fused else (lambda x: False))
-        monkeypatch.setattr(model.kernels, "relu_fits", kernels.relu_fits if fused else (lambda x: False))
+        monkeypatch.setattr(kernels, "pool_fits", pool_fits if fused else (lambda x: False))
+        monkeypatch.setattr(kernels, "relu_fits", relu_fits if fused else (lambda x: False))
         calls, relu_calls = [], []
-        monkeypatch.setattr(kernels.Relu, "apply",
-                            lambda x, original=kernels.Relu.apply: relu_calls.append(x.shape) or original(x))
-        monkeypatch.setattr(kernels.PoolReluDropout, "apply",
-                            lambda *a, original=kernels.PoolReluDropout.apply: calls.append(1) or original(*a))
+        monkeypatch.setattr(kernels.Relu, "apply", lambda x: relu_calls.append(x.shape) or relu(x))
+        monkeypatch.setattr(kernels.PoolReluDropout, "apply", lambda *a: calls.append(1) or pool(*a))
         weights = three_training_steps(bf16=precision == "bf16")
         assert len(calls) == (3 if fused else 0)
         assert relu_calls == ([torch.Size([16, 32, 26, 26])] * 3 if fused else [])  # conv1's ReLU
@@ -165,7 +166,7 @@ def test_fused_adadelta_is_torch_s_arithmetic_with_exact_square_roots(lr):
 @needs_kernels
 def test_fused_adadelta_stays_within_float32_rounding_of_torch_s():
     torch.manual_seed(0)
-    a, b = torch.randn(100_000), None
+    a = torch.randn(100_000)
     b = a.clone()
     fused, eager = kernels.FusedAdadelta([a], lr=1.0), torch.optim.Adadelta([b], lr=1.0)
     for _ in range(20):
@@ -287,3 +288,21 @@ def test_optimizer_hooks_run_once_a_step_on_the_fused_step_and_on_torch_s(monkey
         p.grad = torch.ones(10)
         optimizer.step()
         assert calls == ["pre", "post"], options
+
+
+def test_a_second_openmp_runtime_is_a_reason_not_a_rebuild(monkeypatch, tmp_path):
+    """Two OpenMP runtimes in the process: the kernels are not used, and the built library is kept (built again, it
+    would be the same library)."""
+    compiler = os.environ.get("CC") or "cc"
+    if shutil.which(compiler.split()[0]) is None:
+        pytest.skip("no C compiler")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    two = {"/a/libgomp.so.1", "/b/libomp.so"}
+    runtimes = iter([set(), set(), set(), two])  # (before and after loading) a first load, then a second
+    monkeypatch.setattr(kernels, "_openmp_runtimes", lambda: next(runtimes, two))
+    builds = []
+    monkeypatch.setattr(kernels, "_build", lambda *a, build=kernels._build: builds.append(1) or build(*a))
+    assert kernels._load() is not None and builds == [1]
+    with pytest.raises(kernels.KernelsUnavailable, match="another OpenMP runtime"):
+        kernels._load()
+    assert builds == [1] and len(list((tmp_path / "ignite-mnist").glob("kernels-*.so"))) == 1
