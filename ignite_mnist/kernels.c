@@ -1,10 +1,11 @@
 /* Fused CPU kernels for the training step (ignite_mnist/kernels.py builds and loads them).
  *
- * Each computes, bit for bit, what the eager PyTorch operators it replaces compute (tests/test_kernels.py), in
- * one pass over memory instead of several:
+ * Each computes, bit for bit but where said, what the eager PyTorch operators it replaces compute
+ * (tests/test_kernels.py), in one pass over memory instead of several:
  * - pool_fwd_*, pool_bwd_*: max-pool 2x2 (stride 2), ReLU and dropout on a channels_last activation, and their
  *   backward (kernels_dtype.h, for bf16 and float32);
- * - relu_bwd_*: ReLU's backward (threshold_backward) in one pass;
+ * - conv1_relu_bwd_*: conv1's weight and bias gradients through its ReLU, in one pass (float sums: not bit for bit
+ *   oneDNN's bf16 backward, which rounds them to bf16);
  * - adadelta: torch.optim.Adadelta's update of one float32 parameter (no weight decay), torch's order of
  *   operations, each rounded to float as torch rounds it.
  * Compiled with -ffp-contract=off (fused multiply-adds only where torch has them: fmaf), -fno-trapping-math and
@@ -41,10 +42,56 @@ static inline vf load_f32(const float *p) { vf f; memcpy(&f, p, sizeof f); retur
 static inline void store_f32(float *p, vf f) { memcpy(p, &f, sizeof f); }
 static inline vf round_f32(vf f) { return f; }
 static inline vi out_passes(vf out) { return ~(out <= 0.0f); }
+/* Sixteen rows of sixteen values transposed in registers: at each level b = 8, 4, 2, 1, bit b of the row and column
+ * indexes swapped (the off-diagonal blocks of b x b exchanged), two-source shuffles with these masks. */
+#define TRANSPOSE_MASKS(RAW) \
+    static const RAW lo_##RAW[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}}; \
+    static const RAW hi_##RAW[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}, {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}, {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}, {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+#define DEFINE_TRANSPOSE16(RAW, NAME) \
+    static inline void NAME(RAW r[16]) { \
+        TRANSPOSE_MASKS(RAW) \
+        _Pragma("GCC unroll 4") for (int level = 0; level < 4; level++) { \
+            const int b = 8 >> level; \
+            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) \
+                if (!(i & b)) { \
+                    RAW a = r[i], c = r[i + b]; \
+                    r[i] = __builtin_shuffle(a, c, lo_##RAW[level]); \
+                    r[i + b] = __builtin_shuffle(a, c, hi_##RAW[level]); \
+                } \
+        } \
+    }
+DEFINE_TRANSPOSE16(vh, transpose16_bf16)
+DEFINE_TRANSPOSE16(vu, transpose16_f32)
+
+/* The first count (at most 16) values of a vector stored, or loaded into a zeroed vector: masked moves where the CPU
+ * has them (AVX-512), else one value at a time. */
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+static inline void store_head_bf16(uint16_t *p, vh v, int count) {
+    __m256i x; memcpy(&x, &v, sizeof x); _mm256_mask_storeu_epi16(p, (__mmask16)((1u << count) - 1), x); }
+static inline vh load_head_bf16(const uint16_t *p, int count) {
+    __m256i x = _mm256_maskz_loadu_epi16((__mmask16)((1u << count) - 1), p); vh v; memcpy(&v, &x, sizeof v); return v; }
+static inline void store_head_f32(float *p, vu v, int count) {
+    __m512i x; memcpy(&x, &v, sizeof x); _mm512_mask_storeu_epi32(p, (__mmask16)((1u << count) - 1), x); }
+static inline vu load_head_f32(const float *p, int count) {
+    __m512i x = _mm512_maskz_loadu_epi32((__mmask16)((1u << count) - 1), p); vu v; memcpy(&v, &x, sizeof v); return v; }
+#else
+static inline void store_head_bf16(uint16_t *p, vh v, int count) { for (int k = 0; k < count; k++) p[k] = v[k]; }
+static inline vh load_head_bf16(const uint16_t *p, int count) {
+    vh v = {0}; for (int k = 0; k < count; k++) v[k] = p[k]; return v; }
+static inline void store_head_f32(float *p, vu v, int count) { for (int k = 0; k < count; k++) memcpy(p + k, &v[k], 4); }
+static inline vu load_head_f32(const float *p, int count) {
+    vu v = {0}; for (int k = 0; k < count; k++) memcpy(&v[k], p + k, 4); return v; }
+#endif
+
 static inline float load1_bf16(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline float load1_f32(float f) { return f; }
 
 #define T uint16_t
+#define RAW vh
+#define TRANSPOSE16 transpose16_bf16
+#define STORE_HEAD store_head_bf16
+#define LOAD_HEAD load_head_bf16
 #define NAME(x) x##_bf16
 #define LOAD load_bf16
 #define STORE store_bf16
@@ -52,12 +99,20 @@ static inline float load1_f32(float f) { return f; }
 #define LOAD1 load1_bf16
 #include "kernels_dtype.h"
 #undef T
+#undef RAW
+#undef TRANSPOSE16
+#undef STORE_HEAD
+#undef LOAD_HEAD
 #undef NAME
 #undef LOAD
 #undef STORE
 #undef ROUND
 #undef LOAD1
 #define T float
+#define RAW vu
+#define TRANSPOSE16 transpose16_f32
+#define STORE_HEAD store_head_f32
+#define LOAD_HEAD load_head_f32
 #define NAME(x) x##_f32
 #define LOAD load_f32
 #define STORE store_f32

@@ -1,8 +1,10 @@
 """Fused CPU kernels for the training step (kernels.c): one pass over memory where the eager operators they
 replace make several (README, Speed).
 
-- PoolReluDropout: model.Net's max-pool, ReLU, dropout1 and the change to the plain layout, and their backward;
-  Relu: ReLU with a one-pass backward; both compute the same values as the eager operators, bit for bit;
+- PoolReluDropout: model.Net's max-pool, ReLU, dropout1 and the change to the plain layout, and their backward:
+  the same values as the eager operators, bit for bit;
+- Conv1Relu: conv1 and its ReLU, with oneDNN's fused ReLU forward (the same values) and a one-pass backward to the
+  weight and bias gradients, summed in float32 (more exact than the eager bf16 backward, not the same bits);
 - FusedAdadelta: torch.optim.Adadelta's update of each float32 parameter in one loop instead of eleven passes:
   torch's arithmetic, but square roots correctly rounded, where torch's CPU kernel is within one unit in the
   last place.
@@ -108,7 +110,9 @@ def _open(path: Path):
         for dtype in ("bf16", "f32"):
             getattr(lib, f"pool_fwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, p, i32]
             getattr(lib, f"pool_bwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, i32]
-            getattr(lib, f"relu_bwd_{dtype}").argtypes = [p, p, i64, p, i32]
+            getattr(lib, f"conv1_relu_bwd_{dtype}").argtypes = [p, p, p, i64, i64, i64, i64, p, p, p, i32]
+            getattr(lib, f"max_abs_{dtype}").argtypes = [p, i64]
+            getattr(lib, f"max_abs_{dtype}").restype = f32
         lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
     except (OSError, AttributeError) as e:
         raise KernelsUnavailable(f"cannot load {path}: {e}") from None
@@ -183,61 +187,93 @@ def pool_fits(x: torch.Tensor) -> bool:
 
 class PoolReluDropout(torch.autograd.Function):
     """dropout(relu(max_pool2d(x, 2))) of a channels_last x, in the plain layout, as model.Net computes it
-    eagerly. keep_bytes: dropout's random bytes in the output's plain layout; an element is kept where its byte
+    eagerly. keep_bytes: dropout's random bytes in the channels_last order of x; an element is kept where its byte
     is below keep_below, and multiplied by keep_value (dropout's mask value, in x's dtype)."""
 
     @staticmethod
     def forward(ctx, x, keep_bytes, keep_below: int, keep_value: float):
         n, c, h, w = x.shape
-        pooled = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, memory_format=torch.channels_last)
-        code = torch.empty_like(pooled, dtype=torch.uint8)
-        keep_bytes = keep_bytes.contiguous()  # in the plain layout, as the eager dropout lays them on its input
+        pooled = torch.empty((n, c, h // 2, w // 2), dtype=x.dtype)  # plain: fc1 reads it so
+        code = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
+        keep_bytes = keep_bytes.contiguous()  # in pooled's memory order, as model.Dropout lays them on it
         assert keep_bytes.numel() == pooled.numel()
         getattr(library(), f"pool_fwd_{_dtype_name(x)}")(
             x.data_ptr(), keep_bytes.data_ptr(), keep_below, keep_value, n, h, w, c, pooled.data_ptr(),
             code.data_ptr(), _threads())
         ctx.save_for_backward(code)
         ctx.keep_value, ctx.input_shape = keep_value, x.shape
-        return pooled.contiguous()  # fc1 reads the plain layout
+        return pooled
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         (code,) = ctx.saved_tensors
         n, c, h, w = ctx.input_shape
-        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad = grad.contiguous()
         grad_x = torch.empty(ctx.input_shape, dtype=grad.dtype, memory_format=torch.channels_last)
         getattr(library(), f"pool_bwd_{_dtype_name(grad)}")(
             grad.data_ptr(), code.data_ptr(), 1, ctx.keep_value, n, h, w, c, grad_x.data_ptr(), _threads())
         return grad_x, None, None, None
 
 
-class Relu(torch.autograd.Function):
-    """F.relu, its backward in one pass (aten's threshold_backward takes 3x a multiply's time in bf16)."""
+def conv1_fits(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
+    """Whether conv1_relu takes relu(conv(x)): a CPU batch of one-channel images, not needing its own gradient, and
+    a 3x3 convolution of stride 1 without padding, to a multiple of VLEN channels, as model.Net's conv1."""
+    return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32) and x.dim() == 4
+            and x.shape[1] == 1 and x.shape[2] * x.shape[3] <= 4096 and not x.requires_grad
+            and (conv.in_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups)
+            == (1, (3, 3), (1, 1), (0, 0), (1, 1), 1) and conv.out_channels % VLEN == 0 and conv.bias is not None
+            and conv.padding_mode == "zeros" and conv.weight.dtype in (torch.bfloat16, torch.float32)
+            and tuple(conv.weight.stride()[i] for i in (0, 2, 3)) == (9, 3, 1)  # [C, 9] in memory, either layout
+            and library() is not None)
+
+
+def conv1_relu(x: torch.Tensor, conv: torch.nn.Conv2d) -> torch.Tensor:
+    """relu(conv(x)) in the dtype the eager operators compute it in (autocast's, else x's), as Conv1Relu."""
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return Conv1Relu.apply(x, conv.weight, conv.bias, dtype)
+
+
+def _conv_relu(x, weight, bias):
+    """relu(conv2d(x, weight, bias)), bit for bit. oneDNN's convolution with the ReLU applied to its float sums
+    before rounding gives those values (ReLU and rounding commute) with one pass over the output fewer, but it
+    makes NaN 0: it runs where no sum can be NaN, that is where no value is NaN or infinite and the largest
+    possible sum is finite."""
+    largest = [getattr(library(), f"max_abs_{_dtype_name(t)}")(t.data_ptr(), t.numel()) for t in (x, weight, bias)]
+    if (largest[0] * largest[1] * 9 + largest[2] < 1e38 and torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
+    return torch.relu(torch.conv2d(x, weight, bias))
+
+
+class Conv1Relu(torch.autograd.Function):
+    """relu(conv2d(x, weight, bias)) computed in dtype (x, weight and bias cast to it, as autocast casts them): the
+    eager operators' values. The backward gives weight's and bias's gradients through the ReLU in one pass over the
+    output and its gradient (kernels.c's conv1_relu_bwd), summed in float32 and returned in float32 where oneDNN's
+    bf16 backward rounds them to bf16 and takes three passes with the ReLU's. No gradient for x."""
 
     @staticmethod
-    def forward(ctx, x):
-        out = torch.relu(x)
-        ctx.save_for_backward(out)
+    def forward(ctx, x, weight, bias, dtype):
+        x = x.to(dtype).contiguous()
+        out = _conv_relu(x, weight.to(dtype), bias.to(dtype).contiguous())
+        out = out.contiguous(memory_format=torch.channels_last)
+        ctx.save_for_backward(x, out)
+        ctx.weight_strides, ctx.weight_dtype, ctx.bias_dtype = (weight.shape, weight.stride()), weight.dtype, bias.dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        (out,) = ctx.saved_tensors
-        if grad.stride() != out.stride() or grad.dtype != out.dtype:
-            grad = torch.empty_like(out).copy_(grad)  # (out's layout: conv2's input gradient has it)
-        grad_x = torch.empty_like(out)
-        getattr(library(), f"relu_bwd_{_dtype_name(out)}")(grad.data_ptr(), out.data_ptr(), out.numel(),
-                                                           grad_x.data_ptr(), _threads())
-        return grad_x
-
-
-def relu_fits(x: torch.Tensor) -> bool:
-    """Whether Relu takes x: a CPU activation in bf16 or float32, dense in the plain or channels_last layout."""
-    return (x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float32)
-            and (x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)))
-            and library() is not None)
+        x, out = ctx.saved_tensors
+        n, c, h, w = out.shape
+        grad = grad.to(out.dtype).contiguous(memory_format=torch.channels_last)
+        partial = torch.empty((n, 10, c))
+        grad_weight, grad_bias = torch.empty_strided(*ctx.weight_strides), torch.empty(c)  # weight's strides:
+        # the optimizer's fused step takes a gradient laid out as its parameter
+        getattr(library(), f"conv1_relu_bwd_{_dtype_name(out)}")(
+            x.data_ptr(), out.data_ptr(), grad.data_ptr(), n, h + 2, w + 2, c, partial.data_ptr(),
+            grad_weight.data_ptr(), grad_bias.data_ptr(), _threads())
+        return None, grad_weight.to(ctx.weight_dtype), grad_bias.to(ctx.bias_dtype), None
 
 
 # ---- Adadelta -----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-/* Included by kernels.c once per dtype (T, NAME, LOAD, STORE, ROUND). All tensors channels_last but keep_bytes:
- * x and gx [N, H, W, C]; y, gy and code [N, H/2, W/2, C]; keep_bytes [N, C, H/2, W/2] (plain, as the eager
- * dropout draws them); H and W even, C a multiple of VLEN.
+/* Included by kernels.c once per dtype (T, RAW, TRANSPOSE16, STORE_HEAD, LOAD_HEAD, NAME, LOAD, STORE, ROUND). All tensors channels_last but keep_bytes:
+ * x and gx [N, H, W, C] (channels_last); code and keep_bytes [N, H/2, W/2, C] (the bytes as model.Dropout lays
+ * them on a channels_last tensor); y and gy [N, C, H/2, W/2] (plain, as fc1 reads them: each row of W/2 outputs
+ * goes through a small tile, transposed there); H and W even, C a multiple of VLEN.
  *
  * Forward, as model.Net computes it eagerly: y = dropout(relu(max_pool2d(x, 2))), where max-pool keeps the first
  * maximum of each window in scan order unless a NaN comes (aten's rule), ReLU passes NaN, and dropout keeps an
@@ -15,6 +16,7 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t row = 0; row < N * OH; row++) {  /* (n, oh) */
         const int64_t n = row / OH, oh = row % OH;
+        T tile[OW * C];  /* the row's outputs [OW, C], then written to y's plain layout */
         for (int64_t ow = 0; ow < OW; ow++) {
             const T *x0 = x + ((n * H + 2 * oh) * W + 2 * ow) * C, *x1 = x0 + W * C;
             const int64_t o = (row * OW + ow) * C;
@@ -28,18 +30,25 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
                 vf r = SEL(m < 0.0f, (vf){0}, m);  /* relu: NaN and -0.0 pass, as in aten */
                 k |= ~(r <= 0.0f) & 8;
                 if (keep_bytes) {
-                    const uint8_t *b = keep_bytes + ((n * C + c) * OH + oh) * OW + ow;  /* plain: a channel apart */
-                    vi keep;
-                    for (int j = 0; j < VLEN; j++) keep[j] = b[j * OH * OW];
-                    keep = keep < keep_below;
+                    vb kept; memcpy(&kept, keep_bytes + o + c, sizeof kept);
+                    vi keep = __builtin_convertvector(kept, vi) < keep_below;
                     r = r * SEL(keep, (vf){0} + keep_value, (vf){0});
                     k |= keep & 4;
                 } else {
                     k |= 4;
                 }
-                STORE(y + o + c, r);
+                STORE(tile + ow * C + c, r);
                 vb kb = __builtin_convertvector(k, vb);
                 memcpy(code + o + c, &kb, sizeof kb);
+            }
+        }
+        for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {  /* 16 x 16 blocks of the tile, transposed */
+            const int count = OW - ow0 < 16 ? (int)(OW - ow0) : 16;
+            for (int64_t c = 0; c < C; c += VLEN) {
+                RAW r[16];
+                for (int i = 0; i < 16; i++) memcpy(&r[i], tile + (ow0 + (i < count ? i : 0)) * C + c, sizeof r[i]);
+                TRANSPOSE16(r);
+                for (int j = 0; j < 16; j++) STORE_HEAD(y + ((n * C + c + j) * OH + oh) * OW + ow0, r[j], count);
             }
         }
     }
@@ -53,13 +62,23 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_va
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t row = 0; row < N * OH; row++) {
         const int64_t n = row / OH, oh = row % OH;
+        T tile[OW * C];  /* the row's output gradients [OW, C], from gy's plain layout */
+        for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {  /* 16 x 16 blocks of gy, transposed */
+            const int count = OW - ow0 < 16 ? (int)(OW - ow0) : 16;
+            for (int64_t c = 0; c < C; c += VLEN) {
+                RAW r[16];
+                for (int j = 0; j < 16; j++) r[j] = LOAD_HEAD(gy + ((n * C + c + j) * OH + oh) * OW + ow0, count);
+                TRANSPOSE16(r);
+                for (int64_t i = 0; i < count; i++) memcpy(tile + (ow0 + i) * C + c, &r[i], sizeof r[i]);
+            }
+        }
         for (int64_t ow = 0; ow < OW; ow++) {
             T *g0 = gx + ((n * H + 2 * oh) * W + 2 * ow) * C, *g1 = g0 + W * C;
             const int64_t o = (row * OW + ow) * C;
             for (int64_t c = 0; c < C; c += VLEN) {
                 vb kb; memcpy(&kb, code + o + c, sizeof kb);
                 vi k = __builtin_convertvector(kb, vi);
-                vf g = LOAD(gy + o + c);
+                vf g = LOAD(tile + ow * C + c);
                 if (dropout) g = ROUND(g * SEL((k & 4) != 0, (vf){0} + keep_value, (vf){0}));
                 g = SEL((k & 8) != 0, g, (vf){0}) + 0.0f;  /* + 0: max-pool's backward adds into zeros (-0 to +0) */
                 vi at = k & 3;
@@ -72,14 +91,68 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_va
     }
 }
 
-/* ReLU's backward from its output: gx = out <= 0 ? 0 : g (threshold_backward's rule: NaN passes the gradient).
- * g, out and gx in the same layout, n elements. */
-void NAME(relu_bwd)(const T *g, const T *out, int64_t n, T *gx, int threads) {
-    const int64_t vectors = n / VLEN;
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t v = 0; v < vectors; v++) {
-        const int64_t i = v * VLEN;
-        STORE(gx + i, SEL(out_passes(LOAD(out + i)), LOAD(g + i), (vf){0}));
+/* conv1's weight and bias gradients through its ReLU, for a 3x3 convolution of one input channel (stride 1, no
+ * padding): x [N, H, W]; out (the ReLU's output) and g (its gradient) [N, H-2, W-2, C] channels_last. The ReLU's
+ * backward as relu_bwd decides it, then per sample and 16 channels the ten sums (nine taps and the bias) in float,
+ * positions in order, into partial [N, 10, C]; the samples are then added in order into gw [C, 9] and gb [C]: the
+ * same result for any number of threads. */
+__attribute__((optimize("fp-contract=fast")))  /* fused multiply-adds: no eager operator to match bit for bit */
+void NAME(conv1_relu_bwd)(const T *x, const T *out, const T *g, int64_t N, int64_t H, int64_t W, int64_t C,
+                          float *partial, float *gw, float *gb, int threads) {
+    const int64_t OH = H - 2, OW = W - 2;
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t task = 0; task < N * (C / VLEN); task++) {
+            const int64_t n = task / (C / VLEN), c = task % (C / VLEN) * VLEN;
+            float xn[H * W];  /* the sample as float: each tap a broadcast from memory */
+            for (int64_t i = 0; i < H * W; i++) xn[i] = LOAD1(x[n * H * W + i]);
+            vf acc[10];
+            for (int k = 0; k < 10; k++) acc[k] = (vf){0};
+            for (int64_t oh = 0; oh < OH; oh++) {
+                for (int64_t ow = 0; ow < OW; ow++) {
+                    const int64_t o = ((n * OH + oh) * OW + ow) * C + c;
+                    vf gv = SEL(out_passes(LOAD(out + o)), LOAD(g + o), (vf){0});
+                    for (int kh = 0; kh < 3; kh++)
+                        for (int kw = 0; kw < 3; kw++)
+                            acc[kh * 3 + kw] += gv * xn[(oh + kh) * W + ow + kw];
+                    acc[9] += gv;
+                }
+            }
+            for (int k = 0; k < 10; k++) memcpy(partial + (n * 10 + k) * C + c, &acc[k], sizeof acc[k]);
+        }
+#pragma omp for schedule(static)
+        for (int64_t c = 0; c < C; c++) {
+            for (int k = 0; k < 10; k++) {
+                float sum = 0.0f;
+                for (int64_t n = 0; n < N; n++) sum += partial[(n * 10 + k) * C + c];
+                if (k < 9) gw[c * 9 + k] = sum; else gb[c] = sum;
+            }
+        }
     }
-    for (int64_t i = vectors * VLEN; i < n; i++) gx[i] = LOAD1(out[i]) <= 0.0f ? (T)0 : g[i];
+}
+
+/* The largest magnitude among n values (dense), +inf if one is NaN: whether a convolution's sums stay finite. */
+float NAME(max_abs)(const T *p, int64_t n) {
+    vf m = {0};
+    vi nan = {0};
+    int64_t i = 0;
+    for (; i + VLEN <= n; i += VLEN) {
+        vf v = LOAD(p + i);
+        vf a = (vf)((vi)v & 0x7FFFFFFF);
+        nan |= v != v;
+        m = SEL(a > m, a, m);
+    }
+    float largest = 0.0f;
+    int any_nan = 0;
+    for (int j = 0; j < VLEN; j++) {
+        largest = m[j] > largest ? m[j] : largest;
+        any_nan |= nan[j] != 0;
+    }
+    for (; i < n; i++) {
+        float v = LOAD1(p[i]);
+        any_nan |= v != v;
+        largest = fabsf(v) > largest ? fabsf(v) : largest;
+    }
+    return any_nan ? INFINITY : largest;
 }

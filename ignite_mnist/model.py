@@ -5,11 +5,11 @@ Layer names and shapes are the example's, so weights load into either. Four chan
   max_pool(relu(x)) == relu(max_pool(x)) exactly, and the ReLU then touches a quarter of the values;
 - dropout draws its mask from random bytes on the CPU (Dropout below): the same Bernoulli(1 - p)
   distribution, from a different random stream;
-- in training, the pooled activations leave the channels_last layout of the convolutions right after the
-  pooling, and their gradient comes back to it in one copy (PlainLayout below);
+- in training, the pooled activations leave the channels_last layout of the convolutions after dropout1,
+  and their gradient comes back to it in one copy (PlainLayout below);
 - in training on the CPU, max-pool, ReLU, dropout1 and that layout change run as one kernel each way
-  (kernels.PoolReluDropout), and conv1's ReLU has a one-pass backward (kernels.Relu): the same values as the
-  eager operators, bit for bit.
+  (kernels.PoolReluDropout: the same values as the eager operators, bit for bit), and so do conv1 and its ReLU
+  (kernels.Conv1Relu: the same values forward; the weight gradients summed in float32, not rounded to bf16).
 """
 
 import functools
@@ -46,9 +46,10 @@ class Dropout(nn.Dropout):
     def forward(self, x):
         if not self.draws_bytes(x):
             return super().forward(x)
-        # the comparison writes 0 and 1 in x's dtype at once: no bool mask and no cast pass over it
-        keep = torch.lt(random_bytes(x.numel()).view(x.shape), int((1 - self.p) * 256),
-                        out=torch.empty(x.shape, dtype=x.dtype))
+        # the comparison writes 0 and 1 in x's dtype at once: no bool mask and no cast pass over it. The bytes
+        # lie in x's memory order (channels_last for the pooled activations), as kernels.PoolReluDropout reads them.
+        keep = torch.empty_like(x)
+        torch.lt(random_bytes(x.numel()).as_strided(x.shape, keep.stride()), int((1 - self.p) * 256), out=keep)
         return x * keep.mul_(1 / (1 - self.p))
 
 
@@ -87,18 +88,19 @@ class Net(nn.Module):
         self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x):
-        x = self.conv1(x)
-        x = kernels.Relu.apply(x) if self.training and kernels.relu_fits(x) else F.relu(x)
+        if self.training and kernels.conv1_fits(x, self.conv1):  # training on the CPU
+            x = kernels.conv1_relu(x, self.conv1)
+        else:
+            x = F.relu(self.conv1(x))
         x = self.conv2(x)
         if self.dropout1.draws_bytes(x) and kernels.pool_fits(x):  # training on the CPU
             p = self.dropout1.p
             x = kernels.PoolReluDropout.apply(x, random_bytes(x.numel() // 4), int((1 - p) * 256),
                                               mask_value(p, x.dtype))
         else:
-            x = F.max_pool2d(x, 2)
+            x = self.dropout1(F.relu(F.max_pool2d(x, 2)))
             if self.training:  # (evaluation and exports: flatten changes the layout, no gradient comes back)
                 x = PlainLayout.apply(x)
-            x = self.dropout1(F.relu(x))
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x))
         x = self.dropout2(x)

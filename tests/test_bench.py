@@ -60,9 +60,10 @@ def test_the_step_profile_times_the_real_step_s_operators_by_part():
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.splitlines()[-1])
     parts = result["parts_ms"]
-    for part in ("forward (and the batch, loss, zero_grad)", "backward", "optimizer step", "dropout masks",
-                 "layout copies (flatten, model.PlainLayout)"):
+    for part in ("forward (and the batch, loss, zero_grad)", "backward", "optimizer step", "dropout masks"):
         assert parts[part] > 0, parts
+    if kernels.library() is None:  # (the pooling kernel writes the plain layout itself)
+        assert parts["layout copies (flatten, model.PlainLayout)"] > 0, parts
     if result["precision"] == "bf16":  # (auto: fp32 on a CPU without native bf16)
         assert parts["casts (bf16: autocast's)"] > 0, parts
     # the operators run inside the timed steps, and take most of a step (the rest is Python between them)

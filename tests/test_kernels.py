@@ -28,11 +28,13 @@ def same_bits(a, b) -> bool:
 
 
 def eager_pool_relu_dropout(x, keep_bytes, p):
-    """model.Net's eager path from conv2's output: max-pool, layout change, ReLU, byte dropout (model.Dropout)."""
-    y = model.PlainLayout.apply(F.max_pool2d(x, 2))
-    r = F.relu(y)
-    keep = torch.lt(keep_bytes.view(r.shape), int((1 - p) * 256), out=torch.empty(r.shape, dtype=r.dtype))
-    return r * keep.mul_(1 / (1 - p))
+    """model.Net's eager path from conv2's output: max-pool, ReLU, byte dropout (model.Dropout: the bytes in the
+    pooled tensor's channels_last order), layout change."""
+    r = F.relu(F.max_pool2d(x, 2))
+    assert r.is_contiguous(memory_format=torch.channels_last)
+    n, c, h, w = r.shape
+    keep = torch.lt(keep_bytes.view(n, h, w, c).permute(0, 3, 1, 2), int((1 - p) * 256), out=torch.empty_like(r))
+    return model.PlainLayout.apply(r * keep.mul_(1 / (1 - p)))
 
 
 def special_values(x):
@@ -53,7 +55,7 @@ def special_values(x):
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("p", [0.25, 0.5])
-@pytest.mark.parametrize("shape", [(64, 64, 24, 24), (3, 16, 4, 6), (2, 32, 2, 2)])
+@pytest.mark.parametrize("shape", [(64, 64, 24, 24), (3, 16, 4, 6), (2, 32, 2, 2), (2, 16, 4, 36)])  # rows of 12, 3, 1, 18
 def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
     generator = torch.Generator().manual_seed(0)
     x = special_values(torch.randn(shape, generator=generator).to(dtype)).contiguous(memory_format=torch.channels_last)
@@ -80,52 +82,142 @@ def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
     assert same_bits(g_fused, g_eager)
 
 
+def trained_with(monkeypatch, pool: bool, conv1: bool, precision: str) -> dict:
+    """three_training_steps with the pooling kernel and the conv1 kernel each used or not (torch's Adadelta)."""
+    pool_fits, conv1_fits = kernels.pool_fits, kernels.conv1_fits
+    monkeypatch.setattr(kernels, "pool_fits", pool_fits if pool else (lambda x: False))
+    monkeypatch.setattr(kernels, "conv1_fits", conv1_fits if conv1 else (lambda x, conv: False))
+    calls = {"pool": 0, "conv1": 0}
+    monkeypatch.setattr(kernels, "library", counted(kernels.library, calls))
+    weights = three_training_steps(bf16=precision == "bf16")
+    assert (calls["pool"] > 0) == pool and (calls["conv1"] > 0) == conv1, calls
+    return weights
+
+
+def counted(library, calls):
+    """kernels.library, counting the calls of the pooling and conv1 kernels made through it."""
+    lib = library()
+
+    class Counting:
+        def __getattr__(self, name):
+            for kind in calls:
+                if name.startswith(kind):
+                    calls[kind] += 1
+            return getattr(lib, name)
+
+    return lambda: Counting() if lib is not None else None
+
+
 @needs_kernels
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_training_steps_give_the_same_weights_with_and_without_the_kernels_in_the_model(monkeypatch, precision):
-    pool_fits, relu_fits = kernels.pool_fits, kernels.relu_fits
-    pool, relu = kernels.PoolReluDropout.apply, kernels.Relu.apply
-
-    def trained(fused):  # the same weights and generator state, torch's Adadelta
-        monkeypatch.setattr(kernels, "pool_fits", pool_fits if fused else (lambda x: False))
-        monkeypatch.setattr(kernels, "relu_fits", relu_fits if fused else (lambda x: False))
-        calls, relu_calls = [], []
-        monkeypatch.setattr(kernels.Relu, "apply", lambda x: relu_calls.append(x.shape) or relu(x))
-        monkeypatch.setattr(kernels.PoolReluDropout, "apply", lambda *a: calls.append(1) or pool(*a))
-        weights = three_training_steps(bf16=precision == "bf16")
-        assert len(calls) == (3 if fused else 0)
-        assert relu_calls == ([torch.Size([16, 32, 26, 26])] * 3 if fused else [])  # conv1's ReLU
-        return weights
-
-    fused, eager = trained(True), trained(False)
+def test_training_steps_give_the_same_weights_with_and_without_the_pooling_kernel(monkeypatch, precision):
+    fused = trained_with(monkeypatch, pool=True, conv1=True, precision=precision)
+    eager = trained_with(monkeypatch, pool=False, conv1=True, precision=precision)
     assert all(torch.equal(fused[k], eager[k]) for k in fused)
 
 
 @needs_kernels
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("shape, layout", [((64, 32, 26, 26), torch.channels_last), ((3, 5, 7, 9), torch.channels_last),
-                                           ((1001,), torch.contiguous_format)])
-def test_relu_backward_is_threshold_backward_bit_for_bit(dtype, shape, layout):
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=generator).to(dtype)
-    special = torch.tensor([0.0, -0.0, float("nan"), float("inf"), float("-inf"), 1e-30])
-    x.view(-1)[:6] = special
-    x.view(-1)[-6:] = special  # in the scalar tail too, where numel is not a multiple of 16
-    x = x.contiguous(memory_format=layout)
-    grad = torch.randn(shape, generator=generator).to(dtype)
-    grad.view(-1)[6:9] = float("nan")
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_training_steps_with_the_conv1_kernel_stay_within_rounding_of_the_eager_operators(monkeypatch, precision):
+    # conv1's weight gradients are summed in float32 where oneDNN's bf16 backward rounds them to bf16: the weights
+    # move apart by rounding, not more (Adadelta's first steps move each weight by about 3e-3 at most)
+    fused = trained_with(monkeypatch, pool=True, conv1=True, precision=precision)
+    eager = trained_with(monkeypatch, pool=True, conv1=False, precision=precision)
+    largest = max((fused[k] - eager[k]).abs().max().item() for k in fused)
+    assert 0 < largest < 1e-3 if precision == "bf16" else largest < 1e-5, largest
 
-    for grad_layout in (layout, torch.contiguous_format):  # the second copied into x's layout first
-        results = []
-        for relu in (torch.relu, kernels.Relu.apply):
-            xg = x.detach().clone().requires_grad_(True)
-            y = relu(xg)
-            y.backward(grad.contiguous(memory_format=grad_layout))
-            results.append((y.detach(), xg.grad))
-        (y_eager, g_eager), (y_fused, g_fused) = results
-        assert same_bits(y_eager, y_fused) and same_bits(g_eager, g_fused)
-        assert g_fused.isnan().any()  # the NaN gradients too
-        assert g_fused.stride() == x.stride()
+
+def conv1_case(dtype, generator, nan=False):
+    """A batch of images, a model.Net conv1 (channels_last, as training has it), and a gradient for its output."""
+    conv = torch.nn.Conv2d(1, 32, 3).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv.bias[:4] = -100.0  # four channels the ReLU stops everywhere: no gradient there, exactly
+    x = torch.randn(5, 1, 28, 28, generator=generator)
+    if nan:
+        x[0, 0, 3, 3] = float("nan")  # NaN passes ReLU and its gradient (threshold_backward's rule)
+    grad = torch.randn(5, 32, 26, 26, generator=generator).to(dtype)
+    return conv, x, grad
+
+
+def conv1_both_ways(conv, x, grad, dtype):
+    """(output, weight gradient, bias gradient) of the eager operators, then of kernels.conv1_relu."""
+    results = []
+    for fused in (False, True):
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            y = kernels.conv1_relu(x, conv) if fused else F.relu(conv(x))
+        y.backward(grad)
+        results.append((y.detach(), conv.weight.grad.clone(), conv.bias.grad.clone()))
+    return results
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_conv1_relu_is_the_eager_operators_forward_and_sums_their_gradients_exactly(dtype):
+    conv, x, grad = conv1_case(dtype, torch.Generator().manual_seed(0))
+    assert kernels.conv1_fits(x, conv)
+    (y_eager, w_eager, _), (y_fused, w_fused, b_fused) = conv1_both_ways(conv, x, grad, dtype)
+    assert y_fused.dtype == dtype and y_fused.is_contiguous(memory_format=torch.channels_last)
+    assert same_bits(y_fused, y_eager)
+
+    # the gradients against float64 sums of the same bf16 (or float32) values: float32 sums, not rounded to bf16
+    g = torch.where(y_fused > 0, grad, 0).double()  # where ReLU passes the gradient
+    patches = F.unfold(x.to(dtype).double(), 3)  # [N, 9, 676]
+    w_true = torch.einsum("nck,nik->ci", g.flatten(2), patches).view(32, 1, 3, 3)
+    b_true = g.sum((0, 2, 3))
+    assert w_fused.dtype == b_fused.dtype == torch.float32 and w_fused.stride() == conv.weight.stride()
+    scale = w_true.abs().max().item()
+    assert (w_fused - w_true).abs().max().item() < 1e-5 * scale
+    assert (b_fused - b_true).abs().max().item() < 1e-5 * b_true.abs().max().item()
+    assert torch.all(w_fused[:4] == 0) and torch.all(b_fused[:4] == 0)  # the channels ReLU stopped
+    tolerance = 8e-3 if dtype == torch.bfloat16 else 1e-5  # the eager backward: within its rounding (bf16: 2^-8)
+    assert (w_eager - w_true).abs().max().item() < tolerance * scale
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("where", ["image", "weight"])
+def test_conv1_relu_passes_nan_as_the_eager_relu_does(dtype, where):
+    # oneDNN's fused ReLU would make NaN 0 (and hide a diverged conv1): conv1_relu runs the eager ReLU then
+    conv, x, grad = conv1_case(dtype, torch.Generator().manual_seed(3), nan=where == "image")
+    if where == "weight":
+        with torch.no_grad():
+            conv.weight[5, 0, 1, 1] = float("nan")  # a diverged weight: channel 5 all NaN
+    (y_eager, w_eager, b_eager), (y_fused, w_fused, b_fused) = conv1_both_ways(conv, x, grad, dtype)
+    assert same_bits(y_fused, y_eager) and y_fused.isnan().any()
+    assert torch.equal(w_fused.isnan(), w_eager.isnan()) and torch.equal(b_fused.isnan(), b_eager.isnan())
+    if where == "image":  # the NaN image's sums
+        assert w_fused.isnan().any()
+    else:  # ReLU passes the gradient where its output is NaN: channel 5's gradient is all there
+        assert (w_fused[5] != 0).all() and not w_fused.isnan().any()
+
+
+@needs_kernels
+def test_conv1_gradients_are_the_same_bits_for_any_number_of_threads():
+    conv, x, grad = conv1_case(torch.bfloat16, torch.Generator().manual_seed(1))
+    threads, results = torch.get_num_threads(), []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            conv.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                kernels.conv1_relu(x, conv).backward(grad)
+            results.append((conv.weight.grad.clone(), conv.bias.grad.clone()))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(w, results[0][0]) and torch.equal(b, results[0][1]) for w, b in results)
+
+
+def test_conv1_kernel_takes_only_what_it_computes():
+    conv, x, _ = conv1_case(torch.float32, torch.Generator().manual_seed(2))
+    fits = kernels.library() is not None
+    assert kernels.conv1_fits(x, conv) == fits
+    assert not kernels.conv1_fits(x.clone().requires_grad_(True), conv)  # it gives no gradient to the images
+    assert not kernels.conv1_fits(x, torch.nn.Conv2d(1, 32, 3, padding=1))
+    assert not kernels.conv1_fits(x, torch.nn.Conv2d(1, 24, 3))  # channels: a multiple of 16
+    assert not kernels.conv1_fits(x, torch.nn.Conv2d(1, 32, 3, bias=False))
+    assert not kernels.conv1_fits(torch.randn(2, 3, 28, 28), torch.nn.Conv2d(3, 32, 3))
+    assert not kernels.conv1_fits(x.double(), conv.double())
 
 
 def adadelta_with_exact_square_roots(params, grads, square_avgs, acc_deltas, lr, rho=0.9, eps=1e-6):

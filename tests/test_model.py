@@ -90,16 +90,20 @@ def test_byte_dropout_is_reproducible_and_off_in_eval_mode():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_byte_dropout_mask_is_the_bytes_compared_and_scaled_in_the_activation_dtype(dtype):
-    # the comparison writes the mask in x's dtype directly (no bool mask and cast): the same values, bit for bit
-    x = torch.randn(64, 64, 12, 12, dtype=dtype).to(memory_format=torch.channels_last)  # either layout
-    torch.manual_seed(5)
-    y = Dropout(0.25)(x)
-    torch.manual_seed(5)
-    n = x.numel()
-    words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2**63, None)
-    keep = words.view(torch.uint8)[:n].view(x.shape) < 192
-    assert torch.equal(y, x * keep.to(dtype).mul_(1 / 0.75))
-    assert y.dtype == dtype
+    # the comparison writes the mask in x's dtype directly (no bool mask and cast): the same values, bit for bit;
+    # the bytes lie in x's memory order, as kernels.PoolReluDropout reads them from a channels_last activation
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(64, 64, 12, 12, dtype=dtype).contiguous(memory_format=layout)
+        torch.manual_seed(5)
+        y = Dropout(0.25)(x)
+        torch.manual_seed(5)
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2**63, None)
+        in_memory_order = words.view(torch.uint8)[:n]
+        keep = (in_memory_order.view(64, 12, 12, 64).permute(0, 3, 1, 2) if layout == torch.channels_last
+                else in_memory_order.view(x.shape)) < 192
+        assert torch.equal(y, x * keep.to(dtype).mul_(1 / 0.75))
+        assert y.dtype == dtype and y.stride() == x.stride()
 
 
 def test_other_probabilities_use_torch_dropout():
