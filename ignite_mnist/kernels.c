@@ -140,3 +140,70 @@ void adadelta(float *param, const float *grad, float *square_avg, float *acc_del
         param[i] = fmaf(minus_lr, delta, param[i]);
     }
 }
+
+/* n random bytes: Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), keyed by
+ * (key0, key1). Block i is the four 32-bit words Philox makes of the counter (i mod 2^32, i >> 32, 0, 0); its
+ * 16 bytes, little-endian, are bytes 16i to 16i+15. Counter-based: the same bytes for any number of threads. */
+typedef uint64_t v8q __attribute__((vector_size(64)));
+typedef uint32_t v8d __attribute__((vector_size(32)));
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline v8q mul_low32(v8q a, uint32_t m) {  /* the 64-bit products of the lanes' low words (vpmuludq) */
+    __m512i x, r;
+    memcpy(&x, &a, sizeof x);
+    r = _mm512_mul_epu32(x, _mm512_set1_epi64(m));
+    memcpy(&a, &r, sizeof a);
+    return a;
+}
+#else
+static inline v8q mul_low32(v8q a, uint32_t m) { return a * m; }  /* (a's lanes below 2^32) */
+#endif
+#define PHILOX_GROUPS 4 /* groups of eight blocks computed together: four dependency chains in flight */
+void philox_bytes(uint8_t *out, int64_t n, uint32_t key0, uint32_t key1, int threads) {
+    const uint64_t LOW = 0xFFFFFFFFu;
+    const int64_t groups = (n + 127) / 128, steps = (groups + PHILOX_GROUPS - 1) / PHILOX_GROUPS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t step = 0; step < steps; step++) {
+        v8q c0[PHILOX_GROUPS], c1[PHILOX_GROUPS], c2[PHILOX_GROUPS], c3[PHILOX_GROUPS];
+        for (int q = 0; q < PHILOX_GROUPS; q++) {
+            const uint64_t first = (uint64_t)(step * PHILOX_GROUPS + q) * 8;  /* the lanes: blocks first.. first+7 */
+            const v8q block = first + (v8q){0, 1, 2, 3, 4, 5, 6, 7};
+            c0[q] = block & LOW;
+            c1[q] = block >> 32;
+            c2[q] = c3[q] = (v8q){0};
+        }
+        uint64_t k0 = key0, k1 = key1;
+        for (int round = 0; round < 10; round++) {
+            if (round) {
+                k0 = (k0 + 0x9E3779B9u) & LOW;
+                k1 = (k1 + 0xBB67AE85u) & LOW;
+            }
+            for (int q = 0; q < PHILOX_GROUPS; q++) {
+                const v8q p0 = mul_low32(c0[q], 0xD2511F53u), p1 = mul_low32(c2[q], 0xCD9E8D57u);
+                c0[q] = (p1 >> 32) ^ c1[q] ^ k0;
+                c2[q] = (p0 >> 32) ^ c3[q] ^ k1;
+                c1[q] = p1 & LOW;
+                c3[q] = p0 & LOW;
+            }
+        }
+        for (int q = 0; q < PHILOX_GROUPS; q++) {
+            const int64_t at = (step * PHILOX_GROUPS + q) * 128;
+            if (at >= n) break;
+            /* the words interleaved block by block: c0 c1 c2 c3 of lane 0, then of lane 1, ... */
+            const v8d w0 = __builtin_convertvector(c0[q], v8d), w1 = __builtin_convertvector(c1[q], v8d);
+            const v8d w2 = __builtin_convertvector(c2[q], v8d), w3 = __builtin_convertvector(c3[q], v8d);
+            const v8d a = __builtin_shuffle(w0, w1, (v8d){0, 8, 1, 9, 2, 10, 3, 11});
+            const v8d b = __builtin_shuffle(w0, w1, (v8d){4, 12, 5, 13, 6, 14, 7, 15});
+            const v8d c = __builtin_shuffle(w2, w3, (v8d){0, 8, 1, 9, 2, 10, 3, 11});
+            const v8d d = __builtin_shuffle(w2, w3, (v8d){4, 12, 5, 13, 6, 14, 7, 15});
+            const v8d words[4] = {__builtin_shuffle(a, c, (v8d){0, 1, 8, 9, 2, 3, 10, 11}),
+                                  __builtin_shuffle(a, c, (v8d){4, 5, 12, 13, 6, 7, 14, 15}),
+                                  __builtin_shuffle(b, d, (v8d){0, 1, 8, 9, 2, 3, 10, 11}),
+                                  __builtin_shuffle(b, d, (v8d){4, 5, 12, 13, 6, 7, 14, 15})};
+            if (n - at >= 128)
+                memcpy(out + at, words, 128);  /* little-endian: x86 and arm64 */
+            else
+                memcpy(out + at, words, (size_t)(n - at));
+        }
+    }
+}

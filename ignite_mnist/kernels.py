@@ -114,6 +114,7 @@ def _open(path: Path):
             getattr(lib, f"max_abs_{dtype}").argtypes = [p, i64]
             getattr(lib, f"max_abs_{dtype}").restype = f32
         lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
+        lib.philox_bytes.argtypes = [p, i64, ctypes.c_uint32, ctypes.c_uint32, i32]
     except (OSError, AttributeError) as e:
         raise KernelsUnavailable(f"cannot load {path}: {e}") from None
     return lib
@@ -173,6 +174,16 @@ def _threads() -> int:
 
 def _dtype_name(t: torch.Tensor) -> str:
     return {torch.bfloat16: "bf16", torch.float32: "f32"}[t.dtype]
+
+
+# ---- dropout's random bytes ---------------------------------------------------------------------------
+
+
+def philox_bytes(n: int, key: int) -> torch.Tensor:
+    """n bytes of Philox4x32-10 keyed by a 64-bit key (kernels.c): block i of 16 bytes from counter i."""
+    out = torch.empty(n, dtype=torch.uint8)
+    library().philox_bytes(out.data_ptr(), n, key & 0xFFFFFFFF, (key >> 32) & 0xFFFFFFFF, _threads())
+    return out
 
 
 # ---- max-pool, ReLU and dropout -------------------------------------------------------------------------

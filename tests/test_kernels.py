@@ -398,3 +398,61 @@ def test_a_second_openmp_runtime_is_a_reason_not_a_rebuild(monkeypatch, tmp_path
     with pytest.raises(kernels.KernelsUnavailable, match="another OpenMP runtime"):
         kernels._load()
     assert builds == [1] and len(list((tmp_path / "ignite-mnist").glob("kernels-*.so"))) == 1
+
+
+def philox4x32_10(counter, key):
+    """Philox4x32-10 as its paper defines it (Salmon et al., SC'11), in Python: the reference for kernels.c's."""
+    (c0, c1, c2, c3), (k0, k1) = counter, key
+    for round in range(10):
+        if round:
+            k0, k1 = (k0 + 0x9E3779B9) % 2**32, (k1 + 0xBB67AE85) % 2**32
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 % 2**32, (p0 >> 32) ^ c3 ^ k1, p0 % 2**32
+    return c0, c1, c2, c3
+
+
+def test_the_python_philox_gives_random123_s_known_answers():
+    assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
+    assert philox4x32_10((2**32 - 1,) * 4, (2**32 - 1,) * 2) == (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)
+    assert philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == \
+        (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+
+
+@needs_kernels
+@pytest.mark.parametrize("n, key", [(16, 0), (1000, 0xA4093822_299F31D0), (4099, 2**64 - 1)])
+def test_philox_bytes_are_philox4x32_10_block_by_block(n, key):
+    import struct
+
+    got = bytes(kernels.philox_bytes(n, key).numpy())
+    key_words = (key % 2**32, key >> 32)
+    blocks = (philox4x32_10((i % 2**32, i >> 32, 0, 0), key_words) for i in range((n + 15) // 16))
+    assert got == b"".join(struct.pack("<4I", *block) for block in blocks)[:n]
+
+
+@needs_kernels
+def test_philox_bytes_are_the_same_for_any_number_of_threads_and_uniform():
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            results.append(kernels.philox_bytes(1_000_003, 12345))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(r, results[0]) for r in results)
+    counts = torch.bincount(results[0].long(), minlength=256).double()
+    expected = 1_000_003 / 256
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 340  # 255 degrees of freedom: above 340 by chance about once in 3,000
+    assert not torch.equal(kernels.philox_bytes(4096, 1), kernels.philox_bytes(4096, 2))
+
+
+@needs_kernels
+def test_dropout_bytes_come_from_one_64_bit_draw_of_torch_s_generator():
+    torch.manual_seed(7)
+    a = model.random_bytes(10_000)
+    after = torch.empty(3, dtype=torch.int64).random_(-2**63, None)
+    torch.manual_seed(7)
+    key = torch.empty((), dtype=torch.int64).random_(-2**63, None).item() % 2**64
+    assert torch.equal(a, kernels.philox_bytes(10_000, key))
+    assert torch.equal(after, torch.empty(3, dtype=torch.int64).random_(-2**63, None))  # one draw taken, no more

@@ -97,9 +97,7 @@ def test_byte_dropout_mask_is_the_bytes_compared_and_scaled_in_the_activation_dt
         torch.manual_seed(5)
         y = Dropout(0.25)(x)
         torch.manual_seed(5)
-        n = x.numel()
-        words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2**63, None)
-        in_memory_order = words.view(torch.uint8)[:n]
+        in_memory_order = model.random_bytes(x.numel())
         keep = (in_memory_order.view(64, 12, 12, 64).permute(0, 3, 1, 2) if layout == torch.channels_last
                 else in_memory_order.view(x.shape)) < 192
         assert torch.equal(y, x * keep.to(dtype).mul_(1 / 0.75))
@@ -156,3 +154,11 @@ def test_training_steps_reuse_the_memory_freed_by_the_step_before(tmp_path):
     # page faults in the median step: 0 here (one-off events between steps: up to 1,300 faults), about 6,000
     # when training() leaves glibc's defaults, 1,150 with the heap kept but large blocks still mmap'ed
     assert float(faults) < 20
+
+
+def test_random_bytes_without_the_kernels_are_torch_s_own_64_bit_draws(monkeypatch):
+    monkeypatch.setattr(model.kernels, "_library", False)  # (with them: Philox keyed by one draw, test_kernels)
+    torch.manual_seed(5)
+    got = model.random_bytes(1001)
+    torch.manual_seed(5)
+    assert torch.equal(got, torch.empty(126, dtype=torch.int64).random_(-2**63, None).view(torch.uint8)[:1001])
