@@ -42,7 +42,8 @@ def make_train_step(model, optimizer, train_set: data.TensorSet, bf16: bool):
     device_type = train_set.images.device.type
 
     def train_step(engine, index):
-        model.train()
+        if not model.training:  # (the evaluator leaves it in eval mode; train() walks every module)
+            model.train()
         x, y = train_set.batch(index)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):

@@ -299,10 +299,13 @@ class FusedAdadelta(torch.optim.Adadelta):
     when the kernels are unavailable."""
 
     def _fits(self) -> bool:
-        def like(t, p):  # float32 on the CPU, each element once in memory, in the same order as p's
+        def dense(p):  # float32 on the CPU, each element once in memory
+            return (p.device.type == "cpu" and p.dtype == torch.float32 and p.layout == torch.strided
+                    and (p.is_contiguous() or (p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last))))
+
+        def like(t, p):  # and t laid out as dense p is: then dense too, in the same order
             return (t.device.type == "cpu" and t.dtype == torch.float32 and t.layout == torch.strided
-                    and t.shape == p.shape and t.stride() == p.stride()
-                    and (t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))))
+                    and t.shape == p.shape and t.stride() == p.stride())
 
         for group in self.param_groups:
             if (group["weight_decay"] != 0 or group["maximize"] or group["differentiable"] or group["capturable"]
@@ -311,7 +314,7 @@ class FusedAdadelta(torch.optim.Adadelta):
             for p in group["params"]:
                 state = self.state[p]
                 if p.grad is not None and not (
-                        like(p, p) and like(p.grad, p)
+                        dense(p) and like(p.grad, p)
                         and all(like(state[k], p) for k in ("square_avg", "acc_delta") if k in state)):
                     return False
         return library() is not None
@@ -323,6 +326,7 @@ class FusedAdadelta(torch.optim.Adadelta):
             if getattr(torch_step, "hooked", False):  # its optimizer hooks wrapper: this step's own ran them already
                 torch_step = torch_step.__wrapped__
             return torch_step(self, closure)
+        steps = []
         for group in self.param_groups:
             lr, rho, eps = group["lr"], group["rho"], group["eps"]
             for p in group["params"]:
@@ -333,7 +337,9 @@ class FusedAdadelta(torch.optim.Adadelta):
                     state["step"] = torch.zeros(())
                     state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["acc_delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] += 1
+                steps.append(state["step"])
                 library().adadelta(p.data_ptr(), p.grad.data_ptr(), state["square_avg"].data_ptr(),
                                    state["acc_delta"].data_ptr(), p.numel(), -lr, rho, 1 - rho, eps, _threads())
+        torch._foreach_add_(steps, 1)  # each state["step"] += 1, as torch's step counts, in one call
         return None
+
