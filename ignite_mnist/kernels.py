@@ -7,7 +7,8 @@ replace make several (README, Speed).
   weight and bias gradients, summed in float32 (more exact than the eager bf16 backward, not the same bits);
 - FusedAdadelta: torch.optim.Adadelta's update of each float32 parameter in one loop instead of eleven passes:
   torch's arithmetic, but square roots correctly rounded, where torch's CPU kernel is within one unit in the
-  last place.
+  last place;
+- philox_bytes: dropout's random bytes, Philox4x32-10 (counter-based, vectorized), keyed by torch's generator.
 
 kernels.c is compiled with the C compiler (`$CC`, else `cc`) on first use, for this CPU (-march=native), and
 kept in data.cache_root() (~/.cache/ignite-mnist). Without a compiler, or with IGNITE_MNIST_KERNELS=0, training
@@ -259,9 +260,10 @@ def _conv_relu(x, weight, bias):
 
 class Conv1Relu(torch.autograd.Function):
     """relu(conv2d(x, weight, bias)) computed in dtype (x, weight and bias cast to it, as autocast casts them): the
-    eager operators' values. The backward gives weight's and bias's gradients through the ReLU in one pass over the
-    output and its gradient (kernels.c's conv1_relu_bwd), summed in float32 and returned in float32 where oneDNN's
-    bf16 backward rounds them to bf16 and takes three passes with the ReLU's. No gradient for x."""
+    eager operators' values, NaN included (_conv_relu). The backward gives weight's and bias's gradients through
+    the ReLU in one pass over the output and its gradient (kernels.c's conv1_relu_bwd), summed in float32 and
+    returned in float32, where oneDNN's bf16 backward rounds them to bf16 and takes three passes with the ReLU's.
+    No gradient for x (conv1_fits: x must not need one)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, dtype):

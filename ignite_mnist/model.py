@@ -1,10 +1,11 @@
 """The network of the PyTorch MNIST example (pytorch/examples, mnist/main.py).
 
-Layer names and shapes are the example's, so weights load into either. Four changes, for speed only:
+Layer names and shapes are the example's, so weights load into either. The changes, for speed only:
 - max-pool runs before the ReLU that precedes it in the example: ReLU is monotonic, so
   max_pool(relu(x)) == relu(max_pool(x)) exactly, and the ReLU then touches a quarter of the values;
 - dropout draws its mask from random bytes on the CPU (Dropout below): the same Bernoulli(1 - p)
-  distribution, from a different random stream;
+  distribution, from a different random stream (random_bytes: Philox keyed by torch's generator where the
+  fused kernels are built);
 - in training, the pooled activations leave the channels_last layout of the convolutions after dropout1,
   and their gradient comes back to it in one copy (PlainLayout below);
 - in training on the CPU, max-pool, ReLU, dropout1 and that layout change run as one kernel each way
