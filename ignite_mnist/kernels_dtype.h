@@ -93,9 +93,9 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_va
 
 /* conv1's weight and bias gradients through its ReLU, for a 3x3 convolution of one input channel (stride 1, no
  * padding): x [N, H, W]; out (the ReLU's output) and g (its gradient) [N, H-2, W-2, C] channels_last. The ReLU's
- * backward as threshold_backward decides it (NaN passes), then per sample and 16 channels the ten sums (nine taps and the bias) in float,
- * positions in order, into partial [N, 10, C]; the samples are then added in order into gw [C, 9] and gb [C]: the
- * same result for any number of threads. */
+ * backward as threshold_backward decides it (NaN passes), then per sample and 16 channels the ten sums (nine taps
+ * and the bias) in float, positions in order, into partial [N, 10, C]; the samples are then added in order into
+ * gw [C, 9] and gb [C]: the same result for any number of threads. */
 __attribute__((optimize("fp-contract=fast")))  /* fused multiply-adds: no eager operator to match bit for bit */
 void NAME(conv1_relu_bwd)(const T *x, const T *out, const T *g, int64_t N, int64_t H, int64_t W, int64_t C,
                           float *partial, float *gw, float *gb, int threads) {
