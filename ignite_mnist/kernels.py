@@ -16,6 +16,7 @@ runs the eager operators, slower.
 """
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -252,10 +253,17 @@ def _conv_relu(x, weight, bias):
     makes NaN 0: it runs where no sum can be NaN, that is where no value is NaN or infinite and the largest
     possible sum is finite."""
     largest = [getattr(library(), f"max_abs_{_dtype_name(t)}")(t.data_ptr(), t.numel()) for t in (x, weight, bias)]
-    if (largest[0] * largest[1] * 9 + largest[2] < 1e38 and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
+    if largest[0] * largest[1] * 9 + largest[2] < 1e38 and _onednn_runs(x.dtype):
         return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [0, 0], [1, 1], [1, 1], 1, "relu", [], "")
     return torch.relu(torch.conv2d(x, weight, bias))
+
+
+@functools.lru_cache
+def _onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether this torch has oneDNN's fused convolution and can run it in dtype on this CPU (oneDNN's bf16 needs
+    AVX-512 or AVX-NE-CONVERT: not on an AVX2 CPU, where the eager operators run)."""
+    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+            and (dtype == torch.float32 or torch.ops.mkldnn._is_mkldnn_bf16_supported()))
 
 
 class Conv1Relu(torch.autograd.Function):
@@ -344,4 +352,3 @@ class FusedAdadelta(torch.optim.Adadelta):
                                    state["acc_delta"].data_ptr(), p.numel(), -lr, rho, 1 - rho, eps, _threads())
         torch._foreach_add_(steps, 1)  # each state["step"] += 1, as torch's step counts, in one call
         return None
-
