@@ -7,7 +7,8 @@
  * - conv1_relu_bwd_*: conv1's weight and bias gradients through its ReLU, in one pass (float sums: not bit for bit
  *   oneDNN's bf16 backward, which rounds them to bf16);
  * - adadelta: torch.optim.Adadelta's update of one float32 parameter (no weight decay), torch's order of
- *   operations, each rounded to float as torch rounds it.
+ *   operations, each rounded to float as torch rounds it;
+ * - philox_bytes: dropout's random bytes, Philox4x32-10; max_abs_*: whether a convolution's sums stay finite.
  * Compiled with -ffp-contract=off (fused multiply-adds only where torch has them: fmaf), -fno-trapping-math and
  * -fno-math-errno (so that comparisons and sqrtf vectorize; results unchanged). Threads: OpenMP, torch's own
  * runtime (libgomp.so.1 is loaded once per process).
@@ -44,9 +45,15 @@ static inline vf round_f32(vf f) { return f; }
 static inline vi out_passes(vf out) { return ~(out <= 0.0f); }
 /* Sixteen rows of sixteen values transposed in registers: at each level b = 8, 4, 2, 1, bit b of the row and column
  * indexes swapped (the off-diagonal blocks of b x b exchanged), two-source shuffles with these masks. */
-#define TRANSPOSE_MASKS(RAW) \
-    static const RAW lo_##RAW[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}}; \
-    static const RAW hi_##RAW[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}, {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}, {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}, {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+#define TRANSPOSE_MASKS(RAW) /* lo: row i's new values (j has bit b: row i + b's j - b); hi: row i + b's */ \
+    static const RAW lo_##RAW[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, \
+                                    {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, \
+                                    {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, \
+                                    {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}}; \
+    static const RAW hi_##RAW[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}, \
+                                    {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}, \
+                                    {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}, \
+                                    {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
 #define DEFINE_TRANSPOSE16(RAW, NAME) \
     static inline void NAME(RAW r[16]) { \
         TRANSPOSE_MASKS(RAW) \

@@ -1,7 +1,9 @@
-/* Included by kernels.c once per dtype (T, RAW, TRANSPOSE16, STORE_HEAD, LOAD_HEAD, NAME, LOAD, STORE, ROUND). All tensors channels_last but keep_bytes:
- * x and gx [N, H, W, C] (channels_last); code and keep_bytes [N, H/2, W/2, C] (the bytes as model.Dropout lays
- * them on a channels_last tensor); y and gy [N, C, H/2, W/2] (plain, as fc1 reads them: each row of W/2 outputs
- * goes through a small tile, transposed there); H and W even, C a multiple of VLEN.
+/* Included by kernels.c once per dtype (T, RAW, TRANSPOSE16, STORE_HEAD, LOAD_HEAD, NAME, LOAD, STORE, ROUND).
+ *
+ * pool_fwd, pool_bwd: x and gx [N, H, W, C] (channels_last); code and keep_bytes [N, H/2, W/2, C] (the bytes as
+ * model.Dropout lays them on a channels_last tensor); y and gy [N, C, H/2, W/2] (plain, as fc1 reads them: each row
+ * of W/2 outputs goes through a small tile, transposed there 16 x 16 in registers); H and W even, C a multiple of
+ * VLEN.
  *
  * Forward, as model.Net computes it eagerly: y = dropout(relu(max_pool2d(x, 2))), where max-pool keeps the first
  * maximum of each window in scan order unless a NaN comes (aten's rule), ReLU passes NaN, and dropout keeps an
@@ -46,7 +48,8 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
             const int count = OW - ow0 < 16 ? (int)(OW - ow0) : 16;
             for (int64_t c = 0; c < C; c += VLEN) {
                 RAW r[16];
-                for (int i = 0; i < 16; i++) memcpy(&r[i], tile + (ow0 + (i < count ? i : 0)) * C + c, sizeof r[i]);
+                for (int i = 0; i < 16; i++)  /* (rows past count: any row of the tile, their values unused) */
+                    memcpy(&r[i], tile + (ow0 + (i < count ? i : 0)) * C + c, sizeof r[i]);
                 TRANSPOSE16(r);
                 for (int j = 0; j < 16; j++) STORE_HEAD(y + ((n * C + c + j) * OH + oh) * OW + ow0, r[j], count);
             }
