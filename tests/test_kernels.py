@@ -170,8 +170,9 @@ def test_conv1_relu_is_the_eager_operators_forward_and_sums_their_gradients_exac
     assert (w_fused - w_true).abs().max().item() < 1e-5 * scale
     assert (b_fused - b_true).abs().max().item() < 1e-5 * b_true.abs().max().item()
     assert torch.all(w_fused[:4] == 0) and torch.all(b_fused[:4] == 0)  # the channels ReLU stopped
-    tolerance = 8e-3 if dtype == torch.bfloat16 else 1e-5  # the eager backward: within its rounding (bf16: 2^-8)
-    assert (w_eager - w_true).abs().max().item() < tolerance * scale
+    # and the eager backward computes the same sums, within its own rounding (bf16: 2^-9 of each value here; how its
+    # backend sums differs from one CPU to another, hence the loose bound)
+    assert (w_eager - w_true).abs().max().item() < (2 ** -6 if dtype == torch.bfloat16 else 1e-4) * scale
 
 
 @needs_kernels
