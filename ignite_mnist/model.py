@@ -24,10 +24,11 @@ from ignite_mnist import kernels
 
 
 def random_bytes(n: int) -> torch.Tensor:
-    """n uniform random bytes through torch's generator: where the fused kernels are built, Philox4x32-10 keyed by
-    one 64-bit draw of it (kernels.philox_bytes: a counter-based generator, vectorized); else torch's own draws
-    of 64-bit words (2.5x faster a byte than 32-bit ones). Seeded runs and resumes repeat them either way."""
-    if kernels.library() is not None:
+    """n uniform random bytes through torch's generator: where the fused kernels are built (with AVX2 or AVX-512),
+    Philox4x32-10 keyed by one 64-bit draw of it (kernels.philox_bytes: a counter-based generator, vectorized);
+    else torch's own draws of 64-bit words (2.5x faster a byte than 32-bit ones). Seeded runs and resumes repeat
+    them either way."""
+    if kernels.philox_fits():
         return kernels.philox_bytes(n, torch.empty((), dtype=torch.int64).random_(-2**63, None).item() % 2**64)
     words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-2**63, None)  # all 64 bits uniform
     return words.view(torch.uint8)[:n]

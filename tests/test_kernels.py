@@ -448,7 +448,7 @@ def test_philox_bytes_are_the_same_for_any_number_of_threads_and_uniform():
     assert not torch.equal(kernels.philox_bytes(4096, 1), kernels.philox_bytes(4096, 2))
 
 
-@needs_kernels
+@pytest.mark.skipif(not kernels.philox_fits(), reason="kernels not built with AVX2 or AVX-512: torch's own bytes")
 def test_dropout_bytes_come_from_one_64_bit_draw_of_torch_s_generator():
     torch.manual_seed(7)
     a = model.random_bytes(10_000)
@@ -457,3 +457,11 @@ def test_dropout_bytes_come_from_one_64_bit_draw_of_torch_s_generator():
     key = torch.empty((), dtype=torch.int64).random_(-2**63, None).item() % 2**64
     assert torch.equal(a, kernels.philox_bytes(10_000, key))
     assert torch.equal(after, torch.empty(3, dtype=torch.int64).random_(-2**63, None))  # one draw taken, no more
+
+
+@needs_kernels
+def test_philox_draws_dropout_s_bytes_where_the_build_is_vectorized():
+    if "-march=native" not in kernels.FLAGS:
+        pytest.skip("kernels built for another CPU than this one")
+    flags = kernels._cpu_flags().split()
+    assert kernels.philox_fits() == ("avx2" in flags or "avx512f" in flags)
