@@ -17,12 +17,18 @@
 #include <string.h>
 #include <math.h>
 
-#define VLEN 16 /* channels a vector: callers check that C is a multiple of it */
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
-typedef uint32_t vu __attribute__((vector_size(64)));
-typedef uint16_t vh __attribute__((vector_size(32)));
-typedef uint8_t vb __attribute__((vector_size(16)));
+/* Channels a vector (callers check that C is a multiple of 16): 16 with AVX-512, else 8, 256-bit vectors; wider
+ * vectors than the CPU's own are split by the compiler through memory, 4x slower on AVX2. */
+#if defined(__AVX512F__)
+#define VLEN 16
+#else
+#define VLEN 8
+#endif
+typedef float vf __attribute__((vector_size(VLEN * 4)));
+typedef int32_t vi __attribute__((vector_size(VLEN * 4)));
+typedef uint32_t vu __attribute__((vector_size(VLEN * 4)));
+typedef uint16_t vh __attribute__((vector_size(VLEN * 2)));
+typedef uint8_t vb __attribute__((vector_size(VLEN)));
 
 #define SEL(mask, a, b) ((vf)(((vi)(a) & (mask)) | ((vi)(b) & ~(mask))))
 
@@ -43,9 +49,12 @@ static inline vf load_f32(const float *p) { vf f; memcpy(&f, p, sizeof f); retur
 static inline void store_f32(float *p, vf f) { memcpy(p, &f, sizeof f); }
 static inline vf round_f32(vf f) { return f; }
 static inline vi out_passes(vf out) { return ~(out <= 0.0f); }
-/* Sixteen rows of sixteen values transposed in registers: at each level b = 8, 4, 2, 1, bit b of the row and column
- * indexes swapped (the off-diagonal blocks of b x b exchanged), two-source shuffles with these masks. */
-#define TRANSPOSE_MASKS(RAW) /* lo: row i's new values (j has bit b: row i + b's j - b); hi: row i + b's */ \
+/* VLEN rows of VLEN values transposed in registers: at each level b = VLEN/2, ..., 2, 1, bit b of the row and
+ * column indexes swapped (the off-diagonal blocks of b x b exchanged), two-source shuffles with these masks
+ * (lo: row i's new values, where j has bit b row i + b's j - b; hi: row i + b's). */
+#if VLEN == 16
+#define LEVELS 4
+#define TRANSPOSE_MASKS(RAW) \
     static const RAW lo_##RAW[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23}, \
                                     {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27}, \
                                     {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29}, \
@@ -54,12 +63,18 @@ static inline vi out_passes(vf out) { return ~(out <= 0.0f); }
                                     {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31}, \
                                     {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31}, \
                                     {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
-#define DEFINE_TRANSPOSE16(RAW, NAME) \
-    static inline void NAME(RAW r[16]) { \
+#else
+#define LEVELS 3
+#define TRANSPOSE_MASKS(RAW) \
+    static const RAW lo_##RAW[3] = {{0, 1, 2, 3, 8, 9, 10, 11}, {0, 1, 8, 9, 4, 5, 12, 13}, {0, 8, 2, 10, 4, 12, 6, 14}}; \
+    static const RAW hi_##RAW[3] = {{4, 5, 6, 7, 12, 13, 14, 15}, {2, 3, 10, 11, 6, 7, 14, 15}, {1, 9, 3, 11, 5, 13, 7, 15}};
+#endif
+#define DEFINE_TRANSPOSE(RAW, NAME) \
+    static inline void NAME(RAW r[VLEN]) { \
         TRANSPOSE_MASKS(RAW) \
-        _Pragma("GCC unroll 4") for (int level = 0; level < 4; level++) { \
-            const int b = 8 >> level; \
-            _Pragma("GCC unroll 16") for (int i = 0; i < 16; i++) \
+        _Pragma("GCC unroll 4") for (int level = 0; level < LEVELS; level++) { \
+            const int b = (VLEN / 2) >> level; \
+            _Pragma("GCC unroll 16") for (int i = 0; i < VLEN; i++) \
                 if (!(i & b)) { \
                     RAW a = r[i], c = r[i + b]; \
                     r[i] = __builtin_shuffle(a, c, lo_##RAW[level]); \
@@ -67,12 +82,12 @@ static inline vi out_passes(vf out) { return ~(out <= 0.0f); }
                 } \
         } \
     }
-DEFINE_TRANSPOSE16(vh, transpose16_bf16)
-DEFINE_TRANSPOSE16(vu, transpose16_f32)
+DEFINE_TRANSPOSE(vh, transpose_bf16)
+DEFINE_TRANSPOSE(vu, transpose_f32)
 
-/* The first count (at most 16) values of a vector stored, or loaded into a zeroed vector: masked moves where the CPU
- * has them (AVX-512), else one value at a time. */
-#if defined(__AVX512BW__) && defined(__AVX512VL__)
+/* The first count (at most VLEN) values of a vector stored, or loaded into a zeroed vector: masked moves with
+ * AVX-512, else one value at a time. */
+#if VLEN == 16 && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 static inline void store_head_bf16(uint16_t *p, vh v, int count) {
     __m256i x; memcpy(&x, &v, sizeof x); _mm256_mask_storeu_epi16(p, (__mmask16)((1u << count) - 1), x); }
@@ -96,7 +111,7 @@ static inline float load1_f32(float f) { return f; }
 
 #define T uint16_t
 #define RAW vh
-#define TRANSPOSE16 transpose16_bf16
+#define TRANSPOSE transpose_bf16
 #define STORE_HEAD store_head_bf16
 #define LOAD_HEAD load_head_bf16
 #define NAME(x) x##_bf16
@@ -107,7 +122,7 @@ static inline float load1_f32(float f) { return f; }
 #include "kernels_dtype.h"
 #undef T
 #undef RAW
-#undef TRANSPOSE16
+#undef TRANSPOSE
 #undef STORE_HEAD
 #undef LOAD_HEAD
 #undef NAME
@@ -117,7 +132,7 @@ static inline float load1_f32(float f) { return f; }
 #undef LOAD1
 #define T float
 #define RAW vu
-#define TRANSPOSE16 transpose16_f32
+#define TRANSPOSE transpose_f32
 #define STORE_HEAD store_head_f32
 #define LOAD_HEAD load_head_f32
 #define NAME(x) x##_f32

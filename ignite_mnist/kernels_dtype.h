@@ -1,8 +1,8 @@
-/* Included by kernels.c once per dtype (T, RAW, TRANSPOSE16, STORE_HEAD, LOAD_HEAD, NAME, LOAD, STORE, ROUND).
+/* Included by kernels.c once per dtype (T, RAW, TRANSPOSE, STORE_HEAD, LOAD_HEAD, NAME, LOAD, STORE, ROUND).
  *
  * pool_fwd, pool_bwd: x and gx [N, H, W, C] (channels_last); code and keep_bytes [N, H/2, W/2, C] (the bytes as
  * model.Dropout lays them on a channels_last tensor); y and gy [N, C, H/2, W/2] (plain, as fc1 reads them: each row
- * of W/2 outputs goes through a small tile, transposed there 16 x 16 in registers); H and W even, C a multiple of
+ * of W/2 outputs goes through a small tile, transposed there VLEN x VLEN in registers); H and W even, C a multiple of
  * VLEN.
  *
  * Forward, as model.Net computes it eagerly: y = dropout(relu(max_pool2d(x, 2))), where max-pool keeps the first
@@ -44,14 +44,14 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
                 memcpy(code + o + c, &kb, sizeof kb);
             }
         }
-        for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {  /* 16 x 16 blocks of the tile, transposed */
-            const int count = OW - ow0 < 16 ? (int)(OW - ow0) : 16;
+        for (int64_t ow0 = 0; ow0 < OW; ow0 += VLEN) {  /* VLEN x VLEN blocks of the tile, transposed */
+            const int count = OW - ow0 < VLEN ? (int)(OW - ow0) : VLEN;
             for (int64_t c = 0; c < C; c += VLEN) {
-                RAW r[16];
-                for (int i = 0; i < 16; i++)  /* (rows past count: any row of the tile, their values unused) */
+                RAW r[VLEN];
+                for (int i = 0; i < VLEN; i++)  /* (rows past count: any row of the tile, their values unused) */
                     memcpy(&r[i], tile + (ow0 + (i < count ? i : 0)) * C + c, sizeof r[i]);
-                TRANSPOSE16(r);
-                for (int j = 0; j < 16; j++) STORE_HEAD(y + ((n * C + c + j) * OH + oh) * OW + ow0, r[j], count);
+                TRANSPOSE(r);
+                for (int j = 0; j < VLEN; j++) STORE_HEAD(y + ((n * C + c + j) * OH + oh) * OW + ow0, r[j], count);
             }
         }
     }
@@ -66,12 +66,12 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_va
     for (int64_t row = 0; row < N * OH; row++) {
         const int64_t n = row / OH, oh = row % OH;
         T tile[OW * C];  /* the row's output gradients [OW, C], from gy's plain layout */
-        for (int64_t ow0 = 0; ow0 < OW; ow0 += 16) {  /* 16 x 16 blocks of gy, transposed */
-            const int count = OW - ow0 < 16 ? (int)(OW - ow0) : 16;
+        for (int64_t ow0 = 0; ow0 < OW; ow0 += VLEN) {  /* VLEN x VLEN blocks of gy, transposed */
+            const int count = OW - ow0 < VLEN ? (int)(OW - ow0) : VLEN;
             for (int64_t c = 0; c < C; c += VLEN) {
-                RAW r[16];
-                for (int j = 0; j < 16; j++) r[j] = LOAD_HEAD(gy + ((n * C + c + j) * OH + oh) * OW + ow0, count);
-                TRANSPOSE16(r);
+                RAW r[VLEN];
+                for (int j = 0; j < VLEN; j++) r[j] = LOAD_HEAD(gy + ((n * C + c + j) * OH + oh) * OW + ow0, count);
+                TRANSPOSE(r);
                 for (int64_t i = 0; i < count; i++) memcpy(tile + (ow0 + i) * C + c, &r[i], sizeof r[i]);
             }
         }
@@ -96,7 +96,7 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_va
 
 /* conv1's weight and bias gradients through its ReLU, for a 3x3 convolution of one input channel (stride 1, no
  * padding): x [N, H, W]; out (the ReLU's output) and g (its gradient) [N, H-2, W-2, C] channels_last. The ReLU's
- * backward as threshold_backward decides it (NaN passes), then per sample and 16 channels the ten sums (nine taps
+ * backward as threshold_backward decides it (NaN passes), then per sample and VLEN channels the ten sums (nine taps
  * and the bias) in float, positions in order, into partial [N, 10, C]; the samples are then added in order into
  * gw [C, 9] and gb [C]: the same result for any number of threads. */
 __attribute__((optimize("fp-contract=fast")))  /* fused multiply-adds: no eager operator to match bit for bit */
