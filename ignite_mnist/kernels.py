@@ -41,7 +41,7 @@ log = logging.getLogger("ignite_mnist")
 SOURCES = [Path(__file__).with_name("kernels.c"), Path(__file__).with_name("kernels_dtype.h")]
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno", "-fopenmp",
          "-fPIC", "-shared"]
-VLEN = 16  # kernels.c's channels a vector
+VLEN = 16  # channels must be a multiple of it: kernels.c's vectors hold 16 (AVX-512) or 8 channels
 
 _library = None  # the loaded kernels, or False where they cannot be
 
