@@ -111,7 +111,7 @@ def _open(path: Path):
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
         for dtype in ("bf16", "f32"):
             getattr(lib, f"pool_fwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, p, i32]
-            getattr(lib, f"pool_bwd_{dtype}").argtypes = [p, p, i32, f32, i64, i64, i64, i64, p, i32]
+            getattr(lib, f"pool_bwd_{dtype}").argtypes = [p, p, f32, i64, i64, i64, i64, p, i32]
             getattr(lib, f"conv1_relu_bwd_{dtype}").argtypes = [p, p, p, i64, i64, i64, i64, p, p, p, i32]
             getattr(lib, f"max_abs_{dtype}").argtypes = [p, i64]
             getattr(lib, f"max_abs_{dtype}").restype = f32
@@ -233,7 +233,7 @@ class PoolReluDropout(torch.autograd.Function):
         grad = grad.contiguous()
         grad_x = torch.empty(ctx.input_shape, dtype=grad.dtype, memory_format=torch.channels_last)
         getattr(library(), f"pool_bwd_{_dtype_name(grad)}")(
-            grad.data_ptr(), code.data_ptr(), 1, ctx.keep_value, n, h, w, c, grad_x.data_ptr(), _threads())
+            grad.data_ptr(), code.data_ptr(), ctx.keep_value, n, h, w, c, grad_x.data_ptr(), _threads())
         return grad_x, None, None, None
 
 
@@ -287,7 +287,7 @@ class Conv1Relu(torch.autograd.Function):
         out = _conv_relu(x, weight.to(dtype), bias.to(dtype).contiguous())
         out = out.contiguous(memory_format=torch.channels_last)
         ctx.save_for_backward(x, out)
-        ctx.weight_strides, ctx.weight_dtype, ctx.bias_dtype = (weight.shape, weight.stride()), weight.dtype, bias.dtype
+        ctx.weight_layout, ctx.weight_dtype, ctx.bias_dtype = (weight.shape, weight.stride()), weight.dtype, bias.dtype
         return out
 
     @staticmethod
@@ -295,9 +295,9 @@ class Conv1Relu(torch.autograd.Function):
     def backward(ctx, grad):
         x, out = ctx.saved_tensors
         n, c, h, w = out.shape
-        grad = grad.to(out.dtype).contiguous(memory_format=torch.channels_last)
+        grad = grad.contiguous(memory_format=torch.channels_last)
         partial = torch.empty((n, 10, c))
-        grad_weight, grad_bias = torch.empty_strided(*ctx.weight_strides), torch.empty(c)  # weight's strides:
+        grad_weight, grad_bias = torch.empty_strided(*ctx.weight_layout), torch.empty(c)  # weight's strides:
         # the optimizer's fused step takes a gradient laid out as its parameter
         getattr(library(), f"conv1_relu_bwd_{_dtype_name(out)}")(
             x.data_ptr(), out.data_ptr(), grad.data_ptr(), n, h + 2, w + 2, c, partial.data_ptr(),

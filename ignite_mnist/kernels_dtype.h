@@ -10,8 +10,7 @@
  * element whose byte is below keep_below and multiplies it by keep_value (dropout's mask, already in x's dtype).
  * Signed zeros come out as the eager operators make them, NaN where they make NaN (the tests compare bits).
  * code records, per output, the window position of the maximum (bits 0-1), whether dropout kept it (bit 2) and
- * whether ReLU passes its gradient (bit 3: not relu(m) <= 0, as threshold_backward decides).
- * keep_bytes NULL: no dropout (code bit 2 set). */
+ * whether ReLU passes its gradient (bit 3: not relu(m) <= 0, as threshold_backward decides). */
 void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float keep_value, int64_t N, int64_t H,
                int64_t W, int64_t C, T *y, uint8_t *code, int threads) {
     const int64_t OH = H / 2, OW = W / 2;
@@ -31,14 +30,10 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
                 b = (v3 > m) | (v3 != v3);    m = SEL(b, v3, m); k = (b & 3) | (k & ~b);
                 vf r = SEL(m < 0.0f, (vf){0}, m);  /* relu: NaN and -0.0 pass, as in aten */
                 k |= ~(r <= 0.0f) & 8;
-                if (keep_bytes) {
-                    vb kept; memcpy(&kept, keep_bytes + o + c, sizeof kept);
-                    vi keep = __builtin_convertvector(kept, vi) < keep_below;
-                    r = r * SEL(keep, (vf){0} + keep_value, (vf){0});
-                    k |= keep & 4;
-                } else {
-                    k |= 4;
-                }
+                vb kept; memcpy(&kept, keep_bytes + o + c, sizeof kept);
+                vi keep = __builtin_convertvector(kept, vi) < keep_below;
+                r = r * SEL(keep, (vf){0} + keep_value, (vf){0});
+                k |= keep & 4;
                 STORE(tile + ow * C + c, r);
                 vb kb = __builtin_convertvector(k, vb);
                 memcpy(code + o + c, &kb, sizeof kb);
@@ -59,7 +54,7 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
 
 /* The gradient of x from y's: dropout's (gy * mask, rounded to T), ReLU's, then max-pool's (to the window's
  * maximum; zero elsewhere). */
-void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_value, int64_t N, int64_t H, int64_t W,
+void NAME(pool_bwd)(const T *gy, const uint8_t *code, float keep_value, int64_t N, int64_t H, int64_t W,
                int64_t C, T *gx, int threads) {
     const int64_t OH = H / 2, OW = W / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -82,7 +77,7 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, int dropout, float keep_va
                 vb kb; memcpy(&kb, code + o + c, sizeof kb);
                 vi k = __builtin_convertvector(kb, vi);
                 vf g = LOAD(tile + ow * C + c);
-                if (dropout) g = ROUND(g * SEL((k & 4) != 0, (vf){0} + keep_value, (vf){0}));
+                g = ROUND(g * SEL((k & 4) != 0, (vf){0} + keep_value, (vf){0}));
                 g = SEL((k & 8) != 0, g, (vf){0}) + 0.0f;  /* + 0: max-pool's backward adds into zeros (-0 to +0) */
                 vi at = k & 3;
                 STORE(g0 + c, SEL(at == 0, g, (vf){0}));

@@ -177,19 +177,24 @@ def test_conv1_relu_is_the_eager_operators_forward_and_sums_their_gradients_exac
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("where", ["image", "weight"])
+@pytest.mark.parametrize("where", ["image", "weight", "overflow"])
 def test_conv1_relu_passes_nan_as_the_eager_relu_does(dtype, where):
     # oneDNN's fused ReLU would make NaN 0 (and hide a diverged conv1): conv1_relu runs the eager ReLU then
     conv, x, grad = conv1_case(dtype, torch.Generator().manual_seed(3), nan=where == "image")
-    if where == "weight":
-        with torch.no_grad():
+    with torch.no_grad():
+        if where == "weight":
             conv.weight[5, 0, 1, 1] = float("nan")  # a diverged weight: channel 5 all NaN
+        if where == "overflow":  # finite values whose products overflow at output (4, 4): inf - inf is NaN (bf16;
+            # float32's fused multiply-adds give inf)
+            conv.weight[5, 0, 1, 1], conv.weight[5, 0, 1, 2] = 3e38, -3e38
+            x[0, 0, 5, 5] = x[0, 0, 5, 6] = 2.0
     (y_eager, w_eager, b_eager), (y_fused, w_fused, b_fused) = conv1_both_ways(conv, x, grad, dtype)
-    assert same_bits(y_fused, y_eager) and y_fused.isnan().any()
+    assert same_bits(y_fused, y_eager)
+    assert y_fused.isnan().any() if where != "overflow" else not y_fused[0, 5, 4, 4].isfinite()
     assert torch.equal(w_fused.isnan(), w_eager.isnan()) and torch.equal(b_fused.isnan(), b_eager.isnan())
     if where == "image":  # the NaN image's sums
         assert w_fused.isnan().any()
-    else:  # ReLU passes the gradient where its output is NaN: channel 5's gradient is all there
+    elif where == "weight":  # ReLU passes the gradient where its output is NaN: channel 5's gradient is all there
         assert (w_fused[5] != 0).all() and not w_fused.isnan().any()
 
 
