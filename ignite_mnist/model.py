@@ -98,7 +98,10 @@ class Net(nn.Module):
             x = kernels.conv1_relu(x, self.conv1)
         else:
             x = F.relu(self.conv1(x))
-        x = self.conv2(x)
+        if self.training and kernels.conv2_fits(x, self.conv2):  # training in bf16 on an AMX CPU
+            x = kernels.conv2_amx(x, self.conv2)
+        else:
+            x = self.conv2(x)
         if self.dropout1.draws_bytes(x) and kernels.pool_fits(x):  # training on the CPU
             p = self.dropout1.p
             x = kernels.PoolReluDropout.apply(x, random_bytes(x.numel() // 4), int((1 - p) * 256),

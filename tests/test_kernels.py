@@ -82,15 +82,18 @@ def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
     assert same_bits(g_fused, g_eager)
 
 
-def trained_with(monkeypatch, pool: bool, conv1: bool, precision: str) -> dict:
-    """three_training_steps with the pooling kernel and the conv1 kernel each used or not (torch's Adadelta)."""
-    pool_fits, conv1_fits = kernels.pool_fits, kernels.conv1_fits
+def trained_with(monkeypatch, pool: bool, conv1: bool, precision: str, conv2: bool = True) -> dict:
+    """three_training_steps with the pooling, conv1 and conv2 kernels each used or not (torch's Adadelta); conv2's
+    runs only in bf16 on AMX."""
+    pool_fits, conv1_fits, conv2_fits = kernels.pool_fits, kernels.conv1_fits, kernels.conv2_fits
     monkeypatch.setattr(kernels, "pool_fits", pool_fits if pool else (lambda x: False))
     monkeypatch.setattr(kernels, "conv1_fits", conv1_fits if conv1 else (lambda x, conv: False))
-    calls = {"pool": 0, "conv1": 0}
+    monkeypatch.setattr(kernels, "conv2_fits", conv2_fits if conv2 else (lambda x, conv: False))
+    calls = {"pool": 0, "conv1": 0, "conv2_wgrad": 0}
     monkeypatch.setattr(kernels, "library", counted(kernels.library, calls))
     weights = three_training_steps(bf16=precision == "bf16")
-    assert (calls["pool"] > 0) == pool and (calls["conv1"] > 0) == conv1, calls
+    amx = conv2 and precision == "bf16" and kernels._amx()
+    assert (calls["pool"] > 0) == pool and (calls["conv1"] > 0) == conv1 and (calls["conv2_wgrad"] > 0) == amx, calls
     return weights
 
 
@@ -224,6 +227,94 @@ def test_conv1_kernel_takes_only_what_it_computes():
     assert not kernels.conv1_fits(x, torch.nn.Conv2d(1, 32, 3, bias=False))
     assert not kernels.conv1_fits(torch.randn(2, 3, 28, 28), torch.nn.Conv2d(3, 32, 3))
     assert not kernels.conv1_fits(x.double(), conv.double())
+
+
+# ---- conv2 on AMX -----------------------------------------------------------------------------------------
+
+needs_amx = pytest.mark.skipif(not kernels._amx(), reason="kernels.c's conv2 gradient needs a CPU with AMX (and Linux "
+                                                           "letting the process use its tiles)")
+
+
+def conv2_case(n, generator):
+    """model.Net's conv2 (channels_last), a bf16 batch of n ReLU outputs and a gradient for the output."""
+    conv = torch.nn.Conv2d(32, 64, 3).to(memory_format=torch.channels_last)
+    x = torch.rand(n, 32, 26, 26, generator=generator).to(torch.bfloat16, memory_format=torch.channels_last)
+    grad = torch.randn(n, 64, 24, 24, generator=generator).to(torch.bfloat16, memory_format=torch.channels_last)
+    return conv, x, grad
+
+
+def conv2_gradients(conv, x, grad, amx: bool):
+    """(output, x's, weight's and bias's gradients) under bf16 autocast, through kernels.conv2_amx or eagerly."""
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.conv2_fits(x, conv) == kernels._amx()
+        y = kernels.conv2_amx(x, conv) if amx else conv(x)
+    return (y, *torch.autograd.grad(y, (x, conv.weight, conv.bias), grad))
+
+
+@needs_amx
+@pytest.mark.parametrize("n", [64, 13, 1])  # chunks of 8 images: whole ones, a part, one image
+def test_conv2_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gradient_exactly(n):
+    conv, x, grad = conv2_case(n, torch.Generator().manual_seed(n))
+    y, grad_x, grad_weight, grad_bias = conv2_gradients(conv, x, grad, amx=True)
+    eager = conv2_gradients(conv, x, grad, amx=False)
+    assert same_bits(y, eager[0]) and same_bits(grad_x, eager[1])
+    assert grad_weight.dtype == torch.float32 and grad_weight.stride() == conv.weight.stride()
+    exact_weight = torch.nn.grad.conv2d_weight(x.double(), conv.weight.shape, grad.double())
+    exact_bias = grad.double().sum((0, 2, 3))
+    for got, oneDNN, exact in ((grad_weight, eager[2], exact_weight), (grad_bias, eager[3], exact_bias)):
+        scale = exact.abs().max().item()
+        assert (got.double() - exact).abs().max().item() < 1e-5 * scale  # float32 sums of the bf16 products
+        assert (oneDNN.double() - exact).abs().max().item() < 2 ** -7 * scale  # oneDNN's, rounded to bf16
+
+
+@needs_amx
+def test_conv2_amx_gradients_are_the_same_bits_for_any_number_of_threads():
+    conv, x, grad = conv2_case(20, torch.Generator().manual_seed(3))
+    threads, results = torch.get_num_threads(), []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(conv2_gradients(conv, x, grad, amx=True)[2:])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(w, results[0][0]) and torch.equal(b, results[0][1]) for w, b in results)
+
+
+@needs_amx
+def test_where_the_amx_kernel_fails_conv2_takes_onednn_s_gradients(monkeypatch):
+    conv, x, grad = conv2_case(9, torch.Generator().manual_seed(4))
+    lib = kernels.library()
+
+    class Refusing:  # conv2_wgrad_bf16 returns -1 (AMX refused after all, or memory short)
+        def __getattr__(self, name):
+            return (lambda *args: -1) if name == "conv2_wgrad_bf16" else getattr(lib, name)
+
+    monkeypatch.setattr(kernels, "library", lambda: Refusing())
+    fallen_back = conv2_gradients(conv, x, grad, amx=True)
+    eager = conv2_gradients(conv, x, grad, amx=False)
+    assert all(same_bits(a, b) for a, b in zip(fallen_back, eager))
+
+
+@needs_amx
+def test_training_steps_with_the_conv2_kernel_stay_within_rounding_of_the_eager_operators(monkeypatch):
+    fused = trained_with(monkeypatch, pool=True, conv1=True, precision="bf16", conv2=True)
+    eager = trained_with(monkeypatch, pool=True, conv1=True, precision="bf16", conv2=False)
+    largest = max((fused[k] - eager[k]).abs().max().item() for k in fused)
+    assert 0 < largest < 1e-3, largest
+
+
+def test_conv2_kernel_takes_only_what_it_computes():
+    conv, x, _ = conv2_case(2, torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.conv2_fits(x, conv) == kernels._amx()
+        assert not kernels.conv2_fits(x.contiguous(), conv)  # the plain layout
+        assert not kernels.conv2_fits(x[:, :, :24, :24].contiguous(memory_format=torch.channels_last), conv)
+        assert not kernels.conv2_fits(x, torch.nn.Conv2d(32, 64, 3, padding=1))
+        assert not kernels.conv2_fits(x, torch.nn.Conv2d(32, 64, 3, bias=False))
+        assert not kernels.conv2_fits(x, torch.nn.Conv2d(32, 48, 3))
+    assert not kernels.conv2_fits(x, conv)  # without autocast: the float32 or bf16 training it is not
+    assert not kernels.conv2_fits(x.float(), conv)
 
 
 def adadelta_with_exact_square_roots(params, grads, square_avgs, acc_deltas, lr, rho=0.9, eps=1e-6):
