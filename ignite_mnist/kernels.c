@@ -6,6 +6,7 @@
  *   backward (kernels_dtype.h, for bf16 and float32);
  * - conv1_relu_bwd_*: conv1's weight and bias gradients through its ReLU, in one pass (float sums: not bit for bit
  *   oneDNN's bf16 backward, which rounds them to bf16);
+ * - conv2_wgrad_bf16: conv2's weight and bias gradients on AMX (float sums, as conv1's);
  * - adadelta: torch.optim.Adadelta's update of one float32 parameter (no weight decay), torch's order of
  *   operations, each rounded to float as torch rounds it;
  * - philox_bytes: dropout's random bytes, Philox4x32-10; max_abs_*: whether a convolution's sums stay finite.

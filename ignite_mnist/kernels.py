@@ -5,6 +5,8 @@ replace make several (README, Speed).
   the same values as the eager operators, bit for bit;
 - Conv1Relu: conv1 and its ReLU, with oneDNN's fused ReLU forward (the same values) and a one-pass backward to the
   weight and bias gradients, summed in float32 (more exact than the eager bf16 backward, not the same bits);
+- Conv2Amx: conv2's weight and bias gradients on AMX's tiles, summed in float32 (bf16 training on a CPU with
+  AMX; torch's forward and input gradient);
 - FusedAdadelta: torch.optim.Adadelta's update of each float32 parameter in one loop instead of eleven passes:
   torch's arithmetic, but square roots correctly rounded, where torch's CPU kernel is within one unit in the
   last place;
