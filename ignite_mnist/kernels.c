@@ -399,7 +399,7 @@ int conv2_amx(void) {
  * refused or memory short. */
 int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw, int64_t so, int64_t sc,
                      int64_t sh, int64_t sw, float *gb, int threads) {
-    if (!conv2_amx())
+    if (!conv2_amx())  /* (granted once, a process's for good: asking again costs a syscall, a microsecond) */
         return -1;
     int64_t chunks = (n + C2_CHUNK - 1) / C2_CHUNK;
     float *acc = aligned_alloc(64, (size_t)chunks * 72 * 1024), *bias_acc = aligned_alloc(64, (size_t)chunks * 256);
