@@ -122,6 +122,7 @@ def _open(path: Path):
         lib.philox_vectorized.argtypes = []
         lib.conv2_amx.argtypes = []
         lib.conv2_wgrad_bf16.argtypes = [p, p, i64, p, i64, i64, i64, i64, p, i32]
+        lib.linear_wgrad_bf16.argtypes = [p, p, i64, i64, i64, p, p, i32]
     except (OSError, AttributeError) as e:
         raise KernelsUnavailable(f"cannot load {path}: {e}") from None
     return lib
@@ -367,6 +368,47 @@ class Conv2Amx(torch.autograd.Function):
             _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
                 grad, x, weight16, [weight16.shape[0]], [1, 1], [0, 0], [1, 1], False, [0, 0], 1, [False, True, True])
         return grad_x, grad_weight.to(ctx.weight_dtype), grad_bias.to(ctx.bias_dtype)
+
+
+def fc1_fits(x: torch.Tensor, fc: torch.nn.Linear) -> bool:
+    """Whether fc1_amx takes fc(x): a linear layer (features in and out multiples of 32, float32 weight and bias)
+    on a contiguous bf16 batch of vectors, computed in bf16 (autocast), on a CPU whose kernels have AMX."""
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and x.dim() == 2 and x.is_contiguous()
+            and torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+            and fc.in_features % 32 == 0 and fc.out_features % 32 == 0 and x.shape[1] == fc.in_features
+            and fc.weight.dtype == torch.float32 and fc.weight.is_contiguous()
+            and fc.bias is not None and fc.bias.dtype == torch.float32 and _amx())
+
+
+def fc1_amx(x: torch.Tensor, fc: torch.nn.Linear) -> torch.Tensor:
+    """fc(x) in bf16, as autocast computes it, with the weight and bias gradients from AMX (LinearAmx)."""
+    return LinearAmx.apply(x, fc.weight, fc.bias)
+
+
+class LinearAmx(torch.autograd.Function):
+    """linear(x, weight, bias) in bf16 (weight and bias cast to it, as autocast casts them): torch's forward and
+    input gradient, the same bits; the weight and bias gradients from kernels.c's linear_wgrad_bf16 on AMX, summed
+    in float32 and written as float32 (torch's are rounded to bf16 and then cast: two passes over the gradient)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        weight16 = weight.to(torch.bfloat16)
+        ctx.save_for_backward(x, weight16)
+        return torch.nn.functional.linear(x, weight16, bias.to(torch.bfloat16))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight16 = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_x = grad.mm(weight16) if ctx.needs_input_grad[0] else None
+        (m, k), n = weight16.shape, x.shape[0]
+        grad_weight, grad_bias = torch.empty(m, k), torch.empty(m)
+        if library().linear_wgrad_bf16(x.data_ptr(), grad.data_ptr(), n, k, m, grad_weight.data_ptr(),
+                                       grad_bias.data_ptr(), _threads()) != 0:
+            # (AMX refused after all, or memory short: torch's gradients, rounded to bf16, as the eager backward)
+            grad_weight, grad_bias = grad.t().mm(x), grad.sum(0)
+        return grad_x, grad_weight.float(), grad_bias.float()
 
 
 # ---- Adadelta -----------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ Layer names and shapes are the example's, so weights load into either. The chang
   and their gradient comes back to it in one copy (PlainLayout below);
 - in training on the CPU, max-pool, ReLU, dropout1 and that layout change run as one kernel each way
   (kernels.PoolReluDropout: the same values as the eager operators, bit for bit), and so do conv1 and its ReLU
-  (kernels.Conv1Relu: the same values forward; the weight gradients summed in float32, not rounded to bf16).
+  (kernels.Conv1Relu: the same values forward; the weight gradients summed in float32, not rounded to bf16);
+- in bf16 training on a CPU with AMX, conv2's and fc1's weight and bias gradients come from AMX kernels
+  (kernels.Conv2Amx, kernels.LinearAmx: summed in float32; the forward and the input gradients are torch's).
 """
 
 import functools
@@ -111,7 +113,10 @@ class Net(nn.Module):
             if self.training:  # (evaluation and exports: flatten changes the layout, no gradient comes back)
                 x = PlainLayout.apply(x)
         x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x))
+        if self.training and kernels.fc1_fits(x, self.fc1):  # training in bf16 on an AMX CPU
+            x = F.relu(kernels.fc1_amx(x, self.fc1))
+        else:
+            x = F.relu(self.fc1(x))
         x = self.dropout2(x)
         x = self.fc2(x)
         return F.log_softmax(x, dim=1)

@@ -82,23 +82,26 @@ def test_pool_relu_dropout_is_the_eager_operators_bit_for_bit(dtype, p, shape):
     assert same_bits(g_fused, g_eager)
 
 
-def trained_with(monkeypatch, pool: bool, conv1: bool, precision: str, conv2: bool = True) -> dict:
-    """three_training_steps with the pooling, conv1 and conv2 kernels each used or not (torch's Adadelta); conv2's
-    runs only in bf16 on AMX."""
-    pool_fits, conv1_fits, conv2_fits = kernels.pool_fits, kernels.conv1_fits, kernels.conv2_fits
+def trained_with(monkeypatch, pool: bool, conv1: bool, precision: str, conv2: bool = True, fc1: bool = True) -> dict:
+    """three_training_steps with the pooling, conv1, conv2 and fc1 kernels each used or not (torch's Adadelta);
+    conv2's and fc1's run only in bf16 on AMX."""
+    pool_fits, conv1_fits, conv2_fits, fc1_fits = kernels.pool_fits, kernels.conv1_fits, kernels.conv2_fits, \
+        kernels.fc1_fits
     monkeypatch.setattr(kernels, "pool_fits", pool_fits if pool else (lambda x: False))
     monkeypatch.setattr(kernels, "conv1_fits", conv1_fits if conv1 else (lambda x, conv: False))
     monkeypatch.setattr(kernels, "conv2_fits", conv2_fits if conv2 else (lambda x, conv: False))
-    calls = {"pool": 0, "conv1": 0, "conv2_wgrad": 0}
+    monkeypatch.setattr(kernels, "fc1_fits", fc1_fits if fc1 else (lambda x, fc: False))
+    calls = {"pool": 0, "conv1": 0, "conv2_wgrad": 0, "linear_wgrad": 0}
     monkeypatch.setattr(kernels, "library", counted(kernels.library, calls))
     weights = three_training_steps(bf16=precision == "bf16")
-    amx = conv2 and precision == "bf16" and kernels._amx()
-    assert (calls["pool"] > 0) == pool and (calls["conv1"] > 0) == conv1 and (calls["conv2_wgrad"] > 0) == amx, calls
+    amx = precision == "bf16" and kernels._amx()
+    assert (calls["pool"] > 0) == pool and (calls["conv1"] > 0) == conv1, calls
+    assert (calls["conv2_wgrad"] > 0) == (conv2 and amx) and (calls["linear_wgrad"] > 0) == (fc1 and amx), calls
     return weights
 
 
 def counted(library, calls):
-    """kernels.library, counting the calls of the pooling and conv1 kernels made through it."""
+    """kernels.library, counting the calls of the kernels named in calls (by their names' beginnings)."""
     lib = library()
 
     class Counting:
@@ -231,8 +234,8 @@ def test_conv1_kernel_takes_only_what_it_computes():
 
 # ---- conv2 on AMX -----------------------------------------------------------------------------------------
 
-needs_amx = pytest.mark.skipif(not kernels._amx(), reason="kernels.c's conv2 gradient needs a CPU with AMX (and Linux "
-                                                           "letting the process use its tiles)")
+needs_amx = pytest.mark.skipif(not kernels._amx(), reason="kernels.c's conv2 and fc1 gradients need a CPU with AMX "
+                                                           "(and Linux letting the process use its tiles)")
 
 
 def conv2_case(n, generator):
@@ -297,9 +300,10 @@ def test_where_the_amx_kernel_fails_conv2_takes_onednn_s_gradients(monkeypatch):
 
 
 @needs_amx
-def test_training_steps_with_the_conv2_kernel_stay_within_rounding_of_the_eager_operators(monkeypatch):
-    fused = trained_with(monkeypatch, pool=True, conv1=True, precision="bf16", conv2=True)
-    eager = trained_with(monkeypatch, pool=True, conv1=True, precision="bf16", conv2=False)
+@pytest.mark.parametrize("conv2, fc1", [(True, False), (False, True), (True, True)])
+def test_training_steps_with_the_amx_kernels_stay_within_rounding_of_the_eager_operators(monkeypatch, conv2, fc1):
+    fused = trained_with(monkeypatch, pool=True, conv1=True, precision="bf16", conv2=conv2, fc1=fc1)
+    eager = trained_with(monkeypatch, pool=True, conv1=True, precision="bf16", conv2=False, fc1=False)
     largest = max((fused[k] - eager[k]).abs().max().item() for k in fused)
     assert 0 < largest < 1e-3, largest
 
@@ -315,6 +319,82 @@ def test_conv2_kernel_takes_only_what_it_computes():
         assert not kernels.conv2_fits(x, torch.nn.Conv2d(32, 48, 3))
     assert not kernels.conv2_fits(x, conv)  # without autocast: the float32 or bf16 training it is not
     assert not kernels.conv2_fits(x.float(), conv)
+
+
+# ---- fc1 on AMX --------------------------------------------------------------------------------------------
+
+
+def fc1_case(n, generator):
+    """model.Net's fc1, a bf16 batch of n flattened pooled activations (zeros among them, as after dropout) and a
+    gradient for the output."""
+    fc = torch.nn.Linear(9216, 128)
+    x = (torch.rand(n, 9216, generator=generator) - 0.3).relu().to(torch.bfloat16)
+    return fc, x, torch.randn(n, 128, generator=generator).to(torch.bfloat16)
+
+
+def fc1_gradients(fc, x, grad, amx: bool):
+    """(output, x's, weight's and bias's gradients) under bf16 autocast, through kernels.fc1_amx or eagerly."""
+    x = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.fc1_fits(x, fc) == kernels._amx()
+        y = kernels.fc1_amx(x, fc) if amx else fc(x)
+    return (y, *torch.autograd.grad(y, (x, fc.weight, fc.bias), grad))
+
+
+@needs_amx
+@pytest.mark.parametrize("n", [64, 33, 32, 1])  # tiles of 32 images: whole ones, one more, exactly one, one image
+def test_fc1_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gradient_exactly(n):
+    fc, x, grad = fc1_case(n, torch.Generator().manual_seed(n))
+    y, grad_x, grad_weight, grad_bias = fc1_gradients(fc, x, grad, amx=True)
+    eager = fc1_gradients(fc, x, grad, amx=False)
+    assert same_bits(y, eager[0]) and same_bits(grad_x, eager[1])
+    assert grad_weight.dtype == grad_bias.dtype == torch.float32 and grad_weight.stride() == fc.weight.stride()
+    exact_weight, exact_bias = grad.double().t() @ x.double(), grad.double().sum(0)
+    for got, onednn, exact in ((grad_weight, eager[2], exact_weight), (grad_bias, eager[3], exact_bias)):
+        scale = exact.abs().max().item()
+        assert (got.double() - exact).abs().max().item() < 1e-5 * scale  # float32 sums of the bf16 products
+        assert (onednn.double() - exact).abs().max().item() < 2 ** -7 * scale  # torch's, rounded to bf16
+
+
+@needs_amx
+def test_fc1_amx_gradients_are_the_same_bits_for_any_number_of_threads():
+    fc, x, grad = fc1_case(40, torch.Generator().manual_seed(3))
+    threads, results = torch.get_num_threads(), []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(fc1_gradients(fc, x, grad, amx=True)[2:])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(w, results[0][0]) and torch.equal(b, results[0][1]) for w, b in results)
+
+
+@needs_amx
+def test_where_the_amx_kernel_fails_fc1_takes_torch_s_gradients(monkeypatch):
+    fc, x, grad = fc1_case(9, torch.Generator().manual_seed(4))
+    lib = kernels.library()
+
+    class Refusing:  # linear_wgrad_bf16 returns -1 (AMX refused after all, or memory short)
+        def __getattr__(self, name):
+            return (lambda *args: -1) if name == "linear_wgrad_bf16" else getattr(lib, name)
+
+    monkeypatch.setattr(kernels, "library", lambda: Refusing())
+    fallen_back = fc1_gradients(fc, x, grad, amx=True)
+    eager = fc1_gradients(fc, x, grad, amx=False)
+    assert all(same_bits(a, b) for a, b in zip(fallen_back, eager))
+
+
+def test_fc1_kernel_takes_only_what_it_computes():
+    fc, x, _ = fc1_case(2, torch.Generator().manual_seed(5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert kernels.fc1_fits(x, fc) == kernels._amx()
+        assert not kernels.fc1_fits(x.t().contiguous().t(), fc)  # not row-major
+        assert not kernels.fc1_fits(x[:, :9200].contiguous(), torch.nn.Linear(9200, 128))  # a multiple of 32: no
+        assert not kernels.fc1_fits(x, torch.nn.Linear(9216, 10))
+        assert not kernels.fc1_fits(x, torch.nn.Linear(9216, 128, bias=False))
+        assert not kernels.fc1_fits(x.view(2, 64, 12, 12), fc)
+    assert not kernels.fc1_fits(x, fc)  # without autocast: the float32 or bf16 training it is not
+    assert not kernels.fc1_fits(x.float(), fc)
 
 
 def adadelta_with_exact_square_roots(params, grads, square_avgs, acc_deltas, lr, rho=0.9, eps=1e-6):
