@@ -328,6 +328,9 @@ def fc1_case(n, generator):
     """model.Net's fc1, a bf16 batch of n flattened pooled activations (zeros among them, as after dropout) and a
     gradient for the output."""
     fc = torch.nn.Linear(9216, 128)
+    with torch.no_grad():  # (nn.Linear's initial range, from the generator)
+        fc.weight.uniform_(-9216 ** -0.5, 9216 ** -0.5, generator=generator)
+        fc.bias.uniform_(-9216 ** -0.5, 9216 ** -0.5, generator=generator)
     x = (torch.rand(n, 9216, generator=generator) - 0.3).relu().to(torch.bfloat16)
     return fc, x, torch.randn(n, 128, generator=generator).to(torch.bfloat16)
 
