@@ -31,11 +31,11 @@ void NAME(pool_fwd)(const T *x, const uint8_t *keep_bytes, int keep_below, float
                 vf r = SEL(m < 0.0f, (vf){0}, m);  /* relu: NaN and -0.0 pass, as in aten */
                 k |= ~(r <= 0.0f) & 8;
                 vb kept; memcpy(&kept, keep_bytes + o + c, sizeof kept);
-                vi keep = __builtin_convertvector(kept, vi) < keep_below;
+                vi keep = widen_bytes(kept) < keep_below;
                 r = r * SEL(keep, (vf){0} + keep_value, (vf){0});
                 k |= keep & 4;
                 STORE(tile + ow * C + c, r);
-                vb kb = __builtin_convertvector(k, vb);
+                vb kb = narrow_to_bytes(k);
                 memcpy(code + o + c, &kb, sizeof kb);
             }
         }
@@ -75,15 +75,18 @@ void NAME(pool_bwd)(const T *gy, const uint8_t *code, float keep_value, int64_t 
             const int64_t o = (row * OW + ow) * C;
             for (int64_t c = 0; c < C; c += VLEN) {
                 vb kb; memcpy(&kb, code + o + c, sizeof kb);
-                vi k = __builtin_convertvector(kb, vi);
+                vi k = widen_bytes(kb);
                 vf g = LOAD(tile + ow * C + c);
                 g = ROUND(g * SEL((k & 4) != 0, (vf){0} + keep_value, (vf){0}));
                 g = SEL((k & 8) != 0, g, (vf){0}) + 0.0f;  /* + 0: max-pool's backward adds into zeros (-0 to +0) */
+                RAW bits = EXACT_BITS(g), zero = {0};  /* (g is a value of T already: its bits, without rounding) */
                 vi at = k & 3;
-                STORE(g0 + c, SEL(at == 0, g, (vf){0}));
-                STORE(g0 + C + c, SEL(at == 1, g, (vf){0}));
-                STORE(g1 + c, SEL(at == 2, g, (vf){0}));
-                STORE(g1 + C + c, SEL(at == 3, g, (vf){0}));
+                RAW b0 = SEL_RAW(at == 0, bits, zero), b1 = SEL_RAW(at == 1, bits, zero);
+                RAW b2 = SEL_RAW(at == 2, bits, zero), b3 = SEL_RAW(at == 3, bits, zero);
+                memcpy(g0 + c, &b0, sizeof b0);
+                memcpy(g0 + C + c, &b1, sizeof b1);
+                memcpy(g1 + c, &b2, sizeof b2);
+                memcpy(g1 + C + c, &b3, sizeof b3);
             }
         }
     }

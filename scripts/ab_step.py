@@ -1,8 +1,8 @@
-"""A model lever, measured on the training step: this checkout's `model.Net` against another checkout's, in
-one process, in alternating blocks of steps (the order swapped each block, so that the machine's drift
-enters both alike), on the same batches of the dataset, both through this checkout's
-`engines.make_train_step`. Then whether the two give the same weights, bit for bit, after the same steps
-from the same generator state.
+"""A model or kernels lever, measured on the training step: this checkout's `model.Net` and kernels against
+another checkout's (its model.py calling its own kernels.py and kernels.c), in one process, in alternating blocks
+of steps (the order swapped each block, so that the machine's drift enters both alike), on the same batches of the
+dataset, both through this checkout's `engines.make_train_step`. Then whether the two give the same weights, bit
+for bit, after the same steps from the same generator state.
 
     git worktree add /tmp/before HEAD~1
     .venv/bin/python scripts/ab_step.py /tmp/before                 # 24 blocks of 40 steps each side
@@ -31,13 +31,26 @@ FASHION_MNIST_PATH = Path("/usr/share/datasets/fashion-mnist")
 
 
 def other_model_module(checkout: Path):
-    path = checkout / "ignite_mnist" / "model.py"
-    if not path.is_file():
-        sys.exit(f"error: {path} is not there: give a checkout of ignite-mnist")
-    spec = importlib.util.spec_from_file_location("other_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The other checkout's model.py, calling the other checkout's kernels.py (its own kernels.c, built and loaded
+    apart from this checkout's): both levers, the model's and the kernels', are measured."""
+    import ignite_mnist
+    from ignite_mnist import kernels as own_kernels
+
+    paths = {name: checkout / "ignite_mnist" / f"{name}.py" for name in ("kernels", "model")}
+    for path in paths.values():
+        if not path.is_file():
+            sys.exit(f"error: {path} is not there: give a checkout of ignite-mnist")
+    loaded = {}
+    try:
+        for name, path in paths.items():  # kernels first: the other model.py's `from ignite_mnist import kernels`
+            spec = importlib.util.spec_from_file_location(f"other_{name}", path)
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+            if name == "kernels":
+                ignite_mnist.kernels = sys.modules["ignite_mnist.kernels"] = loaded[name]
+    finally:
+        ignite_mnist.kernels = sys.modules["ignite_mnist.kernels"] = own_kernels
+    return loaded["model"]
 
 
 def main() -> None:
