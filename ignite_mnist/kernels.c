@@ -7,7 +7,9 @@
  * - conv1_relu_bwd_*: conv1's weight and bias gradients through its ReLU, in one pass (float sums: not bit for bit
  *   oneDNN's bf16 backward, which rounds them to bf16);
  * - conv2_wgrad_bf16: conv2's weight and bias gradients on AMX (float sums, as conv1's);
- * - linear_wgrad_bf16: fc1's weight and bias gradients on AMX (float sums);
+ * - linear_fwd_bf16, linear_dgrad_bf16, linear_wgrad_bf16: fc1 on AMX, its forward with the weight's cast (oneDNN's
+ *   values but where a sum rounds to the neighbouring bf16: another order of the same float sums), x's gradient,
+ *   and the weight and bias gradients (float sums);
  * - adadelta: torch.optim.Adadelta's update of one float32 parameter (no weight decay), torch's order of
  *   operations, each rounded to float as torch rounds it;
  * - philox_bytes: dropout's random bytes, Philox4x32-10; max_abs_*: whether a convolution's sums stay finite.
@@ -330,7 +332,22 @@ int philox_vectorized(void) {
     && defined(__linux__)
 #include <stdlib.h>
 #include <unistd.h>
+#include <omp.h>
 #include <sys/syscall.h>
+
+/* The calling thread's scratch memory, 64-byte aligned, kept from call to call (grown as asked, never shrunk):
+ * malloc's memory for fc1's forward came back fresh from the system, 13 page faults a call (none with this; the
+ * time about the same). NULL where memory is short. */
+static void *scratch(size_t bytes) {
+    static _Thread_local void *memory;
+    static _Thread_local size_t size;
+    if (bytes > size) {
+        free(memory);
+        memory = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        size = memory ? bytes : 0;
+    }
+    return memory;
+}
 
 #define C2_C 32         /* input channels */
 #define C2_X 26         /* input side */
@@ -530,6 +547,141 @@ int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw
     return failed ? -1 : 0;
 }
 
+/* ---- a linear layer's forward on AMX (model.Net's fc1) ----------------------------------------------------
+ * y[i][o] = bf16(sum over c of x[i][c] * bf16(w[o][c]) + b[o]) for x bf16 [n][k], w float32 [m][k] (row-major; k
+ * and m multiples of 32), b bf16 [m]: autocast's cast of the weight and the GEMM in one pass over the float32
+ * weight (torch casts it to bf16 in a pass of its own, then oneDNN reads that). A tiles: x as it lies, 16 images
+ * by 32 columns; B tiles: the weight rounded to bf16 and laid in AMX's pairs of columns (a 16x16 transpose of
+ * 32-bit pairs), packed by each thread for its 32 outputs. (Computed transposed instead, the weight as it lies
+ * and x packed, it took 1.7x as long.) Where w_pairs is given (64-byte aligned), the weight in bf16 is written
+ * there too, in pairs of outputs ([m / 2][k][2]: the B tiles of x's gradient, linear_dgrad_bf16). Each output's
+ * sum runs over the whole of k in one tile: the same bits for any number of threads. */
+int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const float *w, const uint16_t *b,
+                    uint16_t *y, uint16_t *w_pairs, int threads) {
+    if (k % 32 || m % 32 || n < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
+        return -1;
+    int64_t whole = n / 32 * 32, pairs = (n + 31) / 32, steps = k / 32;  /* images in whole tiles of 32; tiles */
+    size_t tail_size = (size_t)(32 * k), bt_size = (size_t)(steps * 2 * 512);  /* (in bf16 values) */
+    uint16_t *tail = scratch((tail_size + (size_t)threads * bt_size) * 2);  /* the last images, zero-padded */
+    if (tail == 0)
+        return -1;
+    if (n > whole) {
+        memcpy(tail, x + whole * k, (size_t)((n - whole) * k * 2));
+        memset(tail + (n - whole) * k, 0, (size_t)((32 - (n - whole)) * k * 2));
+    }
+    uint16_t first[32], second[32];  /* permutex2var's picks: rows 2p and 2p + 1 interleaved, columns < 16, then >= 16 */
+    for (int c = 0; c < 16; c++) {
+        first[2 * c] = c; first[2 * c + 1] = 32 + c;
+        second[2 * c] = 16 + c; second[2 * c + 1] = 48 + c;
+    }
+    const __m512i pick_first = _mm512_loadu_si512(first), pick_second = _mm512_loadu_si512(second);
+#pragma omp parallel num_threads(threads)
+    {
+        uint16_t *bt = tail + tail_size + omp_get_thread_num() * bt_size;  /* [step][2 o blocks][16 pairs][32] */
+        tile_config config;
+        memset(&config, 0, sizeof config);
+        config.palette = 1;
+        for (int i = 0; i < 8; i++) { config.colsb[i] = 64; config.rows[i] = 16; }
+        _tile_loadconfig(&config);
+#pragma omp for schedule(static)
+        for (int64_t op = 0; op < m / 32; op++) {  /* outputs 32op to 32op + 31 */
+            for (int64_t step = 0; step < steps; step++)
+                for (int ob = 0; ob < 2; ob++) {
+                    __m512i r[16];
+                    for (int i = 0; i < 16; i++) {
+                        const float *row = w + (op * 32 + ob * 16 + i) * k + step * 32;
+                        r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(row + 16), _mm512_loadu_ps(row));
+                    }
+                    if (w_pairs)  /* (stored, not streamed: read back soon, from the cache; 2x faster there) */
+                        for (int i = 0; i < 16; i += 2) {
+                            uint16_t *out = w_pairs + ((op * 32 + ob * 16 + i) / 2 * k + step * 32) * 2;
+                            _mm512_store_si512((__m512i *)out, _mm512_permutex2var_epi16(r[i], pick_first, r[i + 1]));
+                            _mm512_store_si512((__m512i *)(out + 32),
+                                                _mm512_permutex2var_epi16(r[i], pick_second, r[i + 1]));
+                        }
+                    transpose16x16(r);
+                    for (int j = 0; j < 16; j++)
+                        _mm512_store_si512(bt + ((step * 2 + ob) * 16 + j) * 32, r[j]);
+                }
+            for (int64_t ip = 0; ip < pairs; ip++) {  /* images 32ip to 32ip + 31 */
+                const uint16_t *a0 = 32 * ip < whole ? x + 32 * ip * k : tail, *a1 = a0 + 16 * k;
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                for (int64_t step = 0; step < steps; step++) {
+                    _tile_loadd(4, a0 + step * 32, k * 2);
+                    _tile_loadd(6, bt + step * 2 * 512, 64);
+                    _tile_loadd(7, bt + (step * 2 + 1) * 512, 64);
+                    _tile_loadd(5, a1 + step * 32, k * 2);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+                float c[32][32];  /* [image][o] */
+                _tile_stored(0, &c[0][0], 128); _tile_stored(1, &c[0][16], 128);
+                _tile_stored(2, &c[16][0], 128); _tile_stored(3, &c[16][16], 128);
+                __m512 bias0 = load_bf16(b + op * 32), bias1 = load_bf16(b + op * 32 + 16);
+                for (int i = 0; i < 32 && 32 * ip + i < n; i++) {
+                    __m512 lo = _mm512_add_ps(_mm512_loadu_ps(c[i]), bias0);
+                    __m512 hi = _mm512_add_ps(_mm512_loadu_ps(c[i] + 16), bias1);
+                    _mm512_storeu_si512(y + (32 * ip + i) * m + op * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+                }
+            }
+        }
+        _tile_release();
+    }
+    return 0;
+}
+
+/* ---- a linear layer's input gradient on AMX (model.Net's fc1) ---------------------------------------------
+ * gx[i][c] = bf16(sum over o of gy[i][o] * w[o][c]) for gy bf16 [n][m] and the weight in bf16 as linear_fwd_bf16
+ * wrote it, in pairs of outputs (w_pairs [m / 2][k][2], 64-byte aligned: AMX's B tiles as they lie); k and m
+ * multiples of 32. A tiles: gy as it lies (the last images' zero-padded). The sums over m in one tile: the same
+ * bits for any number of threads. */
+int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const uint16_t *w_pairs, uint16_t *gx,
+                      int threads) {
+    if (k % 32 || m % 32 || n < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
+        return -1;
+    int64_t pairs = (n + 31) / 32;  /* tiles of 32 images */
+    uint16_t *a = scratch((size_t)(pairs * 32 * m * 2));  /* gy, zero-padded to whole tiles */
+    if (a == 0)
+        return -1;
+    memcpy(a, gy, (size_t)(n * m * 2));
+    memset(a + n * m, 0, (size_t)((pairs * 32 - n) * m * 2));
+#pragma omp parallel num_threads(threads)
+    {
+        tile_config config;
+        memset(&config, 0, sizeof config);
+        config.palette = 1;
+        for (int i = 0; i < 8; i++) { config.colsb[i] = 64; config.rows[i] = 16; }
+        _tile_loadconfig(&config);
+#pragma omp for schedule(static)
+        for (int64_t cp = 0; cp < k / 32; cp++)  /* columns 32cp to 32cp + 31 */
+            for (int64_t ip = 0; ip < pairs; ip++) {  /* images 32ip to 32ip + 31 */
+                const uint16_t *a0 = a + 32 * ip * m, *a1 = a0 + 16 * m;
+                _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+                for (int64_t step = 0; step < m / 32; step++) {  /* outputs 32step to 32step + 31 */
+                    const uint16_t *b0 = w_pairs + (step * 16 * k + cp * 32) * 2;
+                    _tile_loadd(4, a0 + step * 32, m * 2);
+                    _tile_loadd(6, b0, k * 4);
+                    _tile_loadd(7, b0 + 32, k * 4);
+                    _tile_loadd(5, a1 + step * 32, m * 2);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+                float c[32][32];  /* [image][column] */
+                _tile_stored(0, &c[0][0], 128); _tile_stored(1, &c[0][16], 128);
+                _tile_stored(2, &c[16][0], 128); _tile_stored(3, &c[16][16], 128);
+                for (int i = 0; i < 32 && 32 * ip + i < n; i++)
+                    _mm512_storeu_si512(gx + (32 * ip + i) * k + cp * 32,
+                                        (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(c[i] + 16), _mm512_loadu_ps(c[i])));
+            }
+        _tile_release();
+    }
+    return 0;
+}
+
 /* ---- a linear layer's weight and bias gradients on AMX (model.Net's fc1) -----------------------------------
  * gw[m][k] = sum over i of gy[i][m] * x[i][k] and gb[m] = sum of gy[i][m], in float32, for x bf16 [n][k] and gy bf16
  * [n][m] (row-major; k and m multiples of 32): a GEMM over the batch. A tiles: gy transposed, [m block][32 images]
@@ -623,6 +775,16 @@ int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw
 int linear_wgrad_bf16(const uint16_t *x, const uint16_t *gy, int64_t n, int64_t k, int64_t m, float *gw, float *gb,
                       int threads) {
     (void)x; (void)gy; (void)n; (void)k; (void)m; (void)gw; (void)gb; (void)threads;
+    return -1;
+}
+int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const float *w, const uint16_t *b,
+                    uint16_t *y, uint16_t *w_pairs, int threads) {
+    (void)x; (void)n; (void)k; (void)m; (void)w; (void)b; (void)y; (void)w_pairs; (void)threads;
+    return -1;
+}
+int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const uint16_t *w_pairs, uint16_t *gx,
+                      int threads) {
+    (void)gy; (void)n; (void)k; (void)m; (void)w_pairs; (void)gx; (void)threads;
     return -1;
 }
 #endif

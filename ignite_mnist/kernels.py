@@ -123,6 +123,8 @@ def _open(path: Path):
         lib.conv2_amx.argtypes = []
         lib.conv2_wgrad_bf16.argtypes = [p, p, i64, p, i64, i64, i64, i64, p, i32]
         lib.linear_wgrad_bf16.argtypes = [p, p, i64, i64, i64, p, p, i32]
+        lib.linear_fwd_bf16.argtypes = [p, i64, i64, i64, p, p, p, p, i32]
+        lib.linear_dgrad_bf16.argtypes = [p, i64, i64, i64, p, p, i32]
     except (OSError, AttributeError) as e:
         raise KernelsUnavailable(f"cannot load {path}: {e}") from None
     return lib
@@ -381,33 +383,47 @@ def fc1_fits(x: torch.Tensor, fc: torch.nn.Linear) -> bool:
 
 
 def fc1_amx(x: torch.Tensor, fc: torch.nn.Linear) -> torch.Tensor:
-    """fc(x) in bf16, as autocast computes it, with the weight and bias gradients from AMX (LinearAmx)."""
+    """fc(x) in bf16, as autocast computes it, forward and backward on AMX (LinearAmx)."""
     return LinearAmx.apply(x, fc.weight, fc.bias)
 
 
 class LinearAmx(torch.autograd.Function):
-    """linear(x, weight, bias) in bf16 (weight and bias cast to it, as autocast casts them): torch's forward and
-    input gradient, the same bits; the weight and bias gradients from kernels.c's linear_wgrad_bf16 on AMX, summed
-    in float32 and written as float32 (torch's are rounded to bf16 and then cast: two passes over the gradient)."""
+    """linear(x, weight, bias) in bf16, as autocast computes it (weight and bias cast to bf16), on AMX: kernels.c's
+    linear_fwd_bf16 (the weight's cast and the GEMM in one pass), linear_dgrad_bf16 (x's gradient) and
+    linear_wgrad_bf16 (the weight and bias gradients, summed in float32 and written as float32: torch rounds them to
+    bf16, then casts them, two more passes). x's gradient is torch's, bit for bit; the forward is oneDNN's float32
+    sums rounded once to bf16, summed in another order: about one output in 5,000 rounds to another bf16 value
+    (tests/test_kernels.py). Where a kernel fails (AMX refused after all, or memory short), torch's operators."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        weight16 = weight.to(torch.bfloat16)
-        ctx.save_for_backward(x, weight16)
-        return torch.nn.functional.linear(x, weight16, bias.to(torch.bfloat16))
+        (m, k), n, lib = weight.shape, x.shape[0], library()
+        bias16, y = bias.to(torch.bfloat16), torch.empty(n, m, dtype=torch.bfloat16)
+        weight_pairs = torch.empty(m // 2, k, 2, dtype=torch.bfloat16)  # the bf16 weight as x's gradient reads it
+        if lib.linear_fwd_bf16(x.data_ptr(), n, k, m, weight.data_ptr(), bias16.data_ptr(), y.data_ptr(),
+                               weight_pairs.data_ptr(), _threads()) != 0:
+            weight16 = weight.to(torch.bfloat16)
+            weight_pairs = torch.stack((weight16[0::2], weight16[1::2]), dim=-1)
+            y = torch.nn.functional.linear(x, weight16, bias16)
+        ctx.save_for_backward(x, weight_pairs)
+        return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight16 = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_x = grad.mm(weight16) if ctx.needs_input_grad[0] else None
-        (m, k), n = weight16.shape, x.shape[0]
+        x, weight_pairs = ctx.saved_tensors
+        (half, k, _), n, lib = weight_pairs.shape, x.shape[0], library()
+        m, grad = 2 * half, grad.contiguous()
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty(n, k, dtype=torch.bfloat16)
+            if lib.linear_dgrad_bf16(grad.data_ptr(), n, k, m, weight_pairs.data_ptr(), grad_x.data_ptr(),
+                                     _threads()) != 0:
+                grad_x = grad.mm(weight_pairs.permute(0, 2, 1).reshape(m, k))
         grad_weight, grad_bias = torch.empty(m, k), torch.empty(m)
-        if library().linear_wgrad_bf16(x.data_ptr(), grad.data_ptr(), n, k, m, grad_weight.data_ptr(),
-                                       grad_bias.data_ptr(), _threads()) != 0:
-            # (AMX refused after all, or memory short: torch's gradients, rounded to bf16, as the eager backward)
-            grad_weight, grad_bias = grad.t().mm(x), grad.sum(0)
+        if lib.linear_wgrad_bf16(x.data_ptr(), grad.data_ptr(), n, k, m, grad_weight.data_ptr(),
+                                 grad_bias.data_ptr(), _threads()) != 0:
+            grad_weight, grad_bias = grad.t().mm(x), grad.sum(0)  # (rounded to bf16, as the eager backward's)
         return grad_x, grad_weight.float(), grad_bias.float()
 
 

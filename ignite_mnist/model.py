@@ -11,8 +11,10 @@ Layer names and shapes are the example's, so weights load into either. The chang
 - in training on the CPU, max-pool, ReLU, dropout1 and that layout change run as one kernel each way
   (kernels.PoolReluDropout: the same values as the eager operators, bit for bit), and so do conv1 and its ReLU
   (kernels.Conv1Relu: the same values forward; the weight gradients summed in float32, not rounded to bf16);
-- in bf16 training on a CPU with AMX, conv2's and fc1's weight and bias gradients come from AMX kernels
-  (kernels.Conv2Amx, kernels.LinearAmx: summed in float32; the forward and the input gradients are torch's).
+- in bf16 training on a CPU with AMX, conv2's weight and bias gradients come from an AMX kernel (kernels.Conv2Amx:
+  summed in float32; its forward and input gradient are torch's), and fc1 runs on AMX kernels (kernels.LinearAmx:
+  the forward with the weight's cast, oneDNN's values but where another order of the sum rounds to the
+  neighbouring bf16; the weight and bias gradients summed in float32).
 """
 
 import functools
