@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 
@@ -91,10 +92,21 @@ def test_the_step_a_b_compares_two_checkouts_models_and_their_weights(tmp_path):
     assert result["ratio_min"] <= result["ratio"] <= result["ratio_max"]
 
     other = tmp_path / "other"
-    (other / "ignite_mnist").mkdir(parents=True)
+    shutil.copytree(ROOT / "ignite_mnist", other / "ignite_mnist")
     source = (ROOT / "ignite_mnist" / "model.py").read_text()
     assert "self.p != 0 and" in source  # the byte dropout's condition, turned off below
     (other / "ignite_mnist" / "model.py").write_text(source.replace("self.p != 0 and", "False and"))
     out = subprocess.run(args + [str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.splitlines()[-1])["same_weights_after_20_steps"] is False
+
+    # a lever in the kernels alone: the other checkout's model calls its own kernels.py (here without kernels, so
+    # its dropout bytes come from torch's generator, not Philox)
+    (other / "ignite_mnist" / "model.py").write_text(source)
+    kernels_source = (ROOT / "ignite_mnist" / "kernels.py").read_text()
+    assert "_library = _load()" in kernels_source
+    (other / "ignite_mnist" / "kernels.py").write_text(kernels_source.replace("_library = _load()", "_library = False"))
+    out = subprocess.run(args + [str(other)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    same = json.loads(out.stdout.splitlines()[-1])["same_weights_after_20_steps"]
+    assert same is (kernels.library() is None)  # (where this CPU builds no kernels, both sides run without)
