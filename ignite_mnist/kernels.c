@@ -38,7 +38,7 @@ typedef uint8_t vb __attribute__((vector_size(VLEN)));
 
 /* Lanes widened or narrowed (zero-extended, or truncated). GCC's __builtin_convertvector does it here lane by
  * lane for bytes (two dozen scalar moves a vector) and with a three-uop permute for 16-bit lanes: with AVX-512,
- * one vpmovzx or vpmov each. */
+ * one vpmovzx or vpmov each; with AVX2, a vpmovzx, or a byte shuffle and an unpack. */
 #if VLEN == 16 && defined(__AVX512F__)
 #include <immintrin.h>
 static inline vi widen_bytes(vb b) { __m128i x; memcpy(&x, &b, 16); __m512i w = _mm512_cvtepu8_epi32(x); vi v;
@@ -49,6 +49,24 @@ static inline vu widen_halves(vh h) { __m256i x; memcpy(&x, &h, 32); __m512i w =
                                       memcpy(&v, &w, 64); return v; }
 static inline vh narrow_to_halves(vu v) { __m512i w; memcpy(&w, &v, 64); __m256i x = _mm512_cvtepi32_epi16(w); vh h;
                                           memcpy(&h, &x, 32); return h; }
+#elif VLEN == 8 && defined(__AVX2__)
+#include <immintrin.h>
+static inline vi widen_bytes(vb b) { __m128i x = _mm_loadl_epi64((const __m128i *)&b); __m256i w = _mm256_cvtepu8_epi32(x);
+                                     vi v; memcpy(&v, &w, 32); return v; }
+static inline vb narrow_to_bytes(vi v) {  /* each lane's low byte, then the two 128-bit halves' four together */
+    __m256i w; memcpy(&w, &v, 32);
+    w = _mm256_shuffle_epi8(w, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1));
+    __m128i x = _mm_unpacklo_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    vb b; memcpy(&b, &x, 8); return b; }
+static inline vu widen_halves(vh h) { __m128i x; memcpy(&x, &h, 16); __m256i w = _mm256_cvtepu16_epi32(x); vu v;
+                                      memcpy(&v, &w, 32); return v; }
+static inline vh narrow_to_halves(vu v) {
+    __m256i w; memcpy(&w, &v, 32);
+    w = _mm256_shuffle_epi8(w, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                                                0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
+    __m128i x = _mm_unpacklo_epi64(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    vh h; memcpy(&h, &x, 16); return h; }
 #else
 static inline vi widen_bytes(vb b) { return __builtin_convertvector(b, vi); }
 static inline vb narrow_to_bytes(vi v) { return __builtin_convertvector(v, vb); }
