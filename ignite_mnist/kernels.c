@@ -51,8 +51,8 @@ static inline vh narrow_to_halves(vu v) { __m512i w; memcpy(&w, &v, 64); __m256i
                                           memcpy(&h, &x, 32); return h; }
 #elif VLEN == 8 && defined(__AVX2__)
 #include <immintrin.h>
-static inline vi widen_bytes(vb b) { __m128i x = _mm_loadl_epi64((const __m128i *)&b); __m256i w = _mm256_cvtepu8_epi32(x);
-                                     vi v; memcpy(&v, &w, 32); return v; }
+static inline vi widen_bytes(vb b) { __m128i x = _mm_loadl_epi64((const __m128i *)&b);
+                                     __m256i w = _mm256_cvtepu8_epi32(x); vi v; memcpy(&v, &w, 32); return v; }
 static inline vb narrow_to_bytes(vi v) {  /* each lane's low byte, then the two 128-bit halves' four together */
     __m256i w; memcpy(&w, &v, 32);
     w = _mm256_shuffle_epi8(w, _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
@@ -379,6 +379,43 @@ static void *scratch(size_t bytes) {
 
 typedef struct { uint8_t palette, start_row, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } tile_config;
 
+/* This thread's tiles configured: all eight 16 rows of 64 bytes */
+static void configure_tiles(void) {
+    tile_config config;
+    memset(&config, 0, sizeof config);
+    config.palette = 1;
+    for (int i = 0; i < 8; i++) { config.colsb[i] = 64; config.rows[i] = 16; }
+    _tile_loadconfig(&config);
+}
+
+/* permutex2var's picks that interleave two rows of 32 bf16, (a[c], b[c]) for c from `from` to from + 15: with 0
+ * and 16, the pairs of rows that AMX's B tiles take */
+static inline __m512i interleave_picks(int from) {
+    uint16_t picks[32];
+    for (int c = 0; c < 16; c++) { picks[2 * c] = from + c; picks[2 * c + 1] = 32 + from + c; }
+    return _mm512_loadu_si512(picks);
+}
+
+/* One step of a 32x32 block: C tiles 0-3 (rows of a0 then a1, by columns of b0 then b1) += the A tiles at a0, a1
+ * times the B tiles at b0, b1 (row strides in bytes) */
+static inline void multiply_32x32(const void *a0, const void *a1, int64_t a_stride, const void *b0, const void *b1,
+                                  int64_t b_stride) {
+    _tile_loadd(4, a0, a_stride);
+    _tile_loadd(6, b0, b_stride);
+    _tile_loadd(7, b1, b_stride);
+    _tile_loadd(5, a1, a_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+}
+
+/* C tiles 0-3 stored as a 32x32 block of floats at c, rows `stride` floats apart */
+static inline void store_32x32(float *c, int64_t stride) {
+    _tile_stored(0, c, stride * 4); _tile_stored(1, c + 16, stride * 4);
+    _tile_stored(2, c + 16 * stride, stride * 4); _tile_stored(3, c + 16 * stride + 16, stride * 4);
+}
+
 /* 16 vectors of 16 32-bit words transposed in registers */
 static inline void transpose16x16(__m512i r[16]) {
     __m512i u[16];
@@ -509,11 +546,7 @@ int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw
 #pragma omp atomic write
                 failed = 1;
             }
-            tile_config config;
-            memset(&config, 0, sizeof config);
-            config.palette = 1;
-            for (int i = 0; i < 8; i++) { config.colsb[i] = 64; config.rows[i] = 16; }
-            _tile_loadconfig(&config);
+            configure_tiles();
 #pragma omp for schedule(static)
             for (int64_t chunk = 0; chunk < chunks; chunk++) {
                 if (a == 0 || b == 0)
@@ -587,20 +620,11 @@ int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const fl
         memcpy(tail, x + whole * k, (size_t)((n - whole) * k * 2));
         memset(tail + (n - whole) * k, 0, (size_t)((32 - (n - whole)) * k * 2));
     }
-    uint16_t first[32], second[32];  /* permutex2var's picks: rows 2p and 2p + 1 interleaved, columns < 16, then >= 16 */
-    for (int c = 0; c < 16; c++) {
-        first[2 * c] = c; first[2 * c + 1] = 32 + c;
-        second[2 * c] = 16 + c; second[2 * c + 1] = 48 + c;
-    }
-    const __m512i pick_first = _mm512_loadu_si512(first), pick_second = _mm512_loadu_si512(second);
+    const __m512i pick_first = interleave_picks(0), pick_second = interleave_picks(16);
 #pragma omp parallel num_threads(threads)
     {
         uint16_t *bt = tail + tail_size + omp_get_thread_num() * bt_size;  /* [step][2 o blocks][16 pairs][32] */
-        tile_config config;
-        memset(&config, 0, sizeof config);
-        config.palette = 1;
-        for (int i = 0; i < 8; i++) { config.colsb[i] = 64; config.rows[i] = 16; }
-        _tile_loadconfig(&config);
+        configure_tiles();
 #pragma omp for schedule(static)
         for (int64_t op = 0; op < m / 32; op++) {  /* outputs 32op to 32op + 31 */
             for (int64_t step = 0; step < steps; step++)
@@ -624,19 +648,11 @@ int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const fl
             for (int64_t ip = 0; ip < pairs; ip++) {  /* images 32ip to 32ip + 31 */
                 const uint16_t *a0 = 32 * ip < whole ? x + 32 * ip * k : tail, *a1 = a0 + 16 * k;
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                for (int64_t step = 0; step < steps; step++) {
-                    _tile_loadd(4, a0 + step * 32, k * 2);
-                    _tile_loadd(6, bt + step * 2 * 512, 64);
-                    _tile_loadd(7, bt + (step * 2 + 1) * 512, 64);
-                    _tile_loadd(5, a1 + step * 32, k * 2);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
+                for (int64_t step = 0; step < steps; step++)
+                    multiply_32x32(a0 + step * 32, a1 + step * 32, k * 2, bt + step * 2 * 512,
+                                   bt + (step * 2 + 1) * 512, 64);
                 float c[32][32];  /* [image][o] */
-                _tile_stored(0, &c[0][0], 128); _tile_stored(1, &c[0][16], 128);
-                _tile_stored(2, &c[16][0], 128); _tile_stored(3, &c[16][16], 128);
+                store_32x32(&c[0][0], 32);
                 __m512 bias0 = load_bf16(b + op * 32), bias1 = load_bf16(b + op * 32 + 16);
                 for (int i = 0; i < 32 && 32 * ip + i < n; i++) {
                     __m512 lo = _mm512_add_ps(_mm512_loadu_ps(c[i]), bias0);
@@ -667,11 +683,7 @@ int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const
     memset(a + n * m, 0, (size_t)((pairs * 32 - n) * m * 2));
 #pragma omp parallel num_threads(threads)
     {
-        tile_config config;
-        memset(&config, 0, sizeof config);
-        config.palette = 1;
-        for (int i = 0; i < 8; i++) { config.colsb[i] = 64; config.rows[i] = 16; }
-        _tile_loadconfig(&config);
+        configure_tiles();
 #pragma omp for schedule(static)
         for (int64_t cp = 0; cp < k / 32; cp++)  /* columns 32cp to 32cp + 31 */
             for (int64_t ip = 0; ip < pairs; ip++) {  /* images 32ip to 32ip + 31 */
@@ -679,21 +691,13 @@ int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
                 for (int64_t step = 0; step < m / 32; step++) {  /* outputs 32step to 32step + 31 */
                     const uint16_t *b0 = w_pairs + (step * 16 * k + cp * 32) * 2;
-                    _tile_loadd(4, a0 + step * 32, m * 2);
-                    _tile_loadd(6, b0, k * 4);
-                    _tile_loadd(7, b0 + 32, k * 4);
-                    _tile_loadd(5, a1 + step * 32, m * 2);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
+                    multiply_32x32(a0 + step * 32, a1 + step * 32, m * 2, b0, b0 + 32, k * 4);
                 }
                 float c[32][32];  /* [image][column] */
-                _tile_stored(0, &c[0][0], 128); _tile_stored(1, &c[0][16], 128);
-                _tile_stored(2, &c[16][0], 128); _tile_stored(3, &c[16][16], 128);
+                store_32x32(&c[0][0], 32);
                 for (int i = 0; i < 32 && 32 * ip + i < n; i++)
-                    _mm512_storeu_si512(gx + (32 * ip + i) * k + cp * 32,
-                                        (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(c[i] + 16), _mm512_loadu_ps(c[i])));
+                    _mm512_storeu_si512(gx + (32 * ip + i) * k + cp * 32, (__m512i)_mm512_cvtne2ps_pbh(
+                                            _mm512_loadu_ps(c[i] + 16), _mm512_loadu_ps(c[i])));
             }
         _tile_release();
     }
@@ -728,12 +732,7 @@ int linear_wgrad_bf16(const uint16_t *x, const uint16_t *gy, int64_t n, int64_t 
             sum += load1_bf16(gy[i * m + o]);
         gb[o] = sum;
     }
-    uint16_t first[32], second[32];  /* permutex2var's picks: x[2r][c], x[2r + 1][c] for c < 16, then c >= 16 */
-    for (int c = 0; c < 16; c++) {
-        first[2 * c] = c; first[2 * c + 1] = 32 + c;
-        second[2 * c] = 16 + c; second[2 * c + 1] = 48 + c;
-    }
-    const __m512i pick_first = _mm512_loadu_si512(first), pick_second = _mm512_loadu_si512(second);
+    const __m512i pick_first = interleave_picks(0), pick_second = interleave_picks(16);
     int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
@@ -742,11 +741,7 @@ int linear_wgrad_bf16(const uint16_t *x, const uint16_t *gy, int64_t n, int64_t 
 #pragma omp atomic write
             failed = 1;
         }
-        tile_config config;
-        memset(&config, 0, sizeof config);
-        config.palette = 1;
-        for (int i = 0; i < 8; i++) { config.colsb[i] = 64; config.rows[i] = 16; }
-        _tile_loadconfig(&config);
+        configure_tiles();
 #pragma omp for schedule(static)
         for (int64_t kb = 0; kb < k / 32; kb++) {
             if (b == 0)
@@ -755,26 +750,17 @@ int linear_wgrad_bf16(const uint16_t *x, const uint16_t *gy, int64_t n, int64_t 
             for (int64_t r = 0; r < tiles * 16; r++) {  /* images 2r and 2r + 1 */
                 __m512i r0 = 2 * r < n ? _mm512_loadu_si512(x + 2 * r * k + kb * 32) : zero;
                 __m512i r1 = 2 * r + 1 < n ? _mm512_loadu_si512(x + (2 * r + 1) * k + kb * 32) : zero;
-                _mm512_store_si512(b + ((r / 16) * 2 * 16 + r % 16) * 32, _mm512_permutex2var_epi16(r0, pick_first, r1));
+                _mm512_store_si512(b + ((r / 16) * 2 * 16 + r % 16) * 32,
+                                   _mm512_permutex2var_epi16(r0, pick_first, r1));
                 _mm512_store_si512(b + (((r / 16) * 2 + 1) * 16 + r % 16) * 32,
                                    _mm512_permutex2var_epi16(r0, pick_second, r1));
             }
             for (int64_t mp = 0; mp < m / 32; mp++) {  /* m blocks 2mp and 2mp + 1 */
                 const uint16_t *a0 = a + 2 * mp * tiles * 512, *a1 = a0 + tiles * 512;
                 _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-                for (int64_t t = 0; t < tiles; t++) {
-                    _tile_loadd(4, a0 + t * 512, 64);
-                    _tile_loadd(6, b + t * 2 * 512, 64);
-                    _tile_loadd(7, b + (t * 2 + 1) * 512, 64);
-                    _tile_loadd(5, a1 + t * 512, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
-                float *c = gw + 2 * mp * 16 * k + kb * 32;
-                _tile_stored(0, c, k * 4); _tile_stored(1, c + 16, k * 4);
-                _tile_stored(2, c + 16 * k, k * 4); _tile_stored(3, c + 16 * k + 16, k * 4);
+                for (int64_t t = 0; t < tiles; t++)
+                    multiply_32x32(a0 + t * 512, a1 + t * 512, 64, b + t * 2 * 512, b + (t * 2 + 1) * 512, 64);
+                store_32x32(gw + 2 * mp * 16 * k + kb * 32, k);
             }
         }
         _tile_release();

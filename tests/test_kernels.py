@@ -27,6 +27,27 @@ def same_bits(a, b) -> bool:
     return torch.equal(*(t.contiguous().masked_fill(t.isnan(), 0).view(ints) for t in (a, b)))
 
 
+def for_each_thread_count(compute) -> list:
+    """compute()'s results with torch's threads (the kernels' too) set to 1, 2 and 3 in turn, then restored."""
+    threads, results = torch.get_num_threads(), []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(compute())
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+def assert_float32_sums(pairs):
+    """For each (got, torch's, exact): got within 1e-5 of the float64 sums (float32 sums of the bf16 products), and
+    torch's within 2^-7 (rounded to bf16), both relative to the largest exact value."""
+    for got, torch_s, exact in pairs:
+        scale = exact.abs().max().item()
+        assert (got.double() - exact).abs().max().item() < 1e-5 * scale
+        assert (torch_s.double() - exact).abs().max().item() < 2 ** -7 * scale
+
+
 def eager_pool_relu_dropout(x, keep_bytes, p):
     """model.Net's eager path from conv2's output: max-pool, ReLU, byte dropout (model.Dropout: the bytes in the
     pooled tensor's channels_last order), layout change."""
@@ -207,16 +228,14 @@ def test_conv1_relu_passes_nan_as_the_eager_relu_does(dtype, where):
 @needs_kernels
 def test_conv1_gradients_are_the_same_bits_for_any_number_of_threads():
     conv, x, grad = conv1_case(torch.bfloat16, torch.Generator().manual_seed(1))
-    threads, results = torch.get_num_threads(), []
-    try:
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            conv.zero_grad()
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                kernels.conv1_relu(x, conv).backward(grad)
-            results.append((conv.weight.grad.clone(), conv.bias.grad.clone()))
-    finally:
-        torch.set_num_threads(threads)
+
+    def gradients():
+        conv.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kernels.conv1_relu(x, conv).backward(grad)
+        return conv.weight.grad.clone(), conv.bias.grad.clone()
+
+    results = for_each_thread_count(gradients)
     assert all(torch.equal(w, results[0][0]) and torch.equal(b, results[0][1]) for w, b in results)
 
 
@@ -246,13 +265,19 @@ def conv2_case(n, generator):
     return conv, x, grad
 
 
-def conv2_gradients(conv, x, grad, amx: bool):
-    """(output, x's, weight's and bias's gradients) under bf16 autocast, through kernels.conv2_amx or eagerly."""
+def amx_or_eager_gradients(layer, x, grad, fits, amx_layer, amx: bool):
+    """(output, x's, weight's and bias's gradients) of layer(x) under bf16 autocast, through amx_layer (which fits
+    takes where AMX is) or eagerly."""
     x = x.clone().requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert kernels.conv2_fits(x, conv) == kernels._amx()
-        y = kernels.conv2_amx(x, conv) if amx else conv(x)
-    return (y, *torch.autograd.grad(y, (x, conv.weight, conv.bias), grad))
+        assert fits(x, layer) == kernels._amx()
+        y = amx_layer(x, layer) if amx else layer(x)
+    return (y, *torch.autograd.grad(y, (x, layer.weight, layer.bias), grad))
+
+
+def conv2_gradients(conv, x, grad, amx: bool):
+    """amx_or_eager_gradients through kernels.conv2_amx"""
+    return amx_or_eager_gradients(conv, x, grad, kernels.conv2_fits, kernels.conv2_amx, amx)
 
 
 @needs_amx
@@ -265,22 +290,13 @@ def test_conv2_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gra
     assert grad_weight.dtype == torch.float32 and grad_weight.stride() == conv.weight.stride()
     exact_weight = torch.nn.grad.conv2d_weight(x.double(), conv.weight.shape, grad.double())
     exact_bias = grad.double().sum((0, 2, 3))
-    for got, oneDNN, exact in ((grad_weight, eager[2], exact_weight), (grad_bias, eager[3], exact_bias)):
-        scale = exact.abs().max().item()
-        assert (got.double() - exact).abs().max().item() < 1e-5 * scale  # float32 sums of the bf16 products
-        assert (oneDNN.double() - exact).abs().max().item() < 2 ** -7 * scale  # oneDNN's, rounded to bf16
+    assert_float32_sums([(grad_weight, eager[2], exact_weight), (grad_bias, eager[3], exact_bias)])
 
 
 @needs_amx
 def test_conv2_amx_gradients_are_the_same_bits_for_any_number_of_threads():
     conv, x, grad = conv2_case(20, torch.Generator().manual_seed(3))
-    threads, results = torch.get_num_threads(), []
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(conv2_gradients(conv, x, grad, amx=True)[2:])
-    finally:
-        torch.set_num_threads(threads)
+    results = for_each_thread_count(lambda: conv2_gradients(conv, x, grad, amx=True)[2:])
     assert all(torch.equal(w, results[0][0]) and torch.equal(b, results[0][1]) for w, b in results)
 
 
@@ -336,12 +352,8 @@ def fc1_case(n, generator):
 
 
 def fc1_gradients(fc, x, grad, amx: bool):
-    """(output, x's, weight's and bias's gradients) under bf16 autocast, through kernels.fc1_amx or eagerly."""
-    x = x.clone().requires_grad_()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert kernels.fc1_fits(x, fc) == kernels._amx()
-        y = kernels.fc1_amx(x, fc) if amx else fc(x)
-    return (y, *torch.autograd.grad(y, (x, fc.weight, fc.bias), grad))
+    """amx_or_eager_gradients through kernels.fc1_amx"""
+    return amx_or_eager_gradients(fc, x, grad, kernels.fc1_fits, kernels.fc1_amx, amx)
 
 
 @needs_amx
@@ -360,22 +372,13 @@ def test_fc1_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gradi
     assert same_bits(grad_x, eager[1])
     assert grad_weight.dtype == grad_bias.dtype == torch.float32 and grad_weight.stride() == fc.weight.stride()
     exact_weight, exact_bias = grad.double().t() @ x.double(), grad.double().sum(0)
-    for got, onednn, exact in ((grad_weight, eager[2], exact_weight), (grad_bias, eager[3], exact_bias)):
-        scale = exact.abs().max().item()
-        assert (got.double() - exact).abs().max().item() < 1e-5 * scale  # float32 sums of the bf16 products
-        assert (onednn.double() - exact).abs().max().item() < 2 ** -7 * scale  # torch's, rounded to bf16
+    assert_float32_sums([(grad_weight, eager[2], exact_weight), (grad_bias, eager[3], exact_bias)])
 
 
 @needs_amx
 def test_fc1_amx_output_and_gradients_are_the_same_bits_for_any_number_of_threads():
     fc, x, grad = fc1_case(40, torch.Generator().manual_seed(3))
-    threads, results = torch.get_num_threads(), []
-    try:
-        for count in (1, 2, 3):
-            torch.set_num_threads(count)
-            results.append(fc1_gradients(fc, x, grad, amx=True))
-    finally:
-        torch.set_num_threads(threads)
+    results = for_each_thread_count(lambda: fc1_gradients(fc, x, grad, amx=True))
     assert all(same_bits(a, b) for result in results[1:] for a, b in zip(result, results[0]))
 
 
@@ -626,14 +629,7 @@ def test_philox_bytes_are_philox4x32_10_block_by_block(n, key):
 
 @needs_kernels
 def test_philox_bytes_are_the_same_for_any_number_of_threads_and_uniform():
-    threads = torch.get_num_threads()
-    try:
-        results = []
-        for n in (1, 2, 3):
-            torch.set_num_threads(n)
-            results.append(kernels.philox_bytes(1_000_003, 12345))
-    finally:
-        torch.set_num_threads(threads)
+    results = for_each_thread_count(lambda: kernels.philox_bytes(1_000_003, 12345))
     assert all(torch.equal(r, results[0]) for r in results)
     counts = torch.bincount(results[0].long(), minlength=256).double()
     expected = 1_000_003 / 256
