@@ -353,20 +353,6 @@ int philox_vectorized(void) {
 #include <omp.h>
 #include <sys/syscall.h>
 
-/* The calling thread's scratch memory, 64-byte aligned, kept from call to call (grown as asked, never shrunk):
- * malloc's memory for fc1's forward came back fresh from the system, 13 page faults a call (none with this; the
- * time about the same). NULL where memory is short. */
-static void *scratch(size_t bytes) {
-    static _Thread_local void *memory;
-    static _Thread_local size_t size;
-    if (bytes > size) {
-        free(memory);
-        memory = aligned_alloc(64, (bytes + 63) / 64 * 64);
-        size = memory ? bytes : 0;
-    }
-    return memory;
-}
-
 #define C2_C 32         /* input channels */
 #define C2_X 26         /* input side */
 #define C2_XPOS (C2_X * C2_X)
@@ -533,7 +519,8 @@ int conv2_amx(void) {
  * refused or memory short. */
 int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw, int64_t so, int64_t sc,
                      int64_t sh, int64_t sw, float *gb, int threads) {
-    if (!conv2_amx())  /* (granted once, a process's for good: asking again costs a syscall, a microsecond) */
+    if (n < 1 || threads < 1 || !conv2_amx())  /* (AMX granted once, a process's for good: asking again costs a
+                                                    * syscall, a microsecond) */
         return -1;
     int64_t chunks = (n + C2_CHUNK - 1) / C2_CHUNK;
     float *acc = aligned_alloc(64, (size_t)chunks * 72 * 1024), *bias_acc = aligned_alloc(64, (size_t)chunks * 256);
@@ -609,11 +596,11 @@ int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw
  * sum runs over the whole of k in one tile: the same bits for any number of threads. */
 int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const float *w, const uint16_t *b,
                     uint16_t *y, uint16_t *w_pairs, int threads) {
-    if (k % 32 || m % 32 || n < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
+    if (k % 32 || m % 32 || n < 1 || threads < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
         return -1;
     int64_t whole = n / 32 * 32, pairs = (n + 31) / 32, steps = k / 32;  /* images in whole tiles of 32; tiles */
     size_t tail_size = (size_t)(32 * k), bt_size = (size_t)(steps * 2 * 512);  /* (in bf16 values) */
-    uint16_t *tail = scratch((tail_size + (size_t)threads * bt_size) * 2);  /* the last images, zero-padded */
+    uint16_t *tail = aligned_alloc(64, (tail_size + (size_t)threads * bt_size) * 2);  /* the last images, padded */
     if (tail == 0)
         return -1;
     if (n > whole) {
@@ -663,20 +650,21 @@ int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const fl
         }
         _tile_release();
     }
+    free(tail);
     return 0;
 }
 
 /* ---- a linear layer's input gradient on AMX (model.Net's fc1) ---------------------------------------------
  * gx[i][c] = bf16(sum over o of gy[i][o] * w[o][c]) for gy bf16 [n][m] and the weight in bf16 as linear_fwd_bf16
  * wrote it, in pairs of outputs (w_pairs [m / 2][k][2], 64-byte aligned: AMX's B tiles as they lie); k and m
- * multiples of 32. A tiles: gy as it lies (the last images' zero-padded). The sums over m in one tile: the same
- * bits for any number of threads. */
+ * multiples of 32. A tiles: gy, copied to be zero-padded to whole tiles of 32 images. The sums over m in one
+ * tile: the same bits for any number of threads. */
 int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const uint16_t *w_pairs, uint16_t *gx,
                       int threads) {
-    if (k % 32 || m % 32 || n < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
+    if (k % 32 || m % 32 || n < 1 || threads < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
         return -1;
     int64_t pairs = (n + 31) / 32;  /* tiles of 32 images */
-    uint16_t *a = scratch((size_t)(pairs * 32 * m * 2));  /* gy, zero-padded to whole tiles */
+    uint16_t *a = aligned_alloc(64, (size_t)(pairs * 32 * m * 2));  /* gy, zero-padded to whole tiles */
     if (a == 0)
         return -1;
     memcpy(a, gy, (size_t)(n * m * 2));
@@ -701,6 +689,7 @@ int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const
             }
         _tile_release();
     }
+    free(a);
     return 0;
 }
 
@@ -713,7 +702,7 @@ int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const
  * each: the same bits for any number of threads. */
 int linear_wgrad_bf16(const uint16_t *x, const uint16_t *gy, int64_t n, int64_t k, int64_t m, float *gw, float *gb,
                       int threads) {
-    if (k % 32 || m % 32 || n < 1 || !conv2_amx())
+    if (k % 32 || m % 32 || n < 1 || threads < 1 || !conv2_amx())
         return -1;
     int64_t tiles = (n + 31) / 32;  /* of 32 images */
     uint16_t *a = aligned_alloc(64, (size_t)(m * tiles * 32 * 2));  /* [m block][image tile][16 m][32 images] */

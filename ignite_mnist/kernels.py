@@ -7,6 +7,8 @@ replace make several (README, Speed).
   weight and bias gradients, summed in float32 (more exact than the eager bf16 backward, not the same bits);
 - Conv2Amx: conv2's weight and bias gradients on AMX's tiles, summed in float32 (bf16 training on a CPU with
   AMX; torch's forward and input gradient);
+- LinearAmx: fc1 on AMX's tiles (bf16 training on a CPU with AMX): the forward with the weight's cast in one pass,
+  x's gradient (torch's bits), the weight and bias gradients summed in float32;
 - FusedAdadelta: torch.optim.Adadelta's update of each float32 parameter in one loop instead of eleven passes:
   torch's arithmetic, but square roots correctly rounded, where torch's CPU kernel is within one unit in the
   last place;
@@ -303,9 +305,10 @@ class Conv1Relu(torch.autograd.Function):
         x, out = ctx.saved_tensors
         n, c, h, w = out.shape
         grad = grad.contiguous(memory_format=torch.channels_last)
-        partial = torch.empty((n, 10, c))
-        grad_weight, grad_bias = torch.empty_strided(*ctx.weight_layout), torch.empty(c)  # weight's strides:
+        partial = torch.empty((n, 10, c), dtype=torch.float32)  # (float32 whatever torch's default dtype)
+        grad_weight = torch.empty_strided(*ctx.weight_layout, dtype=torch.float32)  # weight's strides:
         # the optimizer's fused step takes a gradient laid out as its parameter
+        grad_bias = torch.empty(c, dtype=torch.float32)
         getattr(library(), f"conv1_relu_bwd_{_dtype_name(out)}")(
             x.data_ptr(), out.data_ptr(), grad.data_ptr(), n, h + 2, w + 2, c, partial.data_ptr(),
             grad_weight.data_ptr(), grad_bias.data_ptr(), _threads())
@@ -363,7 +366,10 @@ class Conv2Amx(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.convolution_backward(grad, x, weight16, [weight16.shape[0]], [1, 1], [0, 0],
                                                          [1, 1], False, [0, 0], 1, [True, False, False])[0]
-        grad_weight, grad_bias = torch.empty_strided(*ctx.weight_layout), torch.empty(weight16.shape[0])
+        if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):  # (a frozen conv2)
+            return grad_x, None, None
+        grad_weight = torch.empty_strided(*ctx.weight_layout, dtype=torch.float32)
+        grad_bias = torch.empty(weight16.shape[0], dtype=torch.float32)
         if library().conv2_wgrad_bf16(x.data_ptr(), grad.data_ptr(), x.shape[0], grad_weight.data_ptr(),
                                       *grad_weight.stride(), grad_bias.data_ptr(), _threads()) != 0:
             # (AMX refused after all, or memory short: oneDNN's gradients, rounded to bf16, as the eager backward)
@@ -420,7 +426,9 @@ class LinearAmx(torch.autograd.Function):
             if lib.linear_dgrad_bf16(grad.data_ptr(), n, k, m, weight_pairs.data_ptr(), grad_x.data_ptr(),
                                      _threads()) != 0:
                 grad_x = grad.mm(weight_pairs.permute(0, 2, 1).reshape(m, k))
-        grad_weight, grad_bias = torch.empty(m, k), torch.empty(m)
+        if not (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):  # (a frozen fc1)
+            return grad_x, None, None
+        grad_weight, grad_bias = torch.empty(m, k, dtype=torch.float32), torch.empty(m, dtype=torch.float32)
         if lib.linear_wgrad_bf16(x.data_ptr(), grad.data_ptr(), n, k, m, grad_weight.data_ptr(),
                                  grad_bias.data_ptr(), _threads()) != 0:
             grad_weight, grad_bias = grad.t().mm(x), grad.sum(0)  # (rounded to bf16, as the eager backward's)

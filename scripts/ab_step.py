@@ -1,8 +1,9 @@
 """A model or kernels lever, measured on the training step: this checkout's `model.Net` and kernels against
 another checkout's (its model.py calling its own kernels.py and kernels.c), in one process, in alternating blocks
 of steps (the order swapped each block, so that the machine's drift enters both alike), on the same batches of the
-dataset, both through this checkout's `engines.make_train_step`. Then whether the two give the same weights, bit
-for bit, after the same steps from the same generator state.
+dataset, both through this checkout's `engines.make_train_step` and optimizer (the fused Adadelta of this
+checkout's kernels on both sides: a lever in the optimizer is `scripts/ab_train.sh`'s to measure). Then whether the
+two give the same weights, bit for bit, after the same steps from the same generator state.
 
     git worktree add /tmp/before HEAD~1
     .venv/bin/python scripts/ab_step.py /tmp/before                 # 24 blocks of 40 steps each side
@@ -37,9 +38,10 @@ def other_model_module(checkout: Path):
     from ignite_mnist import kernels as own_kernels
 
     paths = {name: checkout / "ignite_mnist" / f"{name}.py" for name in ("kernels", "model")}
-    for path in paths.values():
-        if not path.is_file():
-            sys.exit(f"error: {path} is not there: give a checkout of ignite-mnist")
+    if not paths["model"].is_file():
+        sys.exit(f"error: {paths['model']} is not there: give a checkout of ignite-mnist")
+    if not paths["kernels"].is_file():  # a checkout from before the kernels: its model alone
+        del paths["kernels"]
     loaded = {}
     try:
         for name, path in paths.items():  # kernels first: the other model.py's `from ignite_mnist import kernels`

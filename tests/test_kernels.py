@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import three_training_steps
+from conftest import ROOT, three_training_steps
 from ignite_mnist import kernels, model
 from ignite_mnist.model import Net
 
@@ -37,6 +37,21 @@ def for_each_thread_count(compute) -> list:
     finally:
         torch.set_num_threads(threads)
     return results
+
+
+def returns_of(monkeypatch, *names) -> dict:
+    """kernels.library through a proxy that records what the named kernels return, call by call (0: computed)."""
+    lib, returned = kernels.library(), {name: [] for name in names}
+
+    class Recording:
+        def __getattr__(self, name):
+            function = getattr(lib, name)
+            if name not in returned:
+                return function
+            return lambda *args: returned[name].append(function(*args)) or returned[name][-1]
+
+    monkeypatch.setattr(kernels, "library", lambda: Recording())
+    return returned
 
 
 def assert_float32_sums(pairs):
@@ -112,12 +127,13 @@ def trained_with(monkeypatch, pool: bool, conv1: bool, precision: str, conv2: bo
     monkeypatch.setattr(kernels, "conv1_fits", conv1_fits if conv1 else (lambda x, conv: False))
     monkeypatch.setattr(kernels, "conv2_fits", conv2_fits if conv2 else (lambda x, conv: False))
     monkeypatch.setattr(kernels, "fc1_fits", fc1_fits if fc1 else (lambda x, fc: False))
-    calls = {"pool": 0, "conv1": 0, "conv2_wgrad": 0, "linear_wgrad": 0}
+    calls = {"pool": 0, "conv1": 0, "conv2_wgrad": 0, "linear_fwd": 0, "linear_dgrad": 0, "linear_wgrad": 0}
     monkeypatch.setattr(kernels, "library", counted(kernels.library, calls))
     weights = three_training_steps(bf16=precision == "bf16")
     amx = precision == "bf16" and kernels._amx()
     assert (calls["pool"] > 0) == pool and (calls["conv1"] > 0) == conv1, calls
-    assert (calls["conv2_wgrad"] > 0) == (conv2 and amx) and (calls["linear_wgrad"] > 0) == (fc1 and amx), calls
+    assert (calls["conv2_wgrad"] > 0) == (conv2 and amx), calls
+    assert all((calls[f"linear_{part}"] > 0) == (fc1 and amx) for part in ("fwd", "dgrad", "wgrad")), calls
     return weights
 
 
@@ -282,9 +298,11 @@ def conv2_gradients(conv, x, grad, amx: bool):
 
 @needs_amx
 @pytest.mark.parametrize("n", [64, 13, 1])  # chunks of 8 images: whole ones, a part, one image
-def test_conv2_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gradient_exactly(n):
+def test_conv2_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gradient_exactly(monkeypatch, n):
     conv, x, grad = conv2_case(n, torch.Generator().manual_seed(n))
+    returned = returns_of(monkeypatch, "conv2_wgrad_bf16")
     y, grad_x, grad_weight, grad_bias = conv2_gradients(conv, x, grad, amx=True)
+    assert returned == {"conv2_wgrad_bf16": [0]}  # the kernel computed them (no fallback)
     eager = conv2_gradients(conv, x, grad, amx=False)
     assert same_bits(y, eager[0]) and same_bits(grad_x, eager[1])
     assert grad_weight.dtype == torch.float32 and grad_weight.stride() == conv.weight.stride()
@@ -358,9 +376,12 @@ def fc1_gradients(fc, x, grad, amx: bool):
 
 @needs_amx
 @pytest.mark.parametrize("n", [64, 33, 32, 1])  # tiles of 32 images: whole ones, one more, exactly one, one image
-def test_fc1_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gradient_exactly(n):
+def test_fc1_amx_is_torch_s_forward_and_input_gradient_and_sums_the_weight_gradient_exactly(monkeypatch, n):
     fc, x, grad = fc1_case(n, torch.Generator().manual_seed(n))
+    returned = returns_of(monkeypatch, "linear_fwd_bf16", "linear_dgrad_bf16", "linear_wgrad_bf16")
     y, grad_x, grad_weight, grad_bias = fc1_gradients(fc, x, grad, amx=True)
+    assert all(codes == [0] for codes in returned.values()), returned  # each kernel computed its part (x's
+    # gradient is torch's bits: a fallback would pass the comparisons below)
     eager = fc1_gradients(fc, x, grad, amx=False)
     # the forward: oneDNN sums in another order, and about one output in 5,000 rounds to another bf16 value (the
     # neighbouring one, or near zero, where float32's rounding errors are bf16 steps, a few steps away); both are
@@ -387,9 +408,12 @@ def test_fc1_amx_output_and_gradients_are_the_same_bits_for_any_number_of_thread
                                      ("linear_fwd_bf16", "linear_dgrad_bf16", "linear_wgrad_bf16")])
 def test_where_an_amx_kernel_fails_fc1_takes_torch_s_operator_for_its_part(monkeypatch, refused):
     fc, x, grad = fc1_case(33, torch.Generator().manual_seed(4))
-    amx = fc1_gradients(fc, x, grad, amx=True)
-    eager = fc1_gradients(fc, x, grad, amx=False)
     lib, asked = kernels.library(), set()
+    with monkeypatch.context() as patch:
+        returned = returns_of(patch, "linear_fwd_bf16", "linear_dgrad_bf16", "linear_wgrad_bf16")
+        amx = fc1_gradients(fc, x, grad, amx=True)
+        assert all(codes == [0] for codes in returned.values()), returned  # (the kernels' results, no fallback's)
+    eager = fc1_gradients(fc, x, grad, amx=False)
 
     class Refusing:  # the kernels refused return -1 (AMX refused after all, or memory short)
         def __getattr__(self, name):
@@ -403,6 +427,20 @@ def test_where_an_amx_kernel_fails_fc1_takes_torch_s_operator_for_its_part(monke
     expected = [e if kernel in refused else a for kernel, a, e in zip(computed_by, amx, eager)]
     assert not same_bits(amx[2], eager[2])  # (the float32 sums against torch's bf16 ones: the test tells them apart)
     assert all(same_bits(got, want) for got, want in zip(fallen_back, expected))
+
+
+@needs_amx
+def test_the_amx_gradients_are_the_same_whatever_torch_s_default_dtype():
+    fc, x, grad = fc1_case(8, torch.Generator().manual_seed(6))
+    conv, x2, grad2 = conv2_case(3, torch.Generator().manual_seed(6))
+    results, default = [], torch.get_default_dtype()
+    for dtype in (torch.float32, torch.float64):  # (the kernels write float32 into the buffers they are given)
+        torch.set_default_dtype(dtype)
+        try:
+            results.append([*fc1_gradients(fc, x, grad, amx=True), *conv2_gradients(conv, x2, grad2, amx=True)])
+        finally:
+            torch.set_default_dtype(default)
+    assert all(same_bits(a, b) for a, b in zip(*results))
 
 
 def test_fc1_kernel_takes_only_what_it_computes():
@@ -526,6 +564,32 @@ def test_without_the_kernels_training_runs_the_eager_operators_and_says_why_in_t
     else:
         assert len(said) == 1 and expected[next(iter(env))] in said[0], run.stderr
     assert not list(tmp_path.rglob("*.so*"))  # no half-built file left behind
+
+
+def _runs_haswell_code() -> bool:
+    flags = kernels._cpu_flags().split()
+    return all(f in flags for f in ("avx2", "fma", "bmi2", "f16c", "movbe"))
+
+
+@needs_kernels
+@pytest.mark.skipif(not _runs_haswell_code(), reason="this CPU cannot run an AVX2 (-march=haswell) build")
+def test_the_avx2_build_of_the_kernels_is_bit_for_bit_too(tmp_path):
+    """A CPU without AVX-512 gets kernels.c's 256-bit code (VLEN 8, AVX2 intrinsics), which the tests' own build
+    (-march=native) does not compile here: built with -march=haswell in a process of its own, the pooling, conv1,
+    Philox and Adadelta tests run against it."""
+    (tmp_path / "haswell_build.py").write_text(
+        "from ignite_mnist import kernels\n"
+        "kernels.FLAGS = [f if f != '-march=native' else '-march=haswell' for f in kernels.FLAGS]\n")
+    tests = ROOT / "tests"
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "haswell_build",
+         str(tests / "test_kernels.py"), "-k", "(pool or conv1 or philox or adadelta) and not avx2_build"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(tests), str(ROOT)])})
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    summary = run.stdout.splitlines()[-1]
+    assert int(summary.split(" passed")[0].split()[-1]) >= 30, summary
+    assert "kernels built for another CPU than this one" in run.stdout  # (the Haswell flags were used)
 
 
 @needs_kernels
