@@ -20,6 +20,9 @@
 #include <stdint.h>
 #include <string.h>
 #include <math.h>
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>  /* (every use of an intrinsic below is under one of these) */
+#endif
 
 /* Channels a vector (callers check that C is a multiple of 16): 16 with AVX-512, else 8, 256-bit vectors; wider
  * vectors than the CPU's own are split by the compiler through memory, 4x slower on AVX2. */
@@ -40,7 +43,6 @@ typedef uint8_t vb __attribute__((vector_size(VLEN)));
  * lane for bytes (two dozen scalar moves a vector) and with a three-uop permute for 16-bit lanes: with AVX-512,
  * one vpmovzx or vpmov each; with AVX2, a vpmovzx, or a byte shuffle and an unpack. */
 #if VLEN == 16 && defined(__AVX512F__)
-#include <immintrin.h>
 static inline vi widen_bytes(vb b) { __m128i x; memcpy(&x, &b, 16); __m512i w = _mm512_cvtepu8_epi32(x); vi v;
                                      memcpy(&v, &w, 64); return v; }
 static inline vb narrow_to_bytes(vi v) { __m512i w; memcpy(&w, &v, 64); __m128i x = _mm512_cvtepi32_epi8(w); vb b;
@@ -50,7 +52,6 @@ static inline vu widen_halves(vh h) { __m256i x; memcpy(&x, &h, 32); __m512i w =
 static inline vh narrow_to_halves(vu v) { __m512i w; memcpy(&w, &v, 64); __m256i x = _mm512_cvtepi32_epi16(w); vh h;
                                           memcpy(&h, &x, 32); return h; }
 #elif VLEN == 8 && defined(__AVX2__)
-#include <immintrin.h>
 static inline vi widen_bytes(vb b) { __m128i x = _mm_loadl_epi64((const __m128i *)&b);
                                      __m256i w = _mm256_cvtepu8_epi32(x); vi v; memcpy(&v, &w, 32); return v; }
 static inline vb narrow_to_bytes(vi v) {  /* each lane's low byte, then the two 128-bit halves' four together */
@@ -128,7 +129,6 @@ static inline vi out_passes(vf out) { return ~(out <= 0.0f); }
         } \
     }
 #if VLEN == 16 && defined(__AVX2__)
-#include <immintrin.h>
 /* 16 rows of 16 bf16 transposed with one-uop shuffles: pairs of rows interleaved by 16, 32 and 64 bits within each
  * 128-bit half, then the halves exchanged (64 shuffles; GCC makes the generic one above of three-uop vpermt2w:
  * the pooling kernels 6-7% slower). */
@@ -165,7 +165,6 @@ DEFINE_TRANSPOSE(vu, transpose_f32)
 /* The first count (at most VLEN) values of a vector stored, or loaded into a zeroed vector: masked moves with
  * AVX-512, else one value at a time. */
 #if VLEN == 16 && defined(__AVX512BW__) && defined(__AVX512VL__)
-#include <immintrin.h>
 static inline void store_head_bf16(uint16_t *p, vh v, int count) {
     __m256i x; memcpy(&x, &v, sizeof x); _mm256_mask_storeu_epi16(p, (__mmask16)((1u << count) - 1), x); }
 static inline vh load_head_bf16(const uint16_t *p, int count) {
@@ -252,7 +251,6 @@ void adadelta(float *param, const float *grad, float *square_avg, float *acc_del
 typedef uint64_t v8q __attribute__((vector_size(64)));
 typedef uint32_t v8d __attribute__((vector_size(32)));
 #if defined(__AVX512F__)
-#include <immintrin.h>
 static inline v8q mul_low32(v8q a, uint32_t m) {  /* the 64-bit products of the lanes' low words (vpmuludq) */
     __m512i x, r;
     memcpy(&x, &a, sizeof x);
@@ -261,7 +259,6 @@ static inline v8q mul_low32(v8q a, uint32_t m) {  /* the 64-bit products of the 
     return a;
 }
 #elif defined(__AVX2__)
-#include <immintrin.h>
 static inline v8q mul_low32(v8q a, uint32_t m) {  /* the same in two halves (a generic multiply: 11x slower) */
     __m256i h[2];
     memcpy(h, &a, sizeof h);
@@ -509,9 +506,9 @@ static void conv2_image(const uint16_t *a, const uint16_t *b, float *acc, int fi
     }
 }
 
-/* Whether this process may use AMX's tiles: Linux gives them on request (arch_prctl ARCH_REQ_XCOMP_PERM for
- * XTILEDATA); an older kernel, or a VM without them, refuses. */
-int conv2_amx(void) {
+/* Whether this process may use AMX's tiles (conv2's and fc1's kernels): Linux gives them on request (arch_prctl
+ * ARCH_REQ_XCOMP_PERM for XTILEDATA); an older kernel, or a VM without them, refuses. */
+int amx_permitted(void) {
     return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 }
 
@@ -519,8 +516,8 @@ int conv2_amx(void) {
  * refused or memory short. */
 int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw, int64_t so, int64_t sc,
                      int64_t sh, int64_t sw, float *gb, int threads) {
-    if (n < 1 || threads < 1 || !conv2_amx())  /* (AMX granted once, a process's for good: asking again costs a
-                                                    * syscall, a microsecond) */
+    /* (AMX is granted once, a process's for good: asking again at each call costs a syscall, a microsecond) */
+    if (n < 1 || threads < 1 || !amx_permitted())
         return -1;
     int64_t chunks = (n + C2_CHUNK - 1) / C2_CHUNK;
     float *acc = aligned_alloc(64, (size_t)chunks * 72 * 1024), *bias_acc = aligned_alloc(64, (size_t)chunks * 256);
@@ -596,7 +593,7 @@ int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw
  * sum runs over the whole of k in one tile: the same bits for any number of threads. */
 int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const float *w, const uint16_t *b,
                     uint16_t *y, uint16_t *w_pairs, int threads) {
-    if (k % 32 || m % 32 || n < 1 || threads < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
+    if (k % 32 || m % 32 || n < 1 || threads < 1 || (uintptr_t)w_pairs % 64 || !amx_permitted())
         return -1;
     int64_t whole = n / 32 * 32, pairs = (n + 31) / 32, steps = k / 32;  /* images in whole tiles of 32; tiles */
     size_t tail_size = (size_t)(32 * k), bt_size = (size_t)(steps * 2 * 512);  /* (in bf16 values) */
@@ -661,7 +658,7 @@ int linear_fwd_bf16(const uint16_t *x, int64_t n, int64_t k, int64_t m, const fl
  * tile: the same bits for any number of threads. */
 int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const uint16_t *w_pairs, uint16_t *gx,
                       int threads) {
-    if (k % 32 || m % 32 || n < 1 || threads < 1 || (uintptr_t)w_pairs % 64 || !conv2_amx())
+    if (k % 32 || m % 32 || n < 1 || threads < 1 || (uintptr_t)w_pairs % 64 || !amx_permitted())
         return -1;
     int64_t pairs = (n + 31) / 32;  /* tiles of 32 images */
     uint16_t *a = aligned_alloc(64, (size_t)(pairs * 32 * m * 2));  /* gy, zero-padded to whole tiles */
@@ -702,7 +699,7 @@ int linear_dgrad_bf16(const uint16_t *gy, int64_t n, int64_t k, int64_t m, const
  * each: the same bits for any number of threads. */
 int linear_wgrad_bf16(const uint16_t *x, const uint16_t *gy, int64_t n, int64_t k, int64_t m, float *gw, float *gb,
                       int threads) {
-    if (k % 32 || m % 32 || n < 1 || threads < 1 || !conv2_amx())
+    if (k % 32 || m % 32 || n < 1 || threads < 1 || !amx_permitted())
         return -1;
     int64_t tiles = (n + 31) / 32;  /* of 32 images */
     uint16_t *a = aligned_alloc(64, (size_t)(m * tiles * 32 * 2));  /* [m block][image tile][16 m][32 images] */
@@ -759,7 +756,7 @@ int linear_wgrad_bf16(const uint16_t *x, const uint16_t *gy, int64_t n, int64_t 
     return failed ? -1 : 0;
 }
 #else
-int conv2_amx(void) { return 0; }
+int amx_permitted(void) { return 0; }
 int conv2_wgrad_bf16(const uint16_t *x, const uint16_t *go, int64_t n, float *gw, int64_t so, int64_t sc,
                      int64_t sh, int64_t sw, float *gb, int threads) {
     (void)x; (void)go; (void)n; (void)gw; (void)so; (void)sc; (void)sh; (void)sw; (void)gb; (void)threads;

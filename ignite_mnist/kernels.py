@@ -122,7 +122,7 @@ def _open(path: Path):
         lib.adadelta.argtypes = [p, p, p, p, i64, f32, f32, f32, f32, i32]
         lib.philox_bytes.argtypes = [p, i64, ctypes.c_uint32, ctypes.c_uint32, i32]
         lib.philox_vectorized.argtypes = []
-        lib.conv2_amx.argtypes = []
+        lib.amx_permitted.argtypes = []
         lib.conv2_wgrad_bf16.argtypes = [p, p, i64, p, i64, i64, i64, i64, p, i32]
         lib.linear_wgrad_bf16.argtypes = [p, p, i64, i64, i64, p, p, i32]
         lib.linear_fwd_bf16.argtypes = [p, i64, i64, i64, p, p, p, p, i32]
@@ -327,13 +327,13 @@ def conv2_fits(x: torch.Tensor, conv: torch.nn.Conv2d) -> bool:
 
 
 def _amx() -> bool:
-    """Whether kernels.c has conv2_wgrad_bf16 on AMX here: built for a CPU with AMX, and Linux lets this process
-    use its tiles (asked once for each library loaded)."""
+    """Whether kernels.c's AMX kernels (conv2's and fc1's) run here: built for a CPU with AMX, and Linux lets this
+    process use its tiles (asked once for each library loaded)."""
     lib = library()
     if lib is None:
         return False
     if _library not in _amx_ready:
-        _amx_ready[_library] = bool(lib.conv2_amx())
+        _amx_ready[_library] = bool(lib.amx_permitted())
     return _amx_ready[_library]
 
 
