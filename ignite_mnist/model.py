@@ -75,7 +75,7 @@ class PlainLayout(torch.autograd.Function):
     fc1 reads the pooled activations in the plain layout, so they must change layout once. Changed by
     `flatten`'s copy, the gradient comes back through that copy's backward (a view) in the plain layout, and
     the ReLU and dropout backwards then mix it with their channels_last tensors, 4-6x slower than on one
-    layout: 7% of the bf16 step on an AMX CPU (README, Speed)."""
+    layout: 7% of the bf16 step on an AMX CPU (docs/speed-log.md)."""
 
     @staticmethod
     def forward(ctx, x):

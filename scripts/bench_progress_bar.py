@@ -5,7 +5,7 @@ does nothing, so that only the bar's Python is timed; the bar draws to /dev/null
     .venv/bin/python scripts/bench_progress_bar.py [--iterations 938] [--epochs 20]
 
 Prints microseconds per iteration for each, alternating, medians of the rounds; the last line is JSON.
-A step of `train` takes about 3 ms on an H200 and 14-25 ms on a 2-core CPU (README, Speed).
+A step of `train` takes about 3 ms on an H200 and 6-25 ms on a 2-core CPU, by CPU kind (README, Speed).
 """
 
 import argparse

@@ -143,7 +143,7 @@ print(kept == [True], sorted(b - a for a, b in zip(steady, steady[1:]))[(len(ste
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_training_steps_reuse_the_memory_freed_by_the_step_before(tmp_path):
     # `ignite-mnist train` on the bundled sample, its own steps counted: a page fault per fresh page made a
-    # one-epoch train 1.4x as long on an AMX VM (README, Speed: Levers)
+    # one-epoch train 1.4x as long on an AMX VM (README, Speed; docs/speed-log.md: 0.72x with it)
     run = subprocess.run([sys.executable, "-c", COUNTED_TRAINING, "-e", "exp", "--experiments-path", tmp_path],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
