@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from ignite.handlers import Checkpoint
 
-from ignite_mnist.errors import UserError
+from ignite_mnist.errors import UserError, error_text
 
 FILENAME_PATTERN = "{name}_{global_step}.{ext}"  # checkpoint_<epoch>.pt: Experiment.checkpoints() reads these
 
@@ -45,6 +45,21 @@ class RNGStates:
         torch.set_rng_state(state["torch"].cpu())
         if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class Owner:
+    """The experiment a checkpoint belongs to ({"name", "created"}, as its experiment.json says), saved in each
+    checkpoint: one copied in from another experiment is refused (check_checkpoint), not read as this one's.
+    Never restored: there is nothing to restore."""
+
+    def __init__(self, owner: dict):
+        self.owner = dict(owner)
+
+    def state_dict(self) -> dict:
+        return dict(self.owner)
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 class History:
@@ -85,8 +100,7 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
         check_crcs(path, tensors=not mmap)
         loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({reason[:200]})"
+        raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({error_text(e)})"
                         + (": move it away to go back to the one before" if what == "checkpoint" else "")) from None
     if not isinstance(loaded, dict):
         raise UserError(f"{what} {path} is not an ignite-mnist {what} (it holds a {type(loaded).__name__})")
@@ -115,23 +129,56 @@ def check_crcs(path, tensors: bool = True) -> None:
                         pass
 
 
-def history_of(checkpoints: dict) -> dict:
-    """History's state as the last of `checkpoints` ({epoch: path}) saved it.
+def saved_epoch(checkpoint: dict):
+    """The epoch a checkpoint was saved at, as its trainer state says (None where it says none)."""
+    trainer = checkpoint.get("trainer")
+    try:
+        if "iteration" in trainer:  # what Engine.state_dict() saves, with epoch_length
+            return trainer["iteration"] // trainer["epoch_length"]
+        return int(trainer["epoch"])
+    except (TypeError, KeyError, ValueError, ZeroDivisionError):
+        return None
+
+
+def check_checkpoint(path, checkpoint: dict, epoch: int, owner: dict) -> None:
+    """The checkpoint read from `path` is what its name and folder say: epoch `epoch` of the experiment `owner`
+    (Owner's state). Else a one-line error: a checkpoint renamed, or copied from another experiment, would be
+    tested, exported or resumed as another epoch's. Checkpoints saved before Owner was are checked by epoch only."""
+    held = saved_epoch(checkpoint)
+    if held is None:
+        raise UserError(f"checkpoint {path} lacks the trainer's state (its epoch): it is not an ignite-mnist "
+                        "checkpoint of this experiment")
+    if held != epoch:
+        raise UserError(f"checkpoint {path} holds epoch {held}, not {epoch}: move it away")
+    saved = checkpoint.get("owner")
+    if saved is not None and saved != owner:
+        other = saved.get("name") if isinstance(saved, dict) else None
+        raise UserError(f"checkpoint {path} belongs to another experiment ({other!r}, created "
+                        f"{saved.get('created') if isinstance(saved, dict) else None}), not to {owner['name']!r} "
+                        f"(created {owner['created']}): move it away")
+
+
+def history_of(checkpoints: dict, owner: dict) -> dict:
+    """History's state as the last of `checkpoints` ({epoch: path}) of the experiment `owner` saved it.
 
     Checkpoints of ignite-mnist 0.1 hold only their own epoch's "metrics": the history is gathered from all.
     """
     if not checkpoints:
         return History().state_dict()
     last = read_checkpoint(checkpoints[max(checkpoints)], "cpu", mmap=True)
+    check_checkpoint(checkpoints[max(checkpoints)], last, max(checkpoints), owner)
     if isinstance(last.get("history"), dict):
         return last["history"]
     epochs = [read_checkpoint(path, "cpu", mmap=True).get("metrics") for path in checkpoints.values()]
     return {"epochs": [e for e in epochs if isinstance(e, dict)], "stopped_early": None}
 
 
-def load_checkpoint(path, to_load: dict, device) -> None:
-    """Restore the objects of `to_load` from a checkpoint file, or name the file in a one-line error."""
-    restore(path, read_checkpoint(path, device), to_load)
+def load_checkpoint(path, to_load: dict, device, epoch: int, owner: dict) -> None:
+    """Restore the objects of `to_load` from the checkpoint file of `epoch` of the experiment `owner`, or name the
+    file in a one-line error."""
+    checkpoint = read_checkpoint(path, device)
+    check_checkpoint(path, checkpoint, epoch, owner)
+    restore(path, checkpoint, to_load)
 
 
 def restore(path, checkpoint: dict, to_load: dict) -> None:
@@ -143,8 +190,7 @@ def restore(path, checkpoint: dict, to_load: dict) -> None:
     try:
         Checkpoint.load_objects(to_load, {key: checkpoint[key] for key in to_load})
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"checkpoint {path} does not fit this experiment ({reason[:200]})") from None
+        raise UserError(f"checkpoint {path} does not fit this experiment ({error_text(e, 300, whole=True)})") from None
 
 
 def epoch_metrics(checkpoint: dict) -> dict:

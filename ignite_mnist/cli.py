@@ -34,6 +34,7 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: it wraps at any width, where rich's tables cut option names off
     context_settings={"help_option_names": ["-h", "--help"]},
     help="Train and manage MNIST digit classifiers as experiments, on PyTorch-Ignite.",
 )
@@ -87,9 +88,11 @@ def _takes_no_experiment(ctx: typer.Context, command: str, why: str) -> None:
 @app.command()
 def init(
     ctx: typer.Context,
-    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config-path", help="The experiment's config (JSON)."),
+    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config-path", help="The experiment's config (JSON).",
+                                     show_default="the package's config.default.json"),
     config_schema_path: Path = typer.Option(DEFAULT_SCHEMA, "--config-schema-path", "--config-schema-file",
-                                            help="JSON schema the config must satisfy."),
+                                            help="JSON schema the config must satisfy.",
+                                            show_default="the package's config.schema.json"),
     seed: int = typer.Option(0, help="Seed of the split, the initial weights and the batch order."),
     overrides: Optional[List[str]] = typer.Option(
         None, "--set", metavar="KEY=VALUE",
@@ -275,7 +278,9 @@ def info(
         scores = "".join(f", {name} accuracy {e[name + '_accuracy']:.2f}%"
                          + (f" loss {e[name + '_loss']:.4f}" if name + "_loss" in e else "")
                          for name in ("validation", "test") if name + "_accuracy" in e)
-        where = e["checkpoint"] or "checkpoint removed by retention"
+        retention = experiment.config["training"]["keep_checkpoints"]
+        where = e["checkpoint"] or ("checkpoint removed by retention" if retention
+                                    else "checkpoint missing (retention is off: it was deleted or moved away)")
         print(f"  epoch {e['epoch']}{' (best)' * (e['epoch'] == best)}: {where}"
               + (f" ({e['error']})" if "error" in e else scores))
     if history["stopped_early"]:
@@ -339,7 +344,8 @@ def sweep(
     max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Epochs each trial trains (at most)."),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL (postgresql://...) or a journal "
                                           "file on a shared folder (default: sqlite EXPERIMENTS/NAME.sweep.db)."),
-    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config-path", help="The config the trials start from."),
+    config_path: Path = typer.Option(DEFAULT_CONFIG, "--config-path", help="The config the trials start from.",
+                                     show_default="the package's config.default.json"),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto."),
     seed: int = typer.Option(0, help="Every trial's experiment seed."),
     pruner: Pruner = typer.Option(Pruner.median, help="Optuna's median pruner on validation accuracy, or none."),

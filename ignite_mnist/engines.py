@@ -23,10 +23,10 @@ from ignite.utils import manual_seed
 
 from ignite_mnist import data, kernels, release, summaries
 from ignite_mnist.analysis import WorstClassified
-from ignite_mnist.checkpoints import (FILENAME_PATTERN, History, RNGStates, history_of, load_checkpoint,
-                                      read_checkpoint, restore)
+from ignite_mnist.checkpoints import (FILENAME_PATTERN, History, Owner, RNGStates, check_checkpoint, history_of,
+                                      load_checkpoint, read_checkpoint, restore)
 from ignite_mnist.device import prepare_cpu_for_training, prepare_cuda_for_training, resolve_device, use_bf16
-from ignite_mnist.errors import UserError
+from ignite_mnist.errors import UserError, error_text
 from ignite_mnist.experiment import Experiment, log, setup_logging
 from ignite_mnist.model import Net
 
@@ -69,9 +69,6 @@ def compile_optimizer_step(optimizer) -> None:
     each epoch's new value would be compiled anew. Inductor builds its code with a C++ compiler, checked first."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    def first_line(e):
-        return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
@@ -80,7 +77,7 @@ def compile_optimizer_step(optimizer) -> None:
         pass
     except Exception as e:
         raise UserError(f"training.compile_optimizer needs a C++ compiler for torch.compile, and none was found "
-                        f"({first_line(e)}): install g++, or set it false") from None
+                        f"({error_text(e)}): install g++, or set it false") from None
     for group in optimizer.param_groups:  # float64: the values StepLR computes as floats, to the last digit
         group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64)
     torch.compiler.reset()  # one run at a time in a process (a sweep's trials): past runs' steps would count
@@ -92,7 +89,7 @@ def compile_optimizer_step(optimizer) -> None:
             return compiled(*args, **kwargs)
         except BackendCompilerFailed as e:  # compiled at the first step (inductor's InductorError is one)
             raise UserError(f"training.compile_optimizer: torch.compile could not compile Adadelta's step "
-                            f"({first_line(e)}): set it false") from None
+                            f"({error_text(e)}): set it false") from None
 
     optimizer.step = step
 
@@ -367,7 +364,7 @@ def _training(local_rank: int, job: dict) -> None:
                   for name in ("validation", "test") if len(sets[name])}
     history = History()
     to_save = {"model": net, "optimizer": optimizer, "lr_scheduler": lr_scheduler, "trainer": trainer,
-               "rng": RNGStates(), "history": history}
+               "rng": RNGStates(), "history": history, "owner": Owner(experiment.owner)}
     if cfg["early_stopping"]:
         to_save["early_stopping"] = EarlyStopping(
             patience=cfg["early_stopping"]["patience"], threshold=cfg["early_stopping"]["min_delta"], trainer=trainer,
@@ -382,11 +379,10 @@ def _training(local_rank: int, job: dict) -> None:
     if checkpoints:  # resume, before any handler writes anything
         last = max(checkpoints)
         checkpoint = read_checkpoint(checkpoints[last], device)
+        check_checkpoint(checkpoints[last], checkpoint, last, experiment.owner)
         if "history" not in checkpoint:  # ignite-mnist 0.1: each checkpoint held only its own epoch's metrics
-            checkpoint["history"] = history_of(checkpoints)
-        restore(checkpoints[last], checkpoint, to_save)
-        if trainer.state.epoch != last:
-            raise UserError(f"checkpoint {checkpoints[last]} holds epoch {trainer.state.epoch}, not {last}: move it away")
+            checkpoint["history"] = history_of(checkpoints, experiment.owner)
+        restore(checkpoints[last], checkpoint, {k: v for k, v in to_save.items() if k != "owner"})  # (Owner: checked)
         trainer.state.epoch_length, trainer.state.iteration = len(batches), last * len(batches)  # any world size
         if rank == 0:  # what a kill between the checkpoint and publish_history left undone
             publish(experiment, history, last)
@@ -423,7 +419,7 @@ def evaluate_checkpoint(experiment: Experiment, data_path, epoch: int, device_na
     path = experiment.checkpoint(epoch)
     device = resolve_device(device_name)
     model = Net().to(device, memory_format=torch.channels_last)
-    load_checkpoint(path, {"model": model}, device)
+    load_checkpoint(path, {"model": model}, device, epoch, experiment.owner)
     dataset = experiment.config["data"]["dataset"]
     test_set = data.tensor_sets(dataset, data_path, {}, device)["test"]
     if not len(test_set):

@@ -11,3 +11,13 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 2):
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def error_text(error: BaseException, limit: int = 200, whole: bool = False) -> str:
+    """An exception's message for a one-line UserError: its first line (libraries put their details, often a
+    traceback of their own, on the next ones), or with whole=True all its lines joined (torch's load_state_dict
+    says "Error(s) in loading state_dict for Net:" on the first and what does not fit on the next); its type's
+    name where it has no message."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    text = " ".join(lines) if whole else lines[0]
+    return text if len(text) <= limit else text[:limit - 4].rstrip() + " ..."

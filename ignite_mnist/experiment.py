@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ignite_mnist.errors import UserError
+from ignite_mnist.errors import UserError, error_text
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "config.default.json"
@@ -76,7 +76,8 @@ def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES, allow_nan:
     try:
         return json.loads(text, parse_constant=None if allow_nan else _not_json)
     except json.JSONDecodeError as e:
-        raise UserError(f"{what} {path} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+        message = e.msg.removesuffix(" at")  # ("Invalid control character at": json's own "at" before the place)
+        raise UserError(f"{what} {path} is not valid JSON: {message} at line {e.lineno} column {e.colno}") from None
     except ValueError as e:  # NaN, Infinity
         raise UserError(f"{what} {path} is not valid JSON: {e}") from None
     except RecursionError:
@@ -105,8 +106,7 @@ def schema_violations(config, schema, schema_path: Path) -> list:
     try:  # check_schema does not follow $ref: one that leads nowhere, or only to itself, fails here
         errors = sorted(validator_class(schema).iter_errors(config), key=lambda e: (e.json_path, e.message))
     except (Unresolvable, RecursionError) as e:
-        reason = "a $ref leads back to itself" if isinstance(e, RecursionError) else \
-            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = "a $ref leads back to itself" if isinstance(e, RecursionError) else error_text(e)
         raise UserError(f"config schema {schema_path} is not a usable JSON schema ({reason})") from None
     return [line for e in errors for line in _violation_lines(e)]
 
@@ -277,6 +277,7 @@ class Experiment:
     name = property(lambda self: self.root.name)
     config = property(lambda self: self.meta["config"])
     seed = property(lambda self: self.meta["seed"])
+    owner = property(lambda self: {"name": self.name, "created": self.meta.get("created")})  # in each checkpoint
     meta_file = property(lambda self: self.root / "experiment.json")
     split_file = property(lambda self: self.root / "split.json")
     log_file = property(lambda self: self.root / "verbose.log")
@@ -312,6 +313,7 @@ class Experiment:
 
     def checkpoints(self) -> dict:
         """{epoch: path} of the complete checkpoints, by epoch (temporary files of a killed save are not)."""
+        self.check_folders(self.checkpoints_dir)  # a file in its place is named, not taken for "none yet"
         if not self.checkpoints_dir.is_dir():
             return {}
         found = ((_CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints_dir.iterdir())
@@ -364,7 +366,7 @@ class Experiment:
             pass
         from ignite_mnist.checkpoints import history_of
 
-        return history_of(checkpoints)
+        return history_of(checkpoints, self.owner)
 
     def _is_history(self, history, last: int) -> bool:
         """Whether metrics.json's content has the shape History.state_dict() gives it, up to epoch `last`

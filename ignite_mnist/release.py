@@ -13,6 +13,7 @@ equal the checkpoint's. open_release() loads any of the three, for `predict` and
 
 import contextlib
 import datetime
+import hashlib
 import io
 import json
 import math
@@ -29,14 +30,15 @@ import torch
 from torch import nn
 
 from ignite_mnist import data
-from ignite_mnist.checkpoints import check_crcs, epoch_metrics, read_checkpoint
-from ignite_mnist.errors import UserError
+from ignite_mnist.checkpoints import check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
+from ignite_mnist.errors import UserError, error_text
 from ignite_mnist.experiment import Experiment, log, package_versions
 from ignite_mnist.model import Net
 
 FORMAT = "ignite-mnist-release/1"
 SUFFIXES = {"pt": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
 METADATA_KEY = "ignite-mnist"  # ONNX metadata_props key; the pt2 program's extra file is METADATA_KEY + ".json"
+DIGEST_KEY = METADATA_KEY + ".sha256"  # ONNX metadata_props key: the file's SHA-256 (see onnx_digest_slot)
 POLARITY = "light strokes on a dark background, as MNIST"
 VERIFY_BATCH = 256
 
@@ -61,11 +63,13 @@ def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", d
     path = experiment.checkpoint(epoch)
     epoch = epoch if epoch is not None else max(experiment.checkpoints())
     checkpoint = read_checkpoint(path, "cpu")
+    check_checkpoint(path, checkpoint, epoch, experiment.owner)
     model = Net()
     try:
         model.load_state_dict(checkpoint["model"])
     except (KeyError, TypeError, RuntimeError) as e:
-        raise UserError(f"checkpoint {path} holds no model of this architecture ({str(e).splitlines()[0]})") from None
+        raise UserError(f"checkpoint {path} holds no model of this architecture "
+                        f"({error_text(e, 300, whole=True)})") from None
     if not all(torch.isfinite(p).all() for p in model.state_dict().values()):
         raise UserError(f"the weights of epoch {epoch} are not all finite (NaN or infinite: the training diverged); "
                         "export an earlier epoch, or train again with a smaller training.lr")
@@ -186,6 +190,7 @@ def _write_pt2(release: dict, model: Net, path: Path) -> None:
 
 def _write_onnx(release: dict, model: Net, path: Path) -> None:
     meta = exported_metadata(release, "onnx")
+    meta["digest"] = f"the file's SHA-256, its own 64 hex digits read as 0, in metadata_props {DIGEST_KEY!r}"
     with contextlib.redirect_stdout(io.StringIO()):  # torch.onnx prints its progress
         program = torch.onnx.export(_graph(release, model), (_example_batch(),), dynamo=True,
                                     input_names=["x"], output_names=["log_probabilities"],
@@ -196,10 +201,36 @@ def _write_onnx(release: dict, model: Net, path: Path) -> None:
         "normalization": json.dumps({"mean": meta["input"]["mean"], "std": meta["input"]["std"]}),
         "input": "float32 N x 1 x 28 x 28, pixels in [0, 1], " + POLARITY,
     })
+    program.model.metadata_props[DIGEST_KEY] = "0" * 64  # filled in below, once the file's bytes are known
     program.model.doc_string = f"ignite-mnist release: {release['architecture']}, trained on {release['dataset']}"
     program.save(str(path), external_data=False)  # one file: the weights inside, no .data file beside it
     with open(path, "rb+") as f:
+        content = f.read()
+        slot = onnx_digest_slot(content)
+        if slot is None:
+            raise UserError(f"the onnx export of epoch {release['epoch']} has no place for its SHA-256: "
+                            "nothing was written")
+        f.seek(slot)
+        f.write(onnx_digest(content, slot).encode())
+        f.flush()
         os.fsync(f.fileno())
+
+
+# ONNX files carry no checksum, and onnxruntime runs flipped weights as any others: the file's SHA-256 is kept in
+# its metadata_props, computed with its own 64 hex digits read as zeros, and checked by every load.
+def onnx_digest_slot(content: bytes):
+    """Where the 64 hex digits of DIGEST_KEY's value lie in an ONNX file's bytes (protobuf: the entry's key, field
+    1, then its value, field 2, of length 64); None if it has none, or more than one."""
+    key = DIGEST_KEY.encode()
+    marker = b"\x0a" + bytes([len(key)]) + key + b"\x12\x40"
+    at = content.find(marker)
+    if at < 0 or content.find(marker, at + 1) >= 0:
+        return None
+    return at + len(marker)
+
+
+def onnx_digest(content: bytes, slot: int) -> str:
+    return hashlib.sha256(content[:slot] + b"0" * 64 + content[slot + 64:]).hexdigest()
 
 
 _WRITERS = {"pt": _write_pt, "pt2": _write_pt2, "onnx": _write_onnx}
@@ -337,7 +368,8 @@ def _open_pt(path: Path) -> LoadedRelease:
         spec = release["input"]
         graph = Normalized(model, spec["mean"], spec["std"]).eval()  # x = digits / spec["scale"] (255)
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"release {path} holds no model of this architecture ({str(e).splitlines()[0]})") from None
+        raise UserError(f"release {path} holds no model of this architecture "
+                        f"({error_text(e, 300, whole=True)})") from None
     meta = {k: v for k, v in release.items() if k != "model"}
     meta["file_format"] = "pt"
     return LoadedRelease(path, "pt", meta, graph)
@@ -403,8 +435,7 @@ def _open_pt2(path: Path) -> LoadedRelease:
     try:
         module = torch.export.load(path, extra_files=extra).module()
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason[:200]})") from None
+        raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({error_text(e)})") from None
     return LoadedRelease(path, "pt2", _metadata(path, extra[METADATA_KEY + ".json"], "pt2"), module)
 
 
@@ -417,12 +448,19 @@ def _open_onnx(path: Path) -> LoadedRelease:
     options.log_severity_level = 3  # errors only
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
     try:
-        session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        meta = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        with open(path, "rb") as f:  # (read once: the bytes checked are the bytes run)
+            content = f.read()
+        session = onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
+        properties = session.get_modelmeta().custom_metadata_map
+        meta = properties.get(METADATA_KEY)
     except Exception as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({reason[:200]})") from None
+        raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({error_text(e)})") from None
     meta = _metadata(path, meta, "onnx")
+    slot = onnx_digest_slot(content)
+    if slot is not None or DIGEST_KEY in properties or meta.get("digest"):  # (releases before it: none of these)
+        if slot is None or content[slot:slot + 64].decode("latin-1") != onnx_digest(content, slot):
+            raise UserError(f"release {path} is corrupt: its bytes do not have the SHA-256 it was written with "
+                            f"(metadata {DIGEST_KEY!r}); export it again")
     input_name = session.get_inputs()[0].name
 
     def forward(x: torch.Tensor) -> torch.Tensor:

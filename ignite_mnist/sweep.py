@@ -15,7 +15,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ignite_mnist.errors import UserError
+from ignite_mnist.errors import UserError, error_text
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, MAX_CONFIG_BYTES, Experiment,
                                      apply_overrides, best_first, check_config_key, check_seed, init_experiment,
                                      load_config, log, read_json, schema_violations, setup_logging, validate_config,
@@ -138,8 +138,7 @@ def open_storage(url: str, experiments_path: Path, attempts: int = 5):
             if attempt + 1 < attempts and ("IntegrityError" in str(e) or "already exists" in str(e)):
                 time.sleep(0.2 * (attempt + 1))
                 continue
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"cannot open the sweep storage {url}: {reason[:200]}") from None
+            raise UserError(f"cannot open the sweep storage {url}: {error_text(e)}") from None
 
 
 def check_journal(path: Path) -> None:
@@ -169,21 +168,28 @@ def check_sqlite(path: Path) -> None:
     """An existing SQLite --storage file must hold Optuna's tables: Optuna would add them to any database."""
     if path.exists() and not path.is_file():  # a FIFO or a device: reading it would wait forever
         raise UserError(f"the sweep storage {path} is not a regular file: name a new file, or the sweep's")
-    if path.is_file() and path.stat().st_size and not holds_optuna_tables(path):
-        raise UserError(f"the sweep storage {path} is an SQLite file without Optuna's tables (or not SQLite); "
+    tables = sqlite_tables(path) if path.is_file() and path.stat().st_size else "optuna"
+    if tables == "other":
+        raise UserError(f"the sweep storage {path} is an SQLite file without Optuna's tables; "
+                        "it is left as it is: name a new file, or the database of the sweep")
+    if tables != "optuna":
+        raise UserError(f"the sweep storage {path} is damaged or not an SQLite database ({tables[:200]}); "
                         "it is left as it is: name a new file, or the database of the sweep")
 
 
-def holds_optuna_tables(path: Path) -> bool:
-    """Whether an SQLite file holds Optuna's tables; read-only, so that --status never adds them to a database
-    of something else."""
+def sqlite_tables(path: Path) -> str:
+    """"optuna" if the SQLite file holds Optuna's tables, "other" if it is a sound SQLite database without
+    them, else why it cannot be read as one (damaged, truncated, or not SQLite). Read-only, so that --status
+    never adds Optuna's tables to a database of something else."""
     import sqlite3
 
     try:
         with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
-            return db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone() is not None
-    except sqlite3.Error:
-        return False
+            found = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone()
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+        return check if check != "ok" else "optuna" if found else "other"
+    except sqlite3.Error as e:
+        return str(e) or type(e).__name__
 
 
 def _pid_alive(pid: int) -> bool:
@@ -381,9 +387,13 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if database is not None and not database.is_file():
         raise UserError(f"no sweep {name!r}: {database} does not exist (run `sweep` first, "
                         "or pass the --storage it used)")
-    if database is not None and not holds_optuna_tables(database):
+    tables = sqlite_tables(database) if database is not None else "optuna"
+    if tables == "other":
         raise UserError(f"no sweep {name!r}: {database} holds no Optuna study (run `sweep` "
                         "first, or pass the --storage it used)")
+    if tables != "optuna":
+        raise UserError(f"the sweep storage {database} is damaged or not an SQLite database ({tables[:200]}); it is "
+                        "left as it is: restore it from a backup, or start the sweep anew under another --name")
     if "://" not in url and not Path(url).exists():
         raise UserError(f"no sweep {name!r}: the journal file {url} does not exist")
     try:

@@ -17,7 +17,7 @@ import time
 
 import numpy  # noqa: F401  (before torch: see ignite_mnist/lazy_imports.py)
 import torch
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 from ignite.handlers import ProgressBar
 
 from ignite_mnist.engines import attach_progress_bar

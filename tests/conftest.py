@@ -165,14 +165,15 @@ def wait_for(condition, timeout=60.0, interval=0.01):
 
 
 def assert_same(a, b, path="checkpoint"):
-    """Equal tensors (bitwise), equal plain data; timings and the run's target (max_epochs) excepted."""
+    """Equal tensors (bitwise), equal plain data; timings, the run's target (max_epochs) and the experiment that
+    saved it (owner: the runs compared are two experiments) excepted."""
     if path.endswith(".trainer"):
         a, b = ({k: v for k, v in x.items() if k != "max_epochs"} for x in (a, b))
     if isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
     elif isinstance(a, dict):
-        keys = {k for k in a if not str(k).endswith("_seconds")}
-        assert keys == {k for k in b if not str(k).endswith("_seconds")}, path
+        keys = {k for k in a if not str(k).endswith("_seconds") and k != "owner"}
+        assert keys == {k for k in b if not str(k).endswith("_seconds") and k != "owner"}, path
         for k in keys:
             assert_same(a[k], b[k], f"{path}.{k}")
     elif isinstance(a, (list, tuple)):

@@ -1,6 +1,7 @@
 """Every bad input: one clear line, a non-zero exit (2 for usage and input errors), no traceback, and
 nothing that existed before is changed (verbose.log only grows: the refusal is logged)."""
 
+import json
 import os
 import re
 import resource
@@ -68,7 +69,7 @@ def test_commands_that_take_no_experiment_refuse_one_rather_than_ignore_it(copy,
 @pytest.mark.parametrize("value", ["nan", "-1", "10001", "inf"])
 def test_serve_max_wait_ms_out_of_range_is_named(copy, capsys, value):
     assert_refused(capsys, copy, ["serve", "--release", "experiments/exp/releases/release_epoch_2.pt",
-                                  "--max-wait-ms", value], 2, f"--max-wait-ms takes milliseconds from 0 to 10000, not")
+                                  "--max-wait-ms", value], 2, "--max-wait-ms takes milliseconds from 0 to 10000, not")
 
 
 def test_verbose_adds_the_traceback_before_the_error_line(copy, capsys):
@@ -173,6 +174,60 @@ def test_a_corrupt_checkpoint_is_named_and_training_does_not_start_over(copy, ca
     if corruption in ("truncated", "random bytes", "empty"):  # not torch's advice to load it unsafely
         assert "(not a zip archive, as torch.save writes)" in line and "weights_only" not in line
     assert not (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_3.pt").exists()
+
+
+def _owned_by_another_experiment(path):
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["owner"] = {"name": "other", "created": "2026-01-01T00:00:00+00:00"}
+    torch.save(checkpoint, path)
+
+
+@pytest.mark.parametrize("command", [["train", "--max-epochs", "3", "--device", "cpu"], ["test", "--epoch", "2"],
+                                     ["export-release", "--epoch", "2"], ["info"]])
+@pytest.mark.parametrize("case", ["renamed", "another experiment's"])
+def test_a_checkpoint_that_is_not_what_its_name_says_is_refused(copy, capsys, tiny_data, command, case):
+    """Epoch 1's checkpoint renamed to epoch 2's, or epoch 2's copied in from another experiment: tested,
+    exported, resumed or listed as this experiment's epoch 2, it would report another model's figures."""
+    checkpoints = copy / "experiments" / "exp" / "checkpoints"
+    if case == "renamed":
+        shutil.copy(checkpoints / "checkpoint_1.pt", checkpoints / "checkpoint_2.pt")
+        message = f"checkpoint {checkpoints / 'checkpoint_2.pt'} holds epoch 1, not 2: move it away"
+    else:
+        _owned_by_another_experiment(checkpoints / "checkpoint_2.pt")
+        message = (f"checkpoint {checkpoints / 'checkpoint_2.pt'} belongs to another experiment ('other', created "
+                   "2026-01-01T00:00:00+00:00), not to 'exp' (created ")
+    if command == ["info"]:  # info reads metrics.json; without it, the last checkpoint's history
+        (copy / "experiments" / "exp" / "metrics.json").unlink()
+    assert_refused(capsys, copy, [*g(copy, data=tiny_data), *command], 2, message)
+
+
+def test_a_checkpoint_saved_before_checkpoints_named_their_experiment_is_read(copy, capsys, tiny_data):
+    path = copy / "experiments" / "exp" / "checkpoints" / "checkpoint_2.pt"
+    checkpoint = torch.load(path, weights_only=True)
+    del checkpoint["owner"]
+    torch.save(checkpoint, path)
+    code, out, err = invoke(capsys, *g(copy, data=tiny_data), "test", "--epoch", "2", "--json")
+    assert code == 0 and json.loads(out)["epoch"] == 2, err
+    code, _, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu")
+    assert code == 0, err
+    assert torch.load(path.with_name("checkpoint_3.pt"), weights_only=True)["owner"]["name"] == "exp"
+
+
+def test_a_file_in_place_of_the_checkpoints_folder_is_named(copy, capsys, tiny_data):
+    folder = copy / "experiments" / "exp" / "checkpoints"
+    shutil.rmtree(folder)
+    folder.write_text("not a folder")
+    for command in (["test", "--epoch", "1"], ["info"], ["export-release"]):
+        assert_refused(capsys, copy, [*g(copy, data=tiny_data), *command], 2,
+                       f"{folder} is not a folder: the experiment keeps its checkpoints there; move it away")
+
+
+def test_info_tells_a_checkpoint_deleted_by_hand_from_one_removed_by_retention(copy, capsys):
+    (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_1.pt").unlink()
+    code, out, err = invoke(capsys, *g(copy), "info")
+    assert code == 0, err
+    assert "epoch 1: checkpoint missing (retention is off: it was deleted or moved away)" in out
+    assert "removed by retention" not in out
 
 
 def test_info_reports_a_corrupt_checkpoint_and_goes_on(copy, capsys):

@@ -67,6 +67,7 @@ def test_every_violation_is_listed(workdir, tiny_data, capsys):
 @pytest.mark.parametrize("text, expected", [
     ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
     ("", "is not valid JSON"),
+    ('{"a": "one\ntwo"}', "is not valid JSON: Invalid control character at line 1 column 11"),  # (not "at at")
     ("[1, 2]", "is not of type 'object'"),
 ])
 def test_malformed_json(workdir, tiny_data, capsys, text, expected):

@@ -37,6 +37,17 @@ def refused(capsys, folder: Path, args, message: str) -> str:
     return lines[-1]
 
 
+def restamp_onnx(path: Path) -> Path:
+    """Write an ONNX release's SHA-256 anew, as the export does: a release edited after its export (NaN weights,
+    bad metadata) then passes the digest check, so that the checks behind it are tested."""
+    from ignite_mnist.release import onnx_digest, onnx_digest_slot
+
+    content = path.read_bytes()
+    slot = onnx_digest_slot(content)
+    path.write_bytes(content[:slot] + onnx_digest(content, slot).encode() + content[slot + 64:])
+    return path
+
+
 def rewrite_pt(source: Path, target: Path, change) -> Path:
     release = torch.load(source, weights_only=True)
     change(release)
@@ -65,14 +76,45 @@ def test_a_checkpoint_read_for_its_history_only_has_its_plain_data_checked(copy)
         read_checkpoint(path, "cpu", mmap=True)
 
 
-@pytest.mark.parametrize("fmt", ["pt", "pt2"])
-def test_bytes_flipped_inside_a_release_are_refused(releases, tmp_path, capsys, trained, fmt):
+@pytest.mark.parametrize("fmt, why", [("pt", "Bad CRC-32 for file"), ("pt2", "Bad CRC-32 for file"),
+                                      ("onnx", "its bytes do not have the SHA-256 it was written with")])
+def test_bytes_flipped_inside_a_release_are_refused(releases, tmp_path, capsys, trained, fmt, why):
     path = tmp_path / f"release.{fmt}"
     shutil.copy(releases[fmt], path)
-    flip(path)
+    flip(path)  # inside fc1's weights, for all three: onnxruntime would run them, to another answer
     line = refused(capsys, tmp_path, ["predict", "--release", path, trained / "digit.png"],
                    f"release {path} is corrupt")
-    assert "Bad CRC-32 for file" in line
+    assert why in line
+
+
+def test_an_onnx_release_whose_digest_changed_is_refused(releases, tmp_path, capsys, trained):
+    from ignite_mnist.release import onnx_digest_slot
+
+    path = tmp_path / "release.onnx"
+    raw = bytearray(releases["onnx"].read_bytes())
+    at = onnx_digest_slot(bytes(raw)) + 10
+    raw[at] = ord("0") if raw[at] != ord("0") else ord("1")  # another hex digit: the metadata still reads
+    path.write_bytes(bytes(raw))
+    refused(capsys, tmp_path, ["predict", "--release", path, trained / "digit.png"],
+            f"release {path} is corrupt: its bytes do not have the SHA-256 it was written with")
+
+
+def test_an_onnx_release_made_before_its_digest_still_loads(releases, tmp_path, capsys, trained):
+    """ONNX releases written before the digest have neither its entry nor the metadata's "digest": they load.
+    One that lost only the entry (its metadata says it had one) is refused."""
+    import onnx
+
+    model = onnx.load(str(releases["onnx"]))
+    entry = next(p for p in model.metadata_props if p.key == "ignite-mnist")
+    meta = json.loads(entry.value)
+    del model.metadata_props[[p.key for p in model.metadata_props].index("ignite-mnist.sha256")]
+    onnx.save(model, str(tmp_path / "lost.onnx"))
+    refused(capsys, tmp_path, ["predict", "--release", tmp_path / "lost.onnx", trained / "digit.png"],
+            "its bytes do not have the SHA-256 it was written with")
+    entry.value = json.dumps({k: v for k, v in meta.items() if k != "digest"})
+    onnx.save(model, str(tmp_path / "old.onnx"))
+    code, out, err = invoke(capsys, "predict", "--release", tmp_path / "old.onnx", trained / "digit.png", "--json")
+    assert code == 0 and json.loads(out)[0]["label"] in range(10), err
 
 
 # ---- a model that answers NaN -----------------------------------------------------------------------
@@ -81,7 +123,7 @@ def _nan_pt(source: Path, target: Path) -> None:
     rewrite_pt(source, target, lambda r: r["model"]["fc2.bias"].fill_(float("nan")))
 
 
-def _nan_onnx(source: Path, target: Path) -> None:  # as a corrupt .onnx (no checksum) could be
+def _nan_onnx(source: Path, target: Path) -> None:  # as a release edited after its export, its digest anew
     import onnx
     from onnx import numpy_helper
 
@@ -89,6 +131,7 @@ def _nan_onnx(source: Path, target: Path) -> None:  # as a corrupt .onnx (no che
     bias = next(i for i in model.graph.initializer if i.name.endswith("fc2.bias"))
     bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) * float("nan"), bias.name))
     onnx.save(model, str(target))
+    restamp_onnx(target)
 
 
 @pytest.mark.parametrize("fmt, make", [("pt", _nan_pt), ("onnx", _nan_onnx)])
@@ -116,6 +159,16 @@ def test_malformed_metadata_of_a_pt_release(releases, tmp_path, capsys, trained,
             f"release {path} is not an ignite-mnist release (its metadata {problem}")
 
 
+def test_a_pt_release_of_another_shape_says_what_does_not_fit(releases, tmp_path, capsys, trained):
+    path = rewrite_pt(releases["pt"], tmp_path / "other.pt", lambda r: r["model"].update(
+        {"fc2.weight": torch.zeros(5, 128), "fc2.bias": torch.zeros(5)}))
+    line = refused(capsys, tmp_path, ["predict", "--release", path, trained / "digit.png"],
+                   f"release {path} holds no model of this architecture (Error(s) in loading state_dict for Net: "
+                   "size mismatch for fc2.weight: copying a param with shape torch.Size([5, 128])")
+    assert line.endswith(" ...)")  # cut at 300 characters
+    assert len(line) <= len(f"error: release {path} holds no model of this architecture ()") + 300
+
+
 def test_malformed_metadata_of_an_onnx_release(releases, tmp_path, capsys, trained):
     import onnx
 
@@ -123,6 +176,7 @@ def test_malformed_metadata_of_an_onnx_release(releases, tmp_path, capsys, train
     entry = next(p for p in model.metadata_props if p.key == "ignite-mnist")
     entry.value = json.dumps({**json.loads(entry.value), "classes": ["zero", "one"]})
     onnx.save(model, str(tmp_path / "bad.onnx"))
+    restamp_onnx(tmp_path / "bad.onnx")
     refused(capsys, tmp_path, ["predict", "--release", tmp_path / "bad.onnx", trained / "digit.png"],
             "(its metadata 'classes' is not a list of 10 names)")
 

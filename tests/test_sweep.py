@@ -184,6 +184,25 @@ def test_an_experiment_named_as_a_trial_is_found_before_any_trial_trains(workdir
 
 
 
+def test_a_damaged_sweep_database_is_named_as_such_and_left_alone(workdir, tiny_data, capsys):
+    """--status used to say "holds no Optuna study (run `sweep` first ...)", and `sweep` then refused the file."""
+    import sqlite3
+
+    database = workdir / "experiments" / "d.sweep.db"
+    database.parent.mkdir()
+    with sqlite3.connect(database) as db:  # Optuna's table, over several pages
+        db.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY, study_name TEXT)")
+        db.executemany("INSERT INTO studies (study_name) VALUES (?)", [(f"study {i}" * 20,) for i in range(500)])
+    database.write_bytes(database.read_bytes()[:5000])  # truncated
+    before = database.read_bytes()
+    for args in (["--experiments-path", workdir / "experiments", "sweep", "--name", "d", "--status"],
+                 sweep_args(workdir, tiny_data, "d", 1, 1)):
+        code, _, err = invoke(capsys, *args)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"the sweep storage {database} is damaged or not an SQLite database (" in err, err
+    assert database.read_bytes() == before
+
+
 def test_storage_files_of_something_else_are_left_alone(workdir, tiny_data, capsys):
     import sqlite3
 

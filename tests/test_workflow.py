@@ -61,7 +61,8 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     assert {"training/batch_loss", "training/loss", "lr/group_0", "validation/accuracy", "validation/loss",
             "test/accuracy", "test/loss"} <= tensorboard_tags(experiment / "tensorboard")
     checkpoint = torch.load(experiment / "checkpoints" / "checkpoint_2.pt", weights_only=True)
-    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "trainer", "rng", "history"}
+    assert set(checkpoint) == {"model", "optimizer", "lr_scheduler", "trainer", "rng", "history", "owner"}
+    assert checkpoint["owner"]["name"] == experiment.name and checkpoint["owner"]["created"]
     assert checkpoint["trainer"]["epoch_length"] == 10 and checkpoint["trainer"]["iteration"] == 20
     assert checkpoint["lr_scheduler"]["last_epoch"] == 2  # StepLR stepped once per epoch
     assert checkpoint["optimizer"]["param_groups"][0]["lr"] == 1.0 * 0.7 ** 2
@@ -147,6 +148,23 @@ def test_console_script_and_help_are_quick_to_load():
     import subprocess
 
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "importing the CLI must not import torch"
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_the_help_names_every_option_whole_in_a_narrow_terminal(columns):
+    """At 80 columns (and what a pipe gets) rich's help tables cut long option names off: `--pruner-startup-tri…`."""
+    import typer
+
+    from ignite_mnist.cli import app
+
+    root = typer.main.get_command(app)
+    for name, command in [(None, root), *root.commands.items()]:
+        r = run_cli(*([name] if name else []), "--help", env={"COLUMNS": str(columns)})
+        assert r.returncode == 0, r.stderr
+        for param in command.params:
+            for option in param.opts if param.param_type_name == "option" else ():
+                assert re.search(rf"(^|[\s,]){re.escape(option)}([\s,=]|$)", r.stdout, re.M), (name, option, r.stdout)
+        assert "\u2026" not in r.stdout and max(map(len, r.stdout.splitlines())) <= columns, r.stdout
 
 
 def test_no_command_prints_the_help_once_and_fails():
