@@ -10,7 +10,6 @@ import json
 import logging
 import math
 import os
-import shlex
 import signal
 import sys
 import traceback
@@ -26,8 +25,8 @@ except ImportError:
     from click import exceptions as click_exceptions
 
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, console_shows_any_text, flatten,
-                                     init_experiment, log, open_experiment, report_log, setup_logging,
+from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, command_line, console_shows_any_text,
+                                     flatten, init_experiment, log, open_experiment, report_log, setup_logging,
                                      summarize_experiments, tensorboard_runs)
 
 app = typer.Typer(
@@ -388,10 +387,8 @@ def sweep(
     if result["best"] is not None:
         best = next(t for t in result["trials"] if t["number"] == result["best"])
         if (Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json").is_file():
-            where = ("" if Path(g.experiments_path) == Path("experiments") else
-                     f" --experiments-path {shlex.quote(str(g.experiments_path))}")
             print(f"best: trial {best['number']}; export its best epoch with: "
-                  f"ignite-mnist{where} -e {best['experiment']} export-release --epoch best")
+                  + command_line(g.experiments_path, best["experiment"], "export-release --epoch best", g.data_path))
         else:
             print(f"best: trial {best['number']}; its experiment {best['experiment']} is no longer in "
                   f"{ctx.obj.experiments_path}")

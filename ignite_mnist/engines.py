@@ -40,9 +40,10 @@ WORST = 24  # worst-classified test digits shown at the end of training and by `
 def make_train_step(model, optimizer, train_set: data.TensorSet, bf16: bool):
     """One optimisation step on a batch of indexes; returns the loss, left on the device (no sync)."""
     device_type = train_set.images.device.type
+    net = getattr(model, "module", model)  # DDP's wrapper keeps a flag of its own, which the evaluators never clear
 
     def train_step(engine, index):
-        if not model.training:  # (the evaluator leaves it in eval mode; train() walks every module)
+        if not net.training:  # (the evaluators leave the network in eval mode; train() walks every module)
             model.train()
         x, y = train_set.batch(index)
         optimizer.zero_grad(set_to_none=True)
@@ -182,11 +183,15 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
     experiment: Experiment = job["experiment"]
     eval_batch_size = experiment.config["training"]["eval_batch_size"]
     classes = data.DATASETS[experiment.config["data"]["dataset"]]["classes"]
-    is_writer = idist.get_rank() == 0  # only rank 0 writes checkpoints, logs, events, releases, the progress bar
+    rank = idist.get_rank()
+    is_writer = rank == 0  # only rank 0 writes checkpoints, logs, events, releases, the progress bar
 
     @trainer.on(Events.EPOCH_STARTED)
     def start_epoch(engine):
         batches.set_epoch(engine.state.epoch)  # the epoch's batch order, drawn from (seed, epoch)
+        if rank > 0:  # its dropout masks from (seed, rank, epoch): rank 0's generator is the one checkpoints keep,
+            # so a resumed run draws every rank's masks as the uninterrupted run did
+            torch.manual_seed(experiment.seed * 1_000_003 + 7919 * rank + engine.state.epoch)
         history.epochs.append({"epoch": engine.state.epoch, "lr": float(optimizer.param_groups[0]["lr"])})
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED, STOP.check)
@@ -392,8 +397,6 @@ def _training(local_rank: int, job: dict) -> None:
     else:  # a checkpoint of a compiled run holds it as a tensor (on CUDA, each step would wait to read it)
         for group in optimizer.param_groups:
             group["lr"] = float(group["lr"])
-    if rank > 0:  # its own dropout masks; rank 0's generator is the one checkpoints keep and restore
-        torch.manual_seed(experiment.seed * 1_000_003 + 7919 * rank + trainer.state.epoch)
     attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches, history, to_save, job)
     if rank == 0:
         log.info(

@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -503,6 +504,16 @@ def _ranges(numbers: list) -> str:
             parts.append(f"{start}" if start == n else f"{start}-{n}")
             start = None
     return ", ".join(parts)
+
+
+def command_line(experiments_path: Path, name: str, command: str, data_path: Path = None) -> str:
+    """The ignite-mnist command that runs `command` on experiment `name`, with the global options that find it
+    (the folders where they are not the defaults): for the hints of messages, to be pasted as they are."""
+    where = "" if Path(experiments_path) == Path("experiments") else \
+        f" --experiments-path {shlex.quote(str(experiments_path))}"
+    if data_path is not None and Path(data_path) != Path("data"):
+        where += f" --data-path {shlex.quote(str(data_path))}"
+    return f"ignite-mnist{where} -e {shlex.quote(name)} {command}"
 
 
 def check_experiments_folder(experiments_path: Path) -> None:

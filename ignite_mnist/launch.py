@@ -17,7 +17,7 @@ from ignite.utils import setup_logger
 from ignite_mnist.device import resolve_device
 from ignite_mnist.engines import STOP, training
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import Experiment, log
+from ignite_mnist.experiment import Experiment, command_line, log
 
 
 def run_training(experiment: Experiment, data_path, max_epochs: int, device_name: str = "auto",
@@ -98,7 +98,8 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
                     f"exited with code {e.exit_code}"
                 raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped", exit_code=1) from None
     done = max(experiment.checkpoints(), default=0)
-    resume = f"run `ignite-mnist -e {experiment.name} train --max-epochs {max_epochs}` to resume"
+    again = command_line(experiment.root.parent, experiment.name, f"train --max-epochs {max_epochs}", data_path)
+    resume = f"run `{again}` to resume"
     if STOP.signum:
         kept = f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"
         raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; {kept}: {resume}",

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import re
 import sys
 import threading
 import time
@@ -28,7 +29,7 @@ import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
@@ -142,16 +143,23 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise HTTPException(413, f"the body is {int(declared)} bytes, over the limit of {limit} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise HTTPException(413, f"the body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client's doing, not an internal error to log with a traceback
+        raise HTTPException(400, "the client disconnected before the body was whole") from None
     return b"".join(chunks)
 
 
 async def _uploads(request: Request, body: bytes, max_files: int) -> list:
     """[(name, bytes)] of the `file` fields of a multipart body (already read, within the size limit)."""
+    boundary = re.search(r'boundary="?([^";]+)', request.headers.get("content-type", ""))
+    if boundary and b"--" + boundary.group(1).encode("latin-1") + b"--" not in body:  # else: "no `file` field"
+        raise HTTPException(400, "malformed multipart upload: it does not end with its closing boundary (cut short?)")
+
     async def replay():
         return {"type": "http.request", "body": body, "more_body": False}
 
@@ -237,7 +245,9 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
         return HTMLResponse(page)
 
     async def http_error(request: Request, exc: HTTPException):
-        return _error(exc.status_code, str(exc.detail))
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # Starlette's 405 names the allowed methods (Allow)
+        return response
 
     async def server_error(request: Request, exc: Exception):
         log.error(f"{request.method} {request.url.path}: {type(exc).__name__}: {exc}")

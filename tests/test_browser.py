@@ -164,3 +164,26 @@ def test_drawing_a_sample_digit_shows_its_label(browser, server_url):
                                  "for (let i = 0; i < d.length; i += 4) s += d[i]; return s;")
     assert ink == 0, "Clear leaves a black canvas"
     client.close()
+
+
+@pytest.mark.parametrize("failure, message", [
+    ("Promise.resolve(new Response(JSON.stringify({error: 'the body is too large'}), {status: 413}))",
+     "the body is too large"),
+    ("Promise.reject(new TypeError('Failed to fetch'))", "The server did not answer: TypeError: Failed to fetch"),
+], ids=["refused", "offline"])
+def test_an_error_takes_the_older_drawings_answer_off_the_page(browser, server_url, failure, message):
+    """A failed request showed its error beside the label and top-3 of an earlier drawing."""
+    from selenium.webdriver.common.actions.interaction import POINTER_MOUSE
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images, _ = data.read_split(*data.locate("mnist-sample", Path("unused"))["test"])
+    browser.get(server_url)
+    canvas = browser.find_element("id", "pad")
+    draw(browser, canvas, images[0].numpy(), POINTER_MOUSE)
+    assert shown(browser)[0] != ""
+    browser.execute_script(f"window.fetch = () => {failure};")  # the next request fails so
+    draw(browser, canvas, images[1].numpy(), POINTER_MOUSE)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script(
+        "return document.body.dataset.busy === '0' && document.getElementById('status').textContent !== ''"))
+    assert browser.find_element("id", "status").text == message
+    assert browser.find_element("id", "label").text == "" and not browser.find_elements("css selector", "#top3 li")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import g, make_config, run_cli, wait_for, write_dataset
+from conftest import assert_same, g, make_config, run_cli, wait_for, write_dataset
 
 TWO = ["--nproc-per-node", "2", "--backend", "gloo", "--device", "cpu"]
 
@@ -95,6 +95,22 @@ def test_a_two_process_checkpoint_resumes_in_one_process_and_back(runs, small_da
     assert "resuming experiment two from epoch 3" in r.stderr and "x 2 processes" in r.stderr
     checkpoint = torch.load(tmp_path / "experiments" / "two" / "checkpoints" / "checkpoint_4.pt", weights_only=True)
     assert checkpoint["trainer"]["iteration"] == 4 * 25 and checkpoint["history"]["epochs"][-1]["test_accuracy"] > 80
+
+
+def test_two_processes_stopped_and_resumed_train_as_two_processes_straight(runs, small_data, tmp_path):
+    """Epoch 2 resumed from epoch 1's checkpoint equals epoch 2 trained straight on, bit for bit. It did not: after
+    the first evaluation DDP's wrapper still said "training" while the network was in eval mode, so the straight run
+    trained epoch 2 without dropout; and rank 1 drew its masks from a seed set once per process."""
+    folder, results = runs
+    copied = tmp_path / "experiments" / "two"
+    shutil.copytree(results["two"]["root"], copied)
+    (copied / "checkpoints" / "checkpoint_2.pt").unlink()
+    r = run_cli(*g(tmp_path, "two", small_data), "train", "--max-epochs", 2, *TWO, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "resuming experiment two from epoch 1" in r.stderr
+    straight, resumed = (torch.load(root / "checkpoints" / "checkpoint_2.pt", weights_only=True)
+                         for root in (results["two"]["root"], copied))
+    assert_same(straight, resumed)
 
 
 def test_torchrun_launches_the_same_command(runs, small_data, tmp_path):

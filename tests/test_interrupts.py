@@ -5,6 +5,7 @@ run that finishes equals the one that was never interrupted. The killed runs kee
 
 import json
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -135,7 +136,8 @@ def test_sigint_and_sigterm_stop_cleanly_and_training_resumes(workdir, tiny_data
     assert kept and kept == list(range(1, len(kept) + 1)) and kept[-1] < 100
     last_line = err.strip().splitlines()[-1]
     assert last_line == (f"error: training stopped by {signal.Signals(signum).name}; checkpoints are kept up to "
-                         f"epoch {kept[-1]}: run `ignite-mnist -e exp train --max-epochs 100` to resume")
+                         f"epoch {kept[-1]}: run `ignite-mnist --experiments-path {workdir / 'experiments'} --data-path "
+                         f"{tiny_data} -e exp train --max-epochs 100` to resume")
     assert "Traceback" not in err
     assert_every_file_loads(experiment)
     assert not list((experiment / "checkpoints").glob("tmp*"))
@@ -212,8 +214,13 @@ def test_a_stop_before_the_first_checkpoint_says_there_is_none(workdir, tiny_dat
     assert invoke(capsys, *options, "init", "--config-path", make_config(workdir))[0] == 0
     code, _, err = invoke(capsys, *options, "train", "--max-epochs", "3", "--device", "cpu")
     assert code == 130
-    assert err.strip().splitlines()[-1] == ("error: training stopped by SIGINT; no epoch was finished, so no checkpoint: "
-                                            "run `ignite-mnist -e first train --max-epochs 3` to resume")
+    hint = err.strip().splitlines()[-1]
+    assert hint.startswith("error: training stopped by SIGINT; no epoch was finished, so no checkpoint: run `")
+    command = shlex.split(hint.split("`")[1])  # as pasted: the folders of the run included (they were not)
+    assert command[0] == "ignite-mnist" and command[-5:] == ["-e", "first", "train", "--max-epochs", "3"], command
+    monkeypatch.setattr(engines, "make_train_step", make_train_step)
+    code, _, err = invoke(capsys, *command[1:], "--device", "cpu")
+    assert code == 0 and "trained first to epoch 3" in err, err
 
 
 IMPORT_ORDER = """

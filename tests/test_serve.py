@@ -430,7 +430,12 @@ BAD_INPUTS = {
                                   400, "bad.png is not an image file that can be read"),
     "multipart with an empty file": (lambda: multipart([("file", "empty.png", b"")]), 400, "empty.png is empty"),
     "malformed multipart": (lambda: (b"--nope\r\ngarbage", {"content-type": "multipart/form-data; boundary=xyzzy"}),
-                            400, "malformed multipart upload: Invalid multipart data"),
+                            400, "malformed multipart upload: "),
+    "multipart cut short": (lambda: (multipart([("file", "a.png", blank_png())])[0][:-40], multipart([])[1]), 400,
+                            "malformed multipart upload: it does not end with its closing boundary"),
+    "multipart, its closing boundary garbled": (
+        lambda: (multipart([("file", "a.png", blank_png())])[0].replace(b"--xyzzy--", b"--xyzzy-X"), multipart([])[1]),
+        400, "malformed multipart upload: "),
     "too many files": (lambda: multipart([("file", f"{i}.png", b"x") for i in range(65)]), 400, "Too many files"),
 }
 
@@ -453,6 +458,28 @@ def test_wrong_paths_and_methods_are_json_errors(server):
     assert r.status_code == 404 and r.json() == {"error": "Not Found"}
     r = server.client.get("/predict")
     assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}
+    assert r.headers["allow"] == "POST"  # as HTTP requires of a 405
+
+
+def test_a_client_that_hangs_up_mid_body_is_no_traceback_in_the_log(releases, digits):
+    process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", "serve", "--release", releases["pt"],
+                                "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stderr.readline()
+        host, port = line.split(" on http://")[1].split("/")[0].split(":")
+        for _ in range(3):
+            with socket.create_connection((host, int(port)), timeout=10) as connection:
+                connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                                   b"Content-Length: 5000\r\n\r\n" + digit_png(digits[0])[:100])
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=30) as client:  # and it goes on
+            assert client.post("/predict", content=digit_png(digits[0])).status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert process.stderr.read().strip() == "stopped"  # no "Exception in ASGI application", no traceback
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 # ---- the command ----------------------------------------------------------------------------------
