@@ -154,8 +154,8 @@ def check_checkpoint(path, checkpoint: dict, epoch: int, owner: dict) -> None:
     if saved is not None and saved != owner:
         other = saved.get("name") if isinstance(saved, dict) else None
         raise UserError(f"checkpoint {path} belongs to another experiment ({other!r}, created "
-                        f"{saved.get('created') if isinstance(saved, dict) else None}), not to {owner['name']!r} "
-                        f"(created {owner['created']}): move it away")
+                        f"{saved.get('created') if isinstance(saved, dict) else None}), not to this one "
+                        f"({owner['name']!r}, created {owner['created']}): move it away")
 
 
 def history_of(checkpoints: dict, owner: dict) -> dict:

@@ -256,6 +256,7 @@ def info(
     best = experiment.best_epoch(history)
     epochs = [{**e, "checkpoint": str(checkpoints[e["epoch"]]) if e["epoch"] in checkpoints else None}
               for e in history["epochs"]]
+    retained = experiment.retained(history)
     for e in epochs:
         problem = e["checkpoint"] and experiment.checkpoint_problem(Path(e["checkpoint"]))
         if problem:
@@ -277,9 +278,8 @@ def info(
         scores = "".join(f", {name} accuracy {e[name + '_accuracy']:.2f}%"
                          + (f" loss {e[name + '_loss']:.4f}" if name + "_loss" in e else "")
                          for name in ("validation", "test") if name + "_accuracy" in e)
-        retention = experiment.config["training"]["keep_checkpoints"]
-        where = e["checkpoint"] or ("checkpoint removed by retention" if retention
-                                    else "checkpoint missing (retention is off: it was deleted or moved away)")
+        where = e["checkpoint"] or ("checkpoint removed by retention" if e["epoch"] not in retained
+                                    else "checkpoint missing (retention keeps it: it was deleted or moved away)")
         print(f"  epoch {e['epoch']}{' (best)' * (e['epoch'] == best)}: {where}"
               + (f" ({e['error']})" if "error" in e else scores))
     if history["stopped_early"]:

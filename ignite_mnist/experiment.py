@@ -278,7 +278,8 @@ class Experiment:
     name = property(lambda self: self.root.name)
     config = property(lambda self: self.meta["config"])
     seed = property(lambda self: self.meta["seed"])
-    owner = property(lambda self: {"name": self.name, "created": self.meta.get("created")})  # in each checkpoint
+    # in each checkpoint: the name init gave it (which travels with a renamed folder) and its creation time
+    owner = property(lambda self: {"name": self.meta.get("name", self.name), "created": self.meta.get("created")})
     meta_file = property(lambda self: self.root / "experiment.json")
     split_file = property(lambda self: self.root / "split.json")
     log_file = property(lambda self: self.root / "verbose.log")
@@ -328,9 +329,11 @@ class Experiment:
         if epoch is None:
             epoch = max(checkpoints)
         if epoch not in checkpoints:
-            trained = {e["epoch"] for e in self.history()["epochs"]}
-            why = (f"it was removed by retention (training.keep_checkpoints {self.config['training']['keep_checkpoints']})"
-                   if epoch in trained and self.config["training"]["keep_checkpoints"] else "")
+            history = self.history()
+            trained = {e["epoch"] for e in history["epochs"]}
+            keep_last = self.config["training"]["keep_checkpoints"]
+            why = "" if epoch not in trained else "it was deleted or moved away" if epoch in self.retained(history) \
+                else f"it was removed by retention (training.keep_checkpoints {keep_last})"
             raise UserError(
                 f"experiment {self.name} has no checkpoint of epoch {epoch}" + (f": {why}" if why else "")
                 + f"; epochs with a checkpoint: {_ranges(list(checkpoints))}"
@@ -395,6 +398,13 @@ class Experiment:
         """After a checkpoint is whole on disk: mirror its history in metrics.json, then apply retention."""
         self.write_history(history)
         self.remove_unretained_checkpoints()
+
+    def retained(self, history: dict) -> set:
+        """The epochs whose checkpoints retention keeps: the last training.keep_checkpoints and the best (all
+        without it)."""
+        trained = [e["epoch"] for e in history["epochs"]]
+        keep_last = self.config["training"]["keep_checkpoints"]
+        return set(trained[-keep_last:]) | {self.best_epoch(history)} if keep_last else set(trained)
 
     def best_epoch(self, history: dict = None):
         """The epoch of highest validation accuracy (ties: the earlier); None without a validation set."""

@@ -4,6 +4,7 @@ N spawned, or those torchrun started), each of which runs engines.training()."""
 import ctypes
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -98,7 +99,12 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
                     f"exited with code {e.exit_code}"
                 raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped", exit_code=1) from None
     done = max(experiment.checkpoints(), default=0)
-    again = command_line(experiment.root.parent, experiment.name, f"train --max-epochs {max_epochs}", data_path)
+    again = f"train --max-epochs {max_epochs}"  # with the run's options: resumed so, it goes on bit for bit
+    if device_name != "auto":
+        again += f" --device {shlex.quote(device_name)}"
+    if nproc_per_node > 1:
+        again += f" --nproc-per-node {nproc_per_node}" + (f" --backend {backend}" if backend else "")
+    again = command_line(experiment.root.parent, experiment.name, again, data_path)
     resume = f"run `{again}` to resume"
     if STOP.signum:
         kept = f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"

@@ -447,20 +447,24 @@ def _open_onnx(path: Path) -> LoadedRelease:
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # no busy-waiting between runs
+    corrupt = UserError(f"release {path} is corrupt: its bytes do not have the SHA-256 it was written with "
+                        f"(metadata {DIGEST_KEY!r}); export it again")
     try:
         with open(path, "rb") as f:  # (read once: the bytes checked are the bytes run)
             content = f.read()
+        slot = onnx_digest_slot(content)
+        if slot is not None and content[slot:slot + 64].decode("latin-1") != onnx_digest(content, slot):
+            raise corrupt  # before anything else is read from it: a flipped byte may be anywhere
         session = onnxruntime.InferenceSession(content, options, providers=["CPUExecutionProvider"])
         properties = session.get_modelmeta().custom_metadata_map
         meta = properties.get(METADATA_KEY)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"release {path} is corrupt or not an ignite-mnist release ({error_text(e)})") from None
     meta = _metadata(path, meta, "onnx")
-    slot = onnx_digest_slot(content)
-    if slot is not None or DIGEST_KEY in properties or meta.get("digest"):  # (releases before it: none of these)
-        if slot is None or content[slot:slot + 64].decode("latin-1") != onnx_digest(content, slot):
-            raise UserError(f"release {path} is corrupt: its bytes do not have the SHA-256 it was written with "
-                            f"(metadata {DIGEST_KEY!r}); export it again")
+    if slot is None and (DIGEST_KEY in properties or meta.get("digest")):  # releases before it have neither
+        raise corrupt
     input_name = session.get_inputs()[0].name
 
     def forward(x: torch.Tensor) -> torch.Tensor:

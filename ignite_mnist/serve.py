@@ -16,7 +16,6 @@ import logging
 import os
 import signal
 import socket
-import re
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy  # noqa: F401  (before torch: see lazy_imports)
 import torch
+from python_multipart.multipart import parse_options_header
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -156,8 +156,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 async def _uploads(request: Request, body: bytes, max_files: int) -> list:
     """[(name, bytes)] of the `file` fields of a multipart body (already read, within the size limit)."""
-    boundary = re.search(r'boundary="?([^";]+)', request.headers.get("content-type", ""))
-    if boundary and b"--" + boundary.group(1).encode("latin-1") + b"--" not in body:  # else: "no `file` field"
+    boundary = parse_options_header(request.headers.get("content-type", ""))[1].get(b"boundary")  # as Starlette
+    if boundary and b"--" + boundary + b"--" not in body:  # python-multipart reads a cut body as no fields at all
         raise HTTPException(400, "malformed multipart upload: it does not end with its closing boundary (cut short?)")
 
     async def replay():

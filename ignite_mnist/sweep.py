@@ -7,6 +7,7 @@ or a journal file on a shared folder); each worker takes trials from it until th
 same host fails it at once (its pid is gone), RDB storages also by heartbeat; its experiment stays.
 """
 
+import contextlib
 import glob
 import json
 import os
@@ -169,27 +170,31 @@ def check_sqlite(path: Path) -> None:
     if path.exists() and not path.is_file():  # a FIFO or a device: reading it would wait forever
         raise UserError(f"the sweep storage {path} is not a regular file: name a new file, or the sweep's")
     tables = sqlite_tables(path) if path.is_file() and path.stat().st_size else "optuna"
+    if tables in ("optuna", "busy"):
+        return
     if tables == "other":
         raise UserError(f"the sweep storage {path} is an SQLite file without Optuna's tables; "
                         "it is left as it is: name a new file, or the database of the sweep")
-    if tables != "optuna":
-        raise UserError(f"the sweep storage {path} is damaged or not an SQLite database ({tables[:200]}); "
-                        "it is left as it is: name a new file, or the database of the sweep")
+    raise UserError(f"the sweep storage {path} is damaged or not an SQLite database ({tables[:200]}); "
+                    "it is left as it is: name a new file, or the database of the sweep")
 
 
 def sqlite_tables(path: Path) -> str:
-    """"optuna" if the SQLite file holds Optuna's tables, "other" if it is a sound SQLite database without
-    them, else why it cannot be read as one (damaged, truncated, or not SQLite). Read-only, so that --status
-    never adds Optuna's tables to a database of something else."""
+    """"optuna" if the SQLite file holds Optuna's tables, "other" if it is an SQLite database without them, "busy"
+    if it cannot be read now (a writer holds it past Optuna's 60 s, or a killed writer's journal waits for a
+    read-write open to roll it back: Optuna's own open deals with that), else why it is not one (damaged, truncated,
+    not SQLite). Read-only, so that --status never adds Optuna's tables to a database of something else."""
     import sqlite3
 
     try:
-        with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as db:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as db:
             found = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='studies'").fetchone()
-            check = db.execute("PRAGMA quick_check").fetchone()[0]
-        return check if check != "ok" else "optuna" if found else "other"
+        return "optuna" if found else "other"
     except sqlite3.Error as e:
-        return str(e) or type(e).__name__
+        name = getattr(e, "sqlite_errorname", None)  # (Python 3.11+; before it, the message says)
+        damaged = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") if name else \
+            any(words in str(e) for words in ("malformed", "not a database"))
+        return str(e) or type(e).__name__ if damaged else "busy"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -391,7 +396,7 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if tables == "other":
         raise UserError(f"no sweep {name!r}: {database} holds no Optuna study (run `sweep` "
                         "first, or pass the --storage it used)")
-    if tables != "optuna":
+    if tables not in ("optuna", "busy"):  # (busy: Optuna's own open waits, or rolls a killed writer's journal back)
         raise UserError(f"the sweep storage {database} is damaged or not an SQLite database ({tables[:200]}); it is "
                         "left as it is: restore it from a backup, or start the sweep anew under another --name")
     if "://" not in url and not Path(url).exists():

@@ -195,10 +195,17 @@ def test_a_checkpoint_that_is_not_what_its_name_says_is_refused(copy, capsys, ti
     else:
         _owned_by_another_experiment(checkpoints / "checkpoint_2.pt")
         message = (f"checkpoint {checkpoints / 'checkpoint_2.pt'} belongs to another experiment ('other', created "
-                   "2026-01-01T00:00:00+00:00), not to 'exp' (created ")
+                   "2026-01-01T00:00:00+00:00), not to this one ('exp', created ")
     if command == ["info"]:  # info reads metrics.json; without it, the last checkpoint's history
         (copy / "experiments" / "exp" / "metrics.json").unlink()
     assert_refused(capsys, copy, [*g(copy, data=tiny_data), *command], 2, message)
+
+
+def test_a_renamed_experiment_folder_keeps_its_checkpoints(copy, capsys, tiny_data):
+    """A checkpoint's owner is the name init gave (experiment.json's), which travels with the folder."""
+    (copy / "experiments" / "exp").rename(copy / "experiments" / "renamed")
+    code, out, err = invoke(capsys, *g(copy, "renamed", data=tiny_data), "test", "--epoch", "2", "--json")
+    assert code == 0 and json.loads(out)["epoch"] == 2, err
 
 
 def test_a_checkpoint_saved_before_checkpoints_named_their_experiment_is_read(copy, capsys, tiny_data):
@@ -226,7 +233,7 @@ def test_info_tells_a_checkpoint_deleted_by_hand_from_one_removed_by_retention(c
     (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_1.pt").unlink()
     code, out, err = invoke(capsys, *g(copy), "info")
     assert code == 0, err
-    assert "epoch 1: checkpoint missing (retention is off: it was deleted or moved away)" in out
+    assert "epoch 1: checkpoint missing (retention keeps it: it was deleted or moved away)" in out
     assert "removed by retention" not in out
 
 

@@ -99,6 +99,15 @@ def test_an_onnx_release_whose_digest_changed_is_refused(releases, tmp_path, cap
             f"release {path} is corrupt: its bytes do not have the SHA-256 it was written with")
 
 
+def test_a_byte_changed_in_an_onnx_releases_metadata_is_named_as_corruption(releases, tmp_path, capsys, trained):
+    """Not as metadata of the wrong shape: the digest is checked before anything is read from the file."""
+    path = tmp_path / "release.onnx"
+    path.write_bytes(releases["onnx"].read_bytes().replace(b'"classes": ["0"', b'"classes": ["O"', 1))
+    assert path.read_bytes() != releases["onnx"].read_bytes()
+    refused(capsys, tmp_path, ["predict", "--release", path, trained / "digit.png"],
+            f"release {path} is corrupt: its bytes do not have the SHA-256 it was written with")
+
+
 def test_an_onnx_release_made_before_its_digest_still_loads(releases, tmp_path, capsys, trained):
     """ONNX releases written before the digest have neither its entry nor the metadata's "digest": they load.
     One that lost only the entry (its metadata says it had one) is refused."""

@@ -137,7 +137,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_training_resumes(workdir, tiny_data
     last_line = err.strip().splitlines()[-1]
     assert last_line == (f"error: training stopped by {signal.Signals(signum).name}; checkpoints are kept up to "
                          f"epoch {kept[-1]}: run `ignite-mnist --experiments-path {workdir / 'experiments'} --data-path "
-                         f"{tiny_data} -e exp train --max-epochs 100` to resume")
+                         f"{tiny_data} -e exp train --max-epochs 100 --device cpu` to resume")
     assert "Traceback" not in err
     assert_every_file_loads(experiment)
     assert not list((experiment / "checkpoints").glob("tmp*"))
@@ -217,9 +217,10 @@ def test_a_stop_before_the_first_checkpoint_says_there_is_none(workdir, tiny_dat
     hint = err.strip().splitlines()[-1]
     assert hint.startswith("error: training stopped by SIGINT; no epoch was finished, so no checkpoint: run `")
     command = shlex.split(hint.split("`")[1])  # as pasted: the folders of the run included (they were not)
-    assert command[0] == "ignite-mnist" and command[-5:] == ["-e", "first", "train", "--max-epochs", "3"], command
+    assert command[0] == "ignite-mnist" and command[-7:] == ["-e", "first", "train", "--max-epochs", "3", "--device",
+                                                             "cpu"], command
     monkeypatch.setattr(engines, "make_train_step", make_train_step)
-    code, _, err = invoke(capsys, *command[1:], "--device", "cpu")
+    code, _, err = invoke(capsys, *command[1:])
     assert code == 0 and "trained first to epoch 3" in err, err
 
 

@@ -266,6 +266,17 @@ def test_a_multipart_upload_of_several_files_answers_a_list_in_order(server, rel
     assert r.status_code == 200 and isinstance(r.json(), list) and len(r.json()) == 1
 
 
+@pytest.mark.parametrize("content_type", ['multipart/form-data; boundary="a;b"',
+                                          "multipart/form-data; boundary=ab ; charset=utf-8"])
+def test_a_multipart_boundary_is_read_as_starlette_reads_it(server, releases, digits, content_type):
+    """Quoted, with a ';' inside, or followed by another parameter: valid uploads, not "cut short" ones."""
+    boundary = "a;b" if '"' in content_type else "ab"
+    body, _ = multipart([("file", "d.png", digit_png(digits[0]))], boundary=boundary)
+    r = server.post(body, headers={"content-type": content_type})
+    assert r.status_code == 200, r.text
+    assert_same_answers(r.json(), expected_answers(releases, [digit_png(digits[0])]))
+
+
 @pytest.mark.parametrize("fmt", ["pt2", "onnx"])
 def test_every_format_serves_the_same_answers(releases, digits, fmt):
     pngs = [digit_png(d) for d in digits[:8]]
