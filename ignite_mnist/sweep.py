@@ -170,7 +170,7 @@ def check_sqlite(path: Path) -> None:
     if path.exists() and not path.is_file():  # a FIFO or a device: reading it would wait forever
         raise UserError(f"the sweep storage {path} is not a regular file: name a new file, or the sweep's")
     tables = sqlite_tables(path) if path.is_file() and path.stat().st_size else "optuna"
-    if tables in ("optuna", "busy"):
+    if tables == "optuna" or tables.startswith("busy"):  # (busy: Optuna's read-write open waits or recovers)
         return
     if tables == "other":
         raise UserError(f"the sweep storage {path} is an SQLite file without Optuna's tables; "
@@ -180,9 +180,9 @@ def check_sqlite(path: Path) -> None:
 
 
 def sqlite_tables(path: Path) -> str:
-    """"optuna" if the SQLite file holds Optuna's tables, "other" if it is an SQLite database without them, "busy"
-    if it cannot be read now (a writer holds it past Optuna's 60 s, or a killed writer's journal waits for a
-    read-write open to roll it back: Optuna's own open deals with that), else why it is not one (damaged, truncated,
+    """"optuna" if the SQLite file holds Optuna's tables, "other" if it is an SQLite database without them,
+    "busy: <why>" if it cannot be read now (a writer holds it past Optuna's 60 s, or a killed writer's journal waits
+    for a read-write open to roll it back, as Optuna's own open does), else why it is not one (damaged, truncated,
     not SQLite). Read-only, so that --status never adds Optuna's tables to a database of something else."""
     import sqlite3
 
@@ -194,7 +194,7 @@ def sqlite_tables(path: Path) -> str:
         name = getattr(e, "sqlite_errorname", None)  # (Python 3.11+; before it, the message says)
         damaged = name in ("SQLITE_CORRUPT", "SQLITE_NOTADB") if name else \
             any(words in str(e) for words in ("malformed", "not a database"))
-        return str(e) or type(e).__name__ if damaged else "busy"
+        return (str(e) or type(e).__name__) if damaged else f"busy: {e}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -396,7 +396,10 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if tables == "other":
         raise UserError(f"no sweep {name!r}: {database} holds no Optuna study (run `sweep` "
                         "first, or pass the --storage it used)")
-    if tables not in ("optuna", "busy"):  # (busy: Optuna's own open waits, or rolls a killed writer's journal back)
+    if tables.startswith("busy"):  # not opened read-write here: that could add Optuna's tables to another database
+        raise UserError(f"the sweep storage {database} cannot be read now ({tables[6:][:200]}): try again later; "
+                        "a `sweep` run recovers a database a killed worker left half-written")
+    if tables != "optuna":
         raise UserError(f"the sweep storage {database} is damaged or not an SQLite database ({tables[:200]}); it is "
                         "left as it is: restore it from a backup, or start the sweep anew under another --name")
     if "://" not in url and not Path(url).exists():

@@ -1,6 +1,7 @@
 """Sweeps on Optuna: trials as experiments, best trial, two workers on one study, a killed worker, pruning,
 and one-line errors for bad search spaces."""
 
+import contextlib
 import json
 import os
 import shlex
@@ -201,6 +202,32 @@ def test_a_damaged_sweep_database_is_named_as_such_and_left_alone(workdir, tiny_
         assert code == 2 and err.count("\n") == 1, err
         assert f"the sweep storage {database} is damaged or not an SQLite database (" in err, err
     assert database.read_bytes() == before
+
+
+def test_a_busy_sweep_database_is_not_called_damaged(workdir, tiny_data, capsys, monkeypatch):
+    """Locked past the wait, or holding a killed writer's journal (a read-only open cannot roll it back): --status
+    says so; `sweep` goes on to Optuna's own read-write open, which waits or recovers."""
+    import sqlite3
+
+    database = workdir / "experiments" / "b.sweep.db"
+    database.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("CREATE TABLE studies (study_id INTEGER PRIMARY KEY)")
+    connect = sqlite3.connect
+
+    def busy(target, *args, **kwargs):
+        if str(target).endswith("?mode=ro"):
+            raise sqlite3.OperationalError("database is locked")
+        return connect(target, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite3, "connect", busy)
+    code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "b", "--status")
+    assert code == 2 and err.strip() == (f"error: the sweep storage {database} cannot be read now (database is locked):"
+                                         " try again later; a `sweep` run recovers a database a killed worker left "
+                                         "half-written"), err
+    from ignite_mnist.sweep import check_sqlite
+
+    check_sqlite(database)  # no error: Optuna's open takes it from there
 
 
 def test_storage_files_of_something_else_are_left_alone(workdir, tiny_data, capsys):
