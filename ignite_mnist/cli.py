@@ -537,8 +537,8 @@ def _main(argv: Optional[List[str]]) -> None:
             traceback.print_exc()
         if Terminated.raised:  # raised inside an import or a library, it can come out as another exception
             _fail_stopped()
-        if isinstance(e, OSError) and e.errno == errno.ENAMETOOLONG:
-            _fail(f"cannot use {e.filename}: {e.strerror}", 2)
+        if isinstance(e, OSError) and e.errno in (errno.ENAMETOOLONG, errno.EACCES, errno.EPERM) and e.filename:
+            _fail(f"cannot use {e.filename}: {e.strerror}", 2)  # a name too long, a folder or file not ours to read
         _fail(f"{type(e).__name__}: {e}" + ("" if verbose else " (run with --verbose for the traceback)"), 1)
     if code == 130:  # typer turns a Ctrl-C (or our SIGTERM) outside our own handling into exit 130, silently
         _fail_stopped()

@@ -52,8 +52,8 @@ def read_idx(path: Path) -> np.ndarray:
     """An IDX file of MNIST images ([n, 28, 28] uint8) or labels ([n] uint8), .gz or not, checked.
 
     A large .gz file is decoded once: the array is kept in the user's cache (decoded_cache), under a
-    name made of the file's path, size, modification time and gzip trailer (CRC-32 and length of the
-    data), so a changed file is decoded anew."""
+    name made of the file's path, the SHA-256 of its bytes and its gzip trailer (CRC-32 and length of the
+    data), so a file whose bytes change in any way is decoded anew."""
     cached = decoded_cache(path)
     array = _read_cached(cached) if cached else None
     if array is None:
@@ -72,19 +72,24 @@ def cache_root() -> Path:
 
 def decoded_cache(path: Path):
     """Where the decoded array of .gz file `path` is kept: $XDG_CACHE_HOME/ignite-mnist (~/.cache), or None
-    for a file too small to gain from it (or one that cannot be read: decoding it says why)."""
+    for a file too small to gain from it (or one that cannot be read: decoding it says why). The name holds the
+    SHA-256 of the file's bytes (20 ms for Fashion-MNIST's 26 MB, where decoding takes 300): a file damaged or
+    replaced in place, even with its old size, time and trailer, is not mistaken for the one decoded before."""
     try:
-        stat = path.stat()
-        if path.suffix != ".gz" or stat.st_size < CACHE_FROM_BYTES:
+        if path.suffix != ".gz" or path.stat().st_size < CACHE_FROM_BYTES:
             return None
         with open(path, "rb") as f:
+            digest = hashlib.sha256()
+            while chunk := f.read(1 << 20):  # (hashlib.file_digest: Python 3.11)
+                digest.update(chunk)
+            digest = digest.hexdigest()[:32]
             f.seek(-8, os.SEEK_END)
             trailer = f.read(8).hex()  # CRC-32 and length (mod 2^32) of the uncompressed data
         root = cache_root()
     except (OSError, RuntimeError):  # unreadable (decoding says why), or no home directory
         return None
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    return root / f"{path.name[:-3]}-{key}-{stat.st_size}-{stat.st_mtime_ns}-{trailer}.npy"
+    return root / f"{path.name[:-3]}-{key}-{digest}-{trailer}.npy"
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -115,7 +120,7 @@ def _write_cached(cached: Path, array: np.ndarray) -> None:
     """Written whole or not at all (a temporary file, flushed to disk, then renamed), replacing the arrays
     of earlier versions of the same file; a cache that cannot be written is skipped: the file is decoded
     again next time."""
-    prefix = cached.name.rsplit("-", 3)[0]  # name and path: the same file, whatever its version
+    prefix = cached.name.rsplit("-", 2)[0]  # name and path: the same file, whatever its version
     temporary = cached.with_name(f".{cached.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,11 @@ def _find_in(folder: Path) -> dict:
     found = {}
     for stem in STEMS:
         for name in (stem, stem + ".gz"):
-            if (folder / name).is_file():
+            try:
+                is_file = (folder / name).is_file()
+            except OSError as e:  # a folder on the way that this user may not open (is_file says False for most)
+                raise UserError(f"cannot look for the data in {folder}: {e.strerror}") from None
+            if is_file:
                 found[stem] = folder / name
                 break
     return found
@@ -388,7 +397,7 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
                 raise UserError(f"{name} is {width}x{height} pixels, more than the limit of {limit} pixels "
                                 "(a decompression bomb?)")
             ImageOps.exif_transpose(opened, in_place=True)  # in place: no copy of a large image to turn none
-            image = _shrunk(opened)
+            image = _shrunk(_eight_bit(opened))
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 image = _on_contrasting_background(image.convert("RGBA"))
             image = image.convert("L")
@@ -403,11 +412,36 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.max() - pixels.min() < BLANK_RANGE:  # one colour, give or take noise: no strokes to read
         return torch.zeros((28, 28), dtype=torch.uint8)
-    if np.median(pixels) > 127:  # dark strokes on a light background: make it MNIST's way round
+    if background_is_light(pixels):  # dark strokes on a light background: make it MNIST's way round
         pixels = 255 - pixels
     if pixels.shape != (28, 28):
         pixels = _center_like_mnist(pixels)
     return torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+def background_is_light(pixels: np.ndarray) -> bool:
+    """Whether the image's background, what lies along its edges, is light: the median of its outermost pixels.
+    (Not the whole image's median: a light garment fills most of a dark Fashion-MNIST image, and that rule turned
+    19% of Fashion-MNIST's test images the wrong way round; this one turns none of MNIST's or Fashion-MNIST's.)"""
+    edges = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    return bool(np.median(edges) > 127)
+
+
+def _eight_bit(image):
+    """A 16-bit, 32-bit or floating-point greyscale image as 8-bit greyscale, where Pillow's convert("L") would clip
+    every value above 255 to white (a 16-bit scan became one colour: blank): 16-bit values scaled from 0-65535,
+    floats from 0-1 when that is their range, any other range stretched to 0-255. Other modes as they are."""
+    if image.mode.startswith("I;16"):
+        return image.convert("I").point(lambda v: v * (255 / 65535)).convert("L")
+    if image.mode not in ("I", "F"):
+        return image
+    low, high = image.getextrema()
+    if image.mode == "F" and 0 <= low and high <= 1:
+        low, high = 0.0, 1.0
+    elif 0 <= low and high <= 255:
+        return image.convert("L")
+    scale = 255 / (high - low) if high > low else 0.0
+    return image.point(lambda v: (v - low) * scale).convert("L")
 
 
 WORK_SIDE = 1024  # pixels: a larger image is shrunk to this on its longer side before any other work

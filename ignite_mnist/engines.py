@@ -64,33 +64,46 @@ def make_optimizer(params, lr: float, device: torch.device, compiled: bool = Fal
     return torch.optim.Adadelta(params, lr=lr)
 
 
-def compile_optimizer_step(optimizer) -> None:
-    """optimizer.step through torch.compile: inductor fuses Adadelta's eleven passes over each parameter into
-    one loop (README, Speed). Its learning rate becomes a tensor, which StepLR fills in place; as a float,
-    each epoch's new value would be compiled anew. Inductor builds its code with a C++ compiler, checked first."""
-    from torch._dynamo.exc import BackendCompilerFailed
-
+def inductor_can_compile() -> bool:
+    """Whether torch.compile can build code here: inductor needs a C++ compiler. Without one, training.compile_optimizer
+    is set aside with a warning (a speed option: the fused Adadelta computes the same update, uncompiled)."""
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
 
         get_cpp_compiler()
-    except ImportError:  # (a private module: if it moves, a missing compiler is named at the first step)
+    except ImportError:  # (a private module: if it moves, a missing compiler is found at the first step)
         pass
     except Exception as e:
-        raise UserError(f"training.compile_optimizer needs a C++ compiler for torch.compile, and none was found "
-                        f"({error_text(e)}): install g++, or set it false") from None
+        log.warning(f"training.compile_optimizer set aside: torch.compile needs a C++ compiler, and none was found "
+                    f"({error_text(e)}); Adadelta runs uncompiled (install g++ to compile it)")
+        return False
+    return True
+
+
+def compile_optimizer_step(optimizer) -> None:
+    """optimizer.step through torch.compile: inductor fuses Adadelta's eleven passes over each parameter into
+    one loop (README, Speed). Its learning rate becomes a tensor, which StepLR fills in place; as a float,
+    each epoch's new value would be compiled anew. Where inductor fails to compile it (at the first step, before
+    anything is updated), the step runs uncompiled from then on, with a warning."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
     for group in optimizer.param_groups:  # float64: the values StepLR computes as floats, to the last digit
         group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64)
     torch.compiler.reset()  # one run at a time in a process (a sweep's trials): past runs' steps would count
-    compiled = torch.compile(optimizer.step)  # against dynamo's limit of 8, then run uncompiled
+    uncompiled = optimizer.step
+    compiled = torch.compile(uncompiled)  # against dynamo's limit of 8, then run uncompiled
 
-    @functools.wraps(optimizer.step)  # its marks too: StepLR warns of a step that it did not wrap
+    @functools.wraps(uncompiled)  # its marks too: StepLR warns of a step that it did not wrap
     def step(*args, **kwargs):
         try:
             return compiled(*args, **kwargs)
         except BackendCompilerFailed as e:  # compiled at the first step (inductor's InductorError is one)
-            raise UserError(f"training.compile_optimizer: torch.compile could not compile Adadelta's step "
-                            f"({error_text(e)}): set it false") from None
+            log.warning(f"training.compile_optimizer set aside: torch.compile could not compile Adadelta's step "
+                        f"({error_text(e)}); it runs uncompiled")
+            for group in optimizer.param_groups:
+                group["lr"] = float(group["lr"])
+            optimizer.step = uncompiled
+            return uncompiled(*args, **kwargs)
 
     optimizer.step = step
 
@@ -356,7 +369,7 @@ def _training(local_rank: int, job: dict) -> None:
                                 device)
     net = Net().to(device, memory_format=torch.channels_last)
     model = idist.auto_model(net) if world_size > 1 else net  # DDP trains; evaluators and checkpoints use net
-    compiled = cfg["compile_optimizer"] and device.type == "cpu"
+    compiled = cfg["compile_optimizer"] and device.type == "cpu" and inductor_can_compile()
     optimizer = idist.auto_optim(make_optimizer(model.parameters(), cfg["lr"], device, compiled))
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
     step_model = model

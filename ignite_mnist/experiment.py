@@ -596,10 +596,10 @@ def summarize_experiments(experiments_path: Path) -> list:
         raise UserError(f"no experiments folder {folder}: create an experiment with `init` first")
     rows = []
     for root in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if not (root / "experiment.json").is_file():
-            rows.append({"name": root.name, "broken": f"{root} holds no experiment.json"})
-            continue
         try:
+            if not (root / "experiment.json").is_file():
+                rows.append({"name": root.name, "broken": f"{root} holds no experiment.json"})
+                continue
             experiment = open_experiment(folder, root.name)
             history = experiment.history()
             best = experiment.best_epoch(history)

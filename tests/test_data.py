@@ -63,6 +63,14 @@ def test_a_large_gz_file_is_decoded_once_and_read_from_the_cache_after(tmp_path,
         assert np.array_equal(data.read_idx(path), version)
     assert [p.name for p in cached.parent.iterdir()] == [data.decoded_cache(path).name] != [cached.name]
 
+    # damaged in place, its size, time and trailer kept: decoded anew, and found corrupt
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    path.write_bytes(bytes(damaged))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(UserError, match="is truncated or corrupt"):
+        data.read_idx(path)
+
 
 @pytest.mark.parametrize("content", [b"", b"garbage", "floats", "wrong-shape", "fortran", "fewer", "huge"])
 def test_a_corrupt_or_foreign_cache_file_is_decoded_again_and_replaced(tmp_path, sample, monkeypatch, content):
@@ -284,3 +292,29 @@ def test_a_different_dataset_than_the_split_was_drawn_from_is_refused(workdir, t
     assert code == 2 and "has 100: use the data the experiment was created with" in err
     assert not (workdir / "experiments" / "exp" / "checkpoints").exists() or \
         not list((workdir / "experiments" / "exp" / "checkpoints").iterdir())
+
+
+def test_light_things_filling_a_dark_image_are_not_turned_around(tmp_path, sample):
+    garment = np.zeros((28, 28), np.uint8)
+    garment[2:27, 4:24] = 200  # a light coat filling most of a dark image, as in Fashion-MNIST
+    Image.fromarray(garment).save(tmp_path / "coat.png")
+    assert torch.equal(data.image_as_digit(tmp_path / "coat.png"), torch.from_numpy(garment))
+    Image.fromarray(255 - garment).save(tmp_path / "inverted.png")  # a dark coat on white paper: turned around
+    assert torch.equal(data.image_as_digit(tmp_path / "inverted.png"), torch.from_numpy(garment))
+    for digit in sample["test"][0][:100]:  # MNIST's own digits stay as they are
+        Image.fromarray(digit.numpy()).save(tmp_path / "d.png")
+        assert torch.equal(data.image_as_digit(tmp_path / "d.png"), digit)
+
+
+def test_images_of_more_than_eight_bits_are_scaled_not_clipped(tmp_path, sample):
+    digit = sample["test"][0][0]
+    wide = digit.numpy().astype(np.uint16) * 257  # 16-bit: 0-65535
+    Image.fromarray(wide).save(tmp_path / "d16.png")
+    assert Image.open(tmp_path / "d16.png").mode == "I;16"
+    assert torch.equal(data.image_as_digit(tmp_path / "d16.png"), digit)
+    Image.fromarray(digit.numpy().astype(np.float32) / 255).save(tmp_path / "float.tiff")  # floats in 0-1
+    assert (data.image_as_digit(tmp_path / "float.tiff").int() - digit.int()).abs().max() <= 1
+    Image.fromarray(digit.numpy().astype(np.int32) * 1000 - 5000).save(tmp_path / "int32.tiff")  # any other range
+    assert (data.image_as_digit(tmp_path / "int32.tiff").int() - digit.int()).abs().max() <= 1
+    Image.fromarray(digit.numpy().astype(np.int32)).save(tmp_path / "int32-8bit.tiff")  # 32-bit ints holding 0-255
+    assert torch.equal(data.image_as_digit(tmp_path / "int32-8bit.tiff"), digit)
