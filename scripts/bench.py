@@ -434,9 +434,18 @@ def run_processes(args) -> dict:
 
 
 def cpu_kind() -> dict:
-    """The CPU's model name and kind: AMX, AVX512-BF16 (what bf16 runs on natively), AVX512 or AVX2."""
+    """The CPU's model name, family and model numbers (a VM's model name can be as bare as "AMD EPYC": family 25 model
+    17 is a Zen 4, whose bf16 peak is half a Zen 5's) and kind: AMX, AVX512-BF16 (what bf16 runs on natively),
+    AVX512 or AVX2."""
     text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
+
+    def field(name):
+        return next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                     if line.split(":", 1)[0].strip() == name), "")
+
+    model = field("model name")
+    if field("cpu family") and field("model"):
+        model += f", family {field('cpu family')} model {field('model')}"
     flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
     kinds = [("amx_tile", "AMX"), ("avx512_bf16", "AVX512-BF16, no AMX"), ("avx512f", "AVX512, no native bf16"),
              ("avx2", "AVX2, no AVX512, no native bf16")]  # the first flag the CPU has names it
