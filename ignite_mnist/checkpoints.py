@@ -93,12 +93,18 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
         if Path(path).exists():  # (a missing one: torch.load's own error)
             if not Path(path).is_file():  # a pipe would never open, a device never end
                 raise ValueError("not a regular file")
+            try:
+                open(path, "rb").close()  # (is_zipfile takes a file it may not open for one that is not a zip)
+            except PermissionError as e:
+                raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
             if not zipfile.is_zipfile(path):  # else torch's message: rerun with weights_only=False
                 raise ValueError("not a zip archive, as torch.save writes")
             if is_pt2_archive(path):  # else torch's: "PytorchStreamReader failed locating file data.pkl"
                 raise ValueError("a torch.export archive, not torch.save's: a pt2 release is read from a .pt2 file")
         check_crcs(path, tensors=not mmap)
         loaded = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except UserError:
+        raise
     except Exception as e:
         raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({error_text(e)})"
                         + (": move it away to go back to the one before" if what == "checkpoint" else "")) from None

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ignite_mnist.errors import UserError
+from ignite_mnist.errors import UserError, is_file
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 DIGITS = [str(d) for d in range(10)]
@@ -191,18 +191,26 @@ def read_split(images_path: Path, labels_path: Path, num_classes: int = 10):
 
 
 def _find_in(folder: Path) -> dict:
-    """{stem: path} of the IDX files present in folder, plain or .gz."""
+    """{stem: path} of the IDX files present in folder, plain or .gz; OSError where a folder on the way may not be
+    looked in."""
     found = {}
     for stem in STEMS:
         for name in (stem, stem + ".gz"):
-            try:
-                is_file = (folder / name).is_file()
-            except OSError as e:  # a folder on the way that this user may not open (is_file says False for most)
-                raise UserError(f"cannot look for the data in {folder}: {e.strerror}") from None
-            if is_file:
+            if is_file(folder / name):
                 found[stem] = folder / name
                 break
     return found
+
+
+def _refusing_folder(folder: Path) -> Path:
+    """The folder on the way to `folder` that this user may not look in: the deepest one that can be seen."""
+    for path in (folder, *folder.parents):
+        try:
+            os.stat(path)
+            return path
+        except OSError:
+            continue
+    return folder
 
 
 def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
@@ -213,10 +221,17 @@ def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
     """
     spec = DATASETS[dataset]
     folders = [SAMPLE_DIR] if spec["folder"] is None else [Path(data_path) / spec["folder"] / "raw", Path(data_path)]
+    refused = None  # the first folder this user may not look in: named if the files are found nowhere
     for folder in folders:
-        found = _find_in(folder)
+        try:
+            found = _find_in(folder)
+        except OSError as e:
+            refused = refused or (_refusing_folder(folder), e.strerror)
+            continue
         if len(found) == len(STEMS):
             return {split: (found[images], found[labels]) for split, (images, labels) in FILES.items()}
+    if refused:
+        raise UserError(f"cannot look for the data in {refused[0]}: {refused[1]}")
     if spec["folder"] is None:
         raise UserError(f"the bundled sample is missing from {SAMPLE_DIR}: reinstall ignite-mnist")
     if download:
@@ -397,7 +412,7 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
                 raise UserError(f"{name} is {width}x{height} pixels, more than the limit of {limit} pixels "
                                 "(a decompression bomb?)")
             ImageOps.exif_transpose(opened, in_place=True)  # in place: no copy of a large image to turn none
-            image = _shrunk(_eight_bit(opened))
+            image = _eight_bit(_shrunk(opened), name)
             if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
                 image = _on_contrasting_background(image.convert("RGBA"))
             image = image.convert("L")
@@ -422,26 +437,36 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
 def background_is_light(pixels: np.ndarray) -> bool:
     """Whether the image's background, what lies along its edges, is light: the median of its outermost pixels.
     (Not the whole image's median: a light garment fills most of a dark Fashion-MNIST image, and that rule turned
-    19% of Fashion-MNIST's test images the wrong way round; this one turns none of MNIST's or Fashion-MNIST's.)"""
+    19% of Fashion-MNIST's test images the wrong way round; this one turns none of MNIST's or Fashion-MNIST's test
+    images, and 2 of Fashion-MNIST's 60,000 training images. A digit cropped so tightly that its strokes fill the
+    edges can still be taken the wrong way round.)"""
     edges = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
     return bool(np.median(edges) > 127)
 
 
-def _eight_bit(image):
-    """A 16-bit, 32-bit or floating-point greyscale image as 8-bit greyscale, where Pillow's convert("L") would clip
-    every value above 255 to white (a 16-bit scan became one colour: blank): 16-bit values scaled from 0-65535,
-    floats from 0-1 when that is their range, any other range stretched to 0-255. Other modes as they are."""
+def _eight_bit(image, name: str):
+    """A greyscale image of more than 8 bits (16-bit, 32-bit or floating-point) as 8-bit greyscale, where Pillow's
+    convert("L") would clip every value above 255 to white (a 16-bit scan became blank). Values already within 0-255
+    are kept; larger whole numbers scaled from the range of their bit depth (a 12-bit image's 0-4095, a 16-bit one's
+    0-65535); floats within 0-1 taken as 0-1; anything else (negative values) stretched from its lowest value to its
+    highest. NaN or infinite values are refused. Other modes as they are."""
     if image.mode.startswith("I;16"):
-        return image.convert("I").point(lambda v: v * (255 / 65535)).convert("L")
+        image = image.convert("I")
     if image.mode not in ("I", "F"):
         return image
-    low, high = image.getextrema()
-    if image.mode == "F" and 0 <= low and high <= 1:
-        low, high = 0.0, 1.0
-    elif 0 <= low and high <= 255:
-        return image.convert("L")
-    scale = 255 / (high - low) if high > low else 0.0
-    return image.point(lambda v: (v - low) * scale).convert("L")
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise UserError(f"{name} holds pixel values that are not numbers (NaN or infinite)")
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if image.mode == "F" and low >= 0 and high <= 1:
+        values = values * 255
+    elif low >= 0 and high > 255 and image.mode == "I":
+        values = values * (255 / (2 ** int(high).bit_length() - 1))
+    elif low < 0 or high > 255:
+        values = (values - low) * (255 / (high - low))
+    return Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8), "L")
 
 
 WORK_SIDE = 1024  # pixels: a larger image is shrunk to this on its longer side before any other work
@@ -452,10 +477,16 @@ def _shrunk(image):
     more, and each later step then copies a few MB, not 100 MB and more (a 25-megapixel RGBA image took 680 MB
     to prepare). Modes that Image.reduce does not take are converted first, to RGBA where they carry
     transparency, else to L (what the digit becomes anyway)."""
+    from PIL import Image
+
     factor = -(-max(image.size) // WORK_SIDE)
     if factor <= 1:
         return image
-    if image.mode not in ("L", "LA", "RGB", "RGBA"):
+    if image.mode == "I;16":  # (reduce does not take it; a box resize does, without a 32-bit copy of the whole)
+        return image.resize((-(-image.width // factor), -(-image.height // factor)), Image.Resampling.BOX)
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):
         image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "L")
     return image.reduce(factor)
 

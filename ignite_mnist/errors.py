@@ -1,4 +1,8 @@
-"""The one exception the CLI turns into a one-line message and a non-zero exit."""
+"""The one exception the CLI turns into a one-line message and a non-zero exit, and helpers to word errors."""
+
+import errno
+import os
+import stat
 
 
 class UserError(Exception):
@@ -21,3 +25,14 @@ def error_text(error: BaseException, limit: int = 200, whole: bool = False) -> s
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
     text = " ".join(lines) if whole else lines[0]
     return text if len(text) <= limit else text[:limit - 4].rstrip() + " ..."
+
+
+def is_file(path) -> bool:
+    """Whether path is a regular file; False where nothing is there, but an error that is not that (a folder on the
+    way this user may not look in) raised, not taken for "no file": Python 3.14's Path.is_file says False for it."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ignite_mnist.errors import UserError, error_text
+from ignite_mnist.errors import UserError, error_text, is_file
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "config.default.json"
@@ -597,7 +597,7 @@ def summarize_experiments(experiments_path: Path) -> list:
     rows = []
     for root in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         try:
-            if not (root / "experiment.json").is_file():
+            if not is_file(root / "experiment.json"):  # (a folder this user may not read: a broken row, below)
                 rows.append({"name": root.name, "broken": f"{root} holds no experiment.json"})
                 continue
             experiment = open_experiment(folder, root.name)

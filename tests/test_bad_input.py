@@ -596,22 +596,30 @@ def test_a_plot_name_as_long_as_the_file_system_takes_is_written(copy, capsys, t
 # ---- files and folders this user may not read ------------------------------------------------------
 
 def run_without_root_powers(*args, cwd):
-    """The CLI in a subprocess as the owner of every file here, without root's right to read what chmod forbids
-    (a user namespace: as root, chmod 000 stops nothing); skipped where this machine gives no user namespace."""
-    probe = subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", "true"], capture_output=True)
+    """The CLI in a subprocess, as a user whom chmod binds: this one where it is not root; as root, in a user namespace
+    where it owns every file here without root's right to read what chmod forbids (skipped where there is none)."""
+    command = [sys.executable, "-m", "ignite_mnist", *map(str, args)]
+    if os.geteuid() != 0:
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+    unshare = ["unshare", "--user", "--map-user=1000", "--map-group=1000"]
+    if shutil.which("unshare") is None:
+        pytest.skip("running as root, without unshare to drop root's powers")
+    probe = subprocess.run([*unshare, "true"], capture_output=True)
     if probe.returncode != 0:
-        pytest.skip(f"no user namespace here to drop root's powers in: {probe.stderr.decode().strip()}")
-    return subprocess.run(["unshare", "--user", "--map-user=1000", "--map-group=1000", sys.executable, "-m",
-                           "ignite_mnist", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+        pytest.skip(f"running as root, and no user namespace to drop root's powers in: {probe.stderr.decode().strip()}")
+    return subprocess.run([*unshare, *command], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def test_folders_this_user_may_not_read_are_one_line_and_list_goes_on(copy, tiny_data):
-    experiments = copy / "experiments"
+    experiments, checkpoint = copy / "experiments", copy / "experiments" / "exp" / "checkpoints" / "checkpoint_2.pt"
     shutil.copytree(experiments / "exp", experiments / "locked")
     shutil.copytree(tiny_data, copy / "data" / "MNIST" / "raw")  # torchvision's layout (--data-path is click's to check)
+    shutil.copytree(tiny_data, copy / "flat")  # the files flat in --data-path too, torchvision's folder locked
+    shutil.copytree(tiny_data, copy / "flat" / "MNIST" / "raw")
     (experiments / "locked").chmod(0)
     (experiments / "exp" / "checkpoints").chmod(0)
     (copy / "data" / "MNIST").chmod(0)
+    (copy / "flat" / "MNIST").chmod(0)
     try:
         listed = run_without_root_powers("--experiments-path", experiments, "list", cwd=copy)
         assert listed.returncode == 0, listed.stderr
@@ -621,13 +629,23 @@ def test_folders_this_user_may_not_read_are_one_line_and_list_goes_on(copy, tiny
                 (["-e", "exp", "info"], f"error: cannot use {experiments / 'exp' / 'checkpoints'}: Permission denied"),
                 (["-e", "locked", "info"], f"error: cannot use {experiments / 'locked'}"),
                 (["-e", "exp", "--data-path", copy / "data", "test", "--epoch", "2"],
-                 f"error: cannot look for the data in {copy / 'data' / 'MNIST' / 'raw'}: Permission denied")):
-            if args[-1] == "2":  # the data's turn: the checkpoint readable again
-                (experiments / "exp" / "checkpoints").chmod(0o755)
+                 f"error: cannot read checkpoint {checkpoint}: Permission denied"),
+                (["-e", "exp", "--data-path", copy / "data", "test", "--epoch", "2"],
+                 f"error: cannot look for the data in {copy / 'data' / 'MNIST'}: Permission denied")):
+            if "test" in args and (experiments / "exp" / "checkpoints").stat().st_mode & 0o777 == 0:
+                (experiments / "exp" / "checkpoints").chmod(0o755)  # the checkpoint's turn: its folder readable
+                checkpoint.chmod(0)
+            elif "test" in args:
+                checkpoint.chmod(0o644)  # the data's turn: the checkpoint readable again
             refused = run_without_root_powers("--experiments-path", experiments, *args, cwd=copy)
             lines = refused.stderr.strip().splitlines()
             assert refused.returncode == 2 and len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
             assert lines[0].startswith(message), lines[0]
+        tested = run_without_root_powers("--experiments-path", experiments, "-e", "exp", "--data-path", copy / "flat",
+                                         "test", "--epoch", "2", cwd=copy)
+        assert tested.returncode == 0 and "accuracy" in tested.stdout + tested.stderr, tested.stderr
     finally:
-        for path in (experiments / "locked", experiments / "exp" / "checkpoints", copy / "data" / "MNIST"):
+        for path in (experiments / "locked", experiments / "exp" / "checkpoints", copy / "data" / "MNIST",
+                     copy / "flat" / "MNIST"):
             path.chmod(0o755)
+        checkpoint.chmod(0o644)

@@ -318,3 +318,19 @@ def test_images_of_more_than_eight_bits_are_scaled_not_clipped(tmp_path, sample)
     assert (data.image_as_digit(tmp_path / "int32.tiff").int() - digit.int()).abs().max() <= 1
     Image.fromarray(digit.numpy().astype(np.int32)).save(tmp_path / "int32-8bit.tiff")  # 32-bit ints holding 0-255
     assert torch.equal(data.image_as_digit(tmp_path / "int32-8bit.tiff"), digit)
+    Image.fromarray(digit.numpy().astype(np.uint16)).save(tmp_path / "d16-8bit.png")  # 16-bit holding 0-255
+    assert torch.equal(data.image_as_digit(tmp_path / "d16-8bit.png"), digit)
+    Image.fromarray(digit.numpy().astype(np.uint16) * 16).save(tmp_path / "d12.png")  # 12-bit: 0-4095
+    assert (data.image_as_digit(tmp_path / "d12.png").int() - digit.int()).abs().max() <= 1
+    big = np.kron(wide, np.ones((80, 80), np.uint16))  # 2240x2240: shrunk as 16 bits, then scaled
+    Image.fromarray(big).save(tmp_path / "big16.png")
+    Image.fromarray((big // 257).astype(np.uint8)).save(tmp_path / "big8.png")  # its 8-bit twin
+    assert Image.open(tmp_path / "big16.png").mode == "I;16"
+    from_16_bits = data.image_as_digit(tmp_path / "big16.png")
+    from_8_bits = data.image_as_digit(tmp_path / "big8.png")
+    assert from_16_bits.max() == 255 and (from_16_bits.int() - from_8_bits.int()).abs().max() <= 4
+    broken = digit.numpy().astype(np.float32) / 255
+    broken[0, 0] = np.nan
+    Image.fromarray(broken).save(tmp_path / "nan.tiff")
+    with pytest.raises(UserError, match="holds pixel values that are not numbers"):
+        data.image_as_digit(tmp_path / "nan.tiff")
