@@ -1,4 +1,5 @@
-"""The one exception the CLI turns into a one-line message and a non-zero exit, and helpers to word errors."""
+"""The one exception the CLI turns into a one-line message and a non-zero exit; how to word an error; a file test
+that does not take an error for "no file"."""
 
 import errno
 import os
