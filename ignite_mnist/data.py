@@ -459,7 +459,7 @@ def _eight_bit(image, name: str):
     values = np.asarray(image, dtype=np.float64)
     if not np.isfinite(values).all():
         raise UserError(f"{name} holds pixel values that are not numbers (NaN or infinite)")
-    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    low, high = values.min(), values.max()
     if image.mode == "F" and low >= 0 and high <= 1:
         values = values * 255
     elif low >= 0 and high > 255 and image.mode == "I":

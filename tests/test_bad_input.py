@@ -611,41 +611,40 @@ def run_without_root_powers(*args, cwd):
 
 
 def test_folders_this_user_may_not_read_are_one_line_and_list_goes_on(copy, tiny_data):
-    experiments, checkpoint = copy / "experiments", copy / "experiments" / "exp" / "checkpoints" / "checkpoint_2.pt"
+    experiments, checkpoints = copy / "experiments", copy / "experiments" / "exp" / "checkpoints"
     shutil.copytree(experiments / "exp", experiments / "locked")
     shutil.copytree(tiny_data, copy / "data" / "MNIST" / "raw")  # torchvision's layout (--data-path is click's to check)
     shutil.copytree(tiny_data, copy / "flat")  # the files flat in --data-path too, torchvision's folder locked
     shutil.copytree(tiny_data, copy / "flat" / "MNIST" / "raw")
-    (experiments / "locked").chmod(0)
-    (experiments / "exp" / "checkpoints").chmod(0)
-    (copy / "data" / "MNIST").chmod(0)
-    (copy / "flat" / "MNIST").chmod(0)
+    locked = [experiments / "locked", checkpoints, copy / "data" / "MNIST", copy / "flat" / "MNIST"]
+
+    def run(*args):
+        return run_without_root_powers("--experiments-path", experiments, *args, cwd=copy)
+
+    def refused(args, message):
+        result = run(*args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        assert lines[0].startswith(message), lines[0]
+
+    test_epoch_2 = ["-e", "exp", "--data-path", copy / "data", "test", "--epoch", "2"]
+    for path in locked:
+        path.chmod(0)
     try:
-        listed = run_without_root_powers("--experiments-path", experiments, "list", cwd=copy)
+        listed = run("list")
         assert listed.returncode == 0, listed.stderr
         assert re.search(r"^exp\b", listed.stdout, re.M), listed.stdout  # the readable one, listed as ever
         assert re.search(r"^locked\b.*Permission denied", listed.stdout, re.M), listed.stdout
-        for args, message in (
-                (["-e", "exp", "info"], f"error: cannot use {experiments / 'exp' / 'checkpoints'}: Permission denied"),
-                (["-e", "locked", "info"], f"error: cannot use {experiments / 'locked'}"),
-                (["-e", "exp", "--data-path", copy / "data", "test", "--epoch", "2"],
-                 f"error: cannot read checkpoint {checkpoint}: Permission denied"),
-                (["-e", "exp", "--data-path", copy / "data", "test", "--epoch", "2"],
-                 f"error: cannot look for the data in {copy / 'data' / 'MNIST'}: Permission denied")):
-            if "test" in args and (experiments / "exp" / "checkpoints").stat().st_mode & 0o777 == 0:
-                (experiments / "exp" / "checkpoints").chmod(0o755)  # the checkpoint's turn: its folder readable
-                checkpoint.chmod(0)
-            elif "test" in args:
-                checkpoint.chmod(0o644)  # the data's turn: the checkpoint readable again
-            refused = run_without_root_powers("--experiments-path", experiments, *args, cwd=copy)
-            lines = refused.stderr.strip().splitlines()
-            assert refused.returncode == 2 and len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
-            assert lines[0].startswith(message), lines[0]
-        tested = run_without_root_powers("--experiments-path", experiments, "-e", "exp", "--data-path", copy / "flat",
-                                         "test", "--epoch", "2", cwd=copy)
+        refused(["-e", "exp", "info"], f"error: cannot use {checkpoints}: Permission denied")
+        refused(["-e", "locked", "info"], f"error: cannot use {experiments / 'locked'}")
+        checkpoints.chmod(0o755)
+        locked.append(checkpoints / "checkpoint_2.pt")
+        locked[-1].chmod(0)
+        refused(test_epoch_2, f"error: cannot read checkpoint {locked[-1]}: Permission denied")
+        locked[-1].chmod(0o644)
+        refused(test_epoch_2, f"error: cannot look for the data in {copy / 'data' / 'MNIST'}: Permission denied")
+        tested = run("-e", "exp", "--data-path", copy / "flat", "test", "--epoch", "2")
         assert tested.returncode == 0 and "accuracy" in tested.stdout + tested.stderr, tested.stderr
     finally:
-        for path in (experiments / "locked", experiments / "exp" / "checkpoints", copy / "data" / "MNIST",
-                     copy / "flat" / "MNIST"):
+        for path in locked:
             path.chmod(0o755)
-        checkpoint.chmod(0o644)
