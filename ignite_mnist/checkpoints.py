@@ -6,14 +6,13 @@ data: a crafted pickle is refused without being run.
 
 import random
 import zipfile
-from pathlib import Path
 
 from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import numpy as np
 import torch
 from ignite.handlers import Checkpoint
 
-from ignite_mnist.errors import UserError, error_text
+from ignite_mnist.errors import UserError, error_text, exists, is_file
 
 FILENAME_PATTERN = "{name}_{global_step}.{ext}"  # checkpoint_<epoch>.pt: Experiment.checkpoints() reads these
 
@@ -90,8 +89,8 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     mmap=True maps the tensors instead of reading them: for callers that only look at the plain data.
     """
     try:
-        if Path(path).exists():  # (a missing one: torch.load's own error)
-            if not Path(path).is_file():  # a pipe would never open, a device never end
+        if exists(path):  # (a missing one: torch.load's own error)
+            if not is_file(path):  # a pipe would never open, a device never end
                 raise ValueError("not a regular file")
             try:
                 open(path, "rb").close()  # (is_zipfile takes a file it may not open for one that is not a zip)

@@ -24,7 +24,7 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:
     from click import exceptions as click_exceptions
 
-from ignite_mnist.errors import UserError
+from ignite_mnist.errors import UserError, is_dir, is_file
 from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, command_line, console_shows_any_text,
                                      flatten, init_experiment, log, open_experiment, report_log, setup_logging,
                                      summarize_experiments, tensorboard_runs)
@@ -148,9 +148,9 @@ def test(
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot writes a PNG file: give a name ending in .png, not {plot.name!r}")
     written = Path(os.path.realpath(plot)) if plot is not None else None  # a symlink is written through
-    if written is not None and not written.parent.is_dir():
+    if written is not None and not is_dir(written.parent):
         raise UserError(f"--plot {plot}: folder {written.parent} does not exist")
-    if written is not None and written.is_dir():
+    if written is not None and is_dir(written):
         raise UserError(f"--plot {plot} is a folder: give a file name ending in .png")
     from ignite_mnist.engines import evaluate_checkpoint
 
@@ -386,7 +386,7 @@ def sweep(
               f"  {params}")
     if result["best"] is not None:
         best = next(t for t in result["trials"] if t["number"] == result["best"])
-        if (Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json").is_file():
+        if is_file(Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json"):
             print(f"best: trial {best['number']}; export its best epoch with: "
                   + command_line(g.experiments_path, best["experiment"], "export-release --epoch best", g.data_path))
         else:
@@ -415,7 +415,7 @@ def tensorboard(
                 log.info(f"left out: {e}")
     if importlib.util.find_spec("tensorboard") is None:
         raise UserError("TensorBoard is not installed: pip install tensorboard")
-    experiments = [e for e in experiments if e.tensorboard_dir.is_dir()]
+    experiments = [e for e in experiments if is_dir(e.tensorboard_dir)]
     if not experiments:
         raise UserError(f"experiment {g.experiment_name} has no TensorBoard logs yet: run `train` first"
                         if g.experiment_name else

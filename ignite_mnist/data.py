@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ignite_mnist.errors import UserError, is_file
+from ignite_mnist.errors import UserError, exists, is_dir, is_file
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 DIGITS = [str(d) for d in range(10)]
@@ -246,15 +246,15 @@ def _download(dataset: str, data_path: Path) -> None:
     cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
     raw = data_path / DATASETS[dataset]["folder"] / "raw"
     made = [folder for folder in (raw, raw.parent, data_path, *data_path.parents)  # deepest first
-            if not folder.exists()]
-    there_before = set(raw.iterdir()) if raw.is_dir() else set()
+            if not exists(folder)]
+    there_before = set(raw.iterdir()) if is_dir(raw) else set()
     try:
         for train in (True, False):
             cls(str(data_path), train=train, download=True)
     except Exception as e:
         # leave the data folder as it was: the partial files and the empty folders of the failed download go
-        for path in (set(raw.iterdir()) if raw.is_dir() else set()) - there_before:
-            if path.is_file():
+        for path in (set(raw.iterdir()) if is_dir(raw) else set()) - there_before:
+            if is_file(path):
                 path.unlink(missing_ok=True)
         for folder in made:
             try:
@@ -395,9 +395,9 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
     elif isinstance(source, (str, Path)):
         source = Path(source)
         name = name or str(source)
-        if source.is_dir():
+        if is_dir(source):
             raise UserError(f"{name} is a directory, not an image file")
-        if source.exists() and not source.is_file():  # a FIFO or a device: reading it could wait forever
+        if exists(source) and not is_file(source):  # a FIFO or a device: reading it could wait forever
             raise UserError(f"{name} is not a regular file, not an image file")
     else:
         name = name or "the image"

@@ -10,6 +10,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 
 from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import ignite.distributed as idist
@@ -278,13 +279,20 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
             log.info(f"release of epoch {epoch}" + (" (the best)" if evaluators.get("validation") else "")
                      + f" written: {path}")
 
-        tb = TensorboardLogger(log_dir=experiment.tensorboard_dir)
+        # purge_step: a resumed run redoes the iterations after its checkpoint, and readers of the event files drop
+        # the points from that step on written before. filename_suffix: tensorboardX names a file by the second it
+        # opens it in, and truncates one of that name: a run resumed within the second would erase its forerunner's
+        # (the nanoseconds sort the runs' files in their order, as readers take them)
+        tb = TensorboardLogger(log_dir=experiment.tensorboard_dir, purge_step=trainer.state.iteration + 1,
+                               filename_suffix=f".{time.time_ns()}")
         if not history.epochs:  # a fresh run (not a resumed one): its hyper-parameters, once, for HParams
             summaries.write_hparams(tb.writer, experiment)
         tb.attach_output_handler(trainer, Events.ITERATION_COMPLETED(every=job["log_period"]), tag="training",
                                  output_transform=lambda loss: {"batch_loss": loss.item()})
         tb.attach_output_handler(trainer, Events.EPOCH_COMPLETED, tag="training", metric_names=["loss"])
-        tb.attach_opt_params_handler(trainer, Events.EPOCH_STARTED, optimizer, param_name="lr")
+        # on the iterations' axis, which the purge above covers: an epoch started again would log it twice
+        tb.attach_opt_params_handler(trainer, Events.ITERATION_STARTED(every=job["log_period"]), optimizer,
+                                     param_name="lr")
         for name, evaluator in evaluators.items():
             tb.attach_output_handler(evaluator, Events.COMPLETED, tag=name, metric_names=["loss", "accuracy"],
                                      global_step_transform=global_step_from_engine(trainer, Events.EPOCH_COMPLETED))

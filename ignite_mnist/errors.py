@@ -1,5 +1,5 @@
-"""The one exception the CLI turns into a one-line message and a non-zero exit; how to word an error; a file test
-that does not take an error for "no file"."""
+"""The one exception the CLI turns into a one-line message and a non-zero exit; how to word an error; file tests
+that do not take an error for "no file"."""
 
 import errno
 import os
@@ -28,12 +28,32 @@ def error_text(error: BaseException, limit: int = 200, whole: bool = False) -> s
     return text if len(text) <= limit else text[:limit - 4].rstrip() + " ..."
 
 
-def is_file(path) -> bool:
-    """Whether path is a regular file; False where nothing is there, but an error that is not that (a folder on the
-    way this user may not look in) raised, not taken for "no file": Python 3.14's Path.is_file says False for it."""
+# what Path.is_file/is_dir/exists took for "nothing there" before Python 3.14; 3.14's take any error for it, so a
+# folder on the way that this user may not look in would read as "does not exist" instead of "Permission denied"
+_NOTHING_THERE = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def _mode(path):
     try:
-        return stat.S_ISREG(os.stat(path).st_mode)
+        return os.stat(path).st_mode
     except OSError as e:
-        if e.errno in (errno.ENOENT, errno.ENOTDIR):
-            return False
+        if e.errno in _NOTHING_THERE:
+            return None
         raise
+
+
+def is_file(path) -> bool:
+    """Path(path).is_file() as before Python 3.14, on every version: an error other than "nothing there" is raised."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def is_dir(path) -> bool:
+    """Path(path).is_dir() as before Python 3.14 (see is_file)."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
+def exists(path) -> bool:
+    """Path(path).exists() as before Python 3.14 (see is_file)."""
+    return _mode(path) is not None

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ignite_mnist.errors import UserError, error_text, is_file
+from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "config.default.json"
@@ -293,7 +293,7 @@ class Experiment:
         """The folders the experiment writes in (default: all) are folders where they exist: a file in the way is
         named before a training starts, not after its first epoch."""
         for folder in folders or (self.checkpoints_dir, self.releases_dir, self.tensorboard_dir):
-            if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            if (exists(folder) or folder.is_symlink()) and not is_dir(folder):
                 raise UserError(f"{folder} is not a folder: the experiment keeps its {folder.name} there; move it away")
 
     def load_split(self) -> dict:
@@ -316,7 +316,7 @@ class Experiment:
     def checkpoints(self) -> dict:
         """{epoch: path} of the complete checkpoints, by epoch (temporary files of a killed save are not)."""
         self.check_folders(self.checkpoints_dir)  # a file in its place is named, not taken for "none yet"
-        if not self.checkpoints_dir.is_dir():
+        if not is_dir(self.checkpoints_dir):
             return {}
         found = ((_CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints_dir.iterdir())
         return dict(sorted((int(m.group(1)), p) for m, p in found if m))
@@ -460,7 +460,7 @@ class Experiment:
     def remove_partial_files(self) -> None:
         """Delete what a killed save left: DiskSaver's and write_json's temporary files (never read)."""
         for folder, pattern in ((self.checkpoints_dir, "tmp*"), (self.releases_dir, "tmp*"), (self.root, ".*.json.*")):
-            for path in folder.glob(pattern) if folder.is_dir() else ():
+            for path in folder.glob(pattern) if is_dir(folder) else ():
                 path.unlink(missing_ok=True)
 
     def release_path(self, epoch: int) -> Path:
@@ -468,7 +468,7 @@ class Experiment:
 
     def releases(self) -> list:
         """[{"epoch", "format", "path"}] of the release files (pt, pt2, onnx), by epoch."""
-        if not self.releases_dir.is_dir():
+        if not is_dir(self.releases_dir):
             return []
         found = ((_RELEASE.fullmatch(p.name), p) for p in self.releases_dir.iterdir())
         return [{"epoch": int(m.group(1)), "format": m.group(2), "path": str(p)}
@@ -528,7 +528,7 @@ def command_line(experiments_path: Path, name: str, command: str, data_path: Pat
 
 def check_experiments_folder(experiments_path: Path) -> None:
     path = Path(experiments_path)
-    if (path.exists() or path.is_symlink()) and not path.is_dir():
+    if (exists(path) or path.is_symlink()) and not is_dir(path):
         raise UserError(f"--experiments-path {path} is not a folder: name the folder that holds the experiments")
 
 
@@ -536,18 +536,18 @@ def check_name_free(experiments_path: Path, name: str) -> None:
     """Before `init` makes experiment `name`: the experiments folder is one, and nothing has that name yet."""
     check_experiments_folder(experiments_path)
     root = Path(experiments_path) / name
-    if root.exists() or root.is_symlink():
+    if exists(root) or root.is_symlink():
         raise _name_taken(experiments_path, name)
 
 
 def _name_taken(experiments_path: Path, name: str) -> UserError:
     """init's answer for a name in use: by an experiment, or by something else (a file, a folder of no experiment)."""
     root = Path(experiments_path) / name
-    if (root / "experiment.json").is_file():
+    if is_file(root / "experiment.json"):
         return UserError(f"experiment {name!r} already exists in {experiments_path}: pick another name or delete it")
     if os.path.lexists(root / "experiment.json"):  # a pipe, a device, a folder, a link to nothing
         return UserError(f"experiment file {root / 'experiment.json'} is not a regular file: move it away")
-    what = ("a folder that holds no experiment.json" if root.is_dir() else "a file" if root.exists()
+    what = ("a folder that holds no experiment.json" if is_dir(root) else "a file" if exists(root)
             else "a link to nothing")
     return UserError(f"{root} is {what}, not an experiment: pick another name, or move it away")
 
@@ -555,9 +555,9 @@ def _name_taken(experiments_path: Path, name: str) -> UserError:
 def open_experiment(experiments_path: Path, name: str) -> Experiment:
     check_experiments_folder(experiments_path)
     root = Path(experiments_path) / validate_name(name)
-    if (root.exists() or root.is_symlink()) and not (root / "experiment.json").is_file():
+    if (exists(root) or root.is_symlink()) and not is_file(root / "experiment.json"):
         raise _name_taken(experiments_path, name)  # a file, or a folder `init` did not make
-    if not (root / "experiment.json").is_file():
+    if not is_file(root / "experiment.json"):
         known = sorted(p.parent.name for p in Path(experiments_path).glob("*/experiment.json"))
         hint = f"; experiments there: {', '.join(known[:10])}{', ...' * (len(known) > 10)}" if known else ""
         raise UserError(f"no experiment {name!r} in {experiments_path}: create it with `init`{hint}")
@@ -592,10 +592,10 @@ def summarize_experiments(experiments_path: Path) -> list:
     Reads experiment.json and metrics.json only (the checkpoints only if metrics.json lags behind them)."""
     folder = Path(experiments_path)
     check_experiments_folder(folder)
-    if not folder.is_dir():
+    if not is_dir(folder):
         raise UserError(f"no experiments folder {folder}: create an experiment with `init` first")
     rows = []
-    for root in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for root in sorted(p for p in folder.iterdir() if is_dir(p) and not p.name.startswith(".")):
         try:
             if not is_file(root / "experiment.json"):  # (a folder this user may not read: a broken row, below)
                 rows.append({"name": root.name, "broken": f"{root} holds no experiment.json"})

@@ -39,6 +39,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ignite_mnist import data
+from ignite_mnist.errors import is_file
 
 log = logging.getLogger("ignite_mnist")
 
@@ -88,7 +89,7 @@ def _load():
     try:
         cache = data.cache_root()
         path = cache / f"kernels-{key.hexdigest()[:16]}.so"
-        built = path.is_file()
+        built = is_file(path)
     except (RuntimeError, OSError) as e:
         raise KernelsUnavailable(f"no cache folder to keep them in ({e})") from None
     if not built:

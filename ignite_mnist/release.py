@@ -31,7 +31,7 @@ from torch import nn
 
 from ignite_mnist import data
 from ignite_mnist.checkpoints import check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
-from ignite_mnist.errors import UserError, error_text
+from ignite_mnist.errors import UserError, error_text, exists, is_file
 from ignite_mnist.experiment import Experiment, log, package_versions
 from ignite_mnist.model import Net
 
@@ -320,8 +320,8 @@ def open_release(path: Path, fmt: str = None, threads: int = None) -> LoadedRele
     threads: torch's CPU threads (for the whole process) for a pt or pt2 release; onnxruntime keeps its own
     choice (it measured best at its default, once kept from busy-waiting)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"release {path} does not exist" if not path.exists() else f"release {path} is not a file")
+    if not is_file(path):
+        raise UserError(f"release {path} does not exist" if not exists(path) else f"release {path} is not a file")
     fmt = fmt or format_of(path)
     if threads and fmt != "onnx":
         torch.set_num_threads(threads)
@@ -330,8 +330,8 @@ def open_release(path: Path, fmt: str = None, threads: int = None) -> LoadedRele
 
 def load_release(path: Path) -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"release {path} does not exist" if not path.exists() else f"release {path} is not a file")
+    if not is_file(path):
+        raise UserError(f"release {path} does not exist" if not exists(path) else f"release {path} is not a file")
     release = read_checkpoint(path, "cpu", what="release")  # CRCs checked: a flipped byte is refused
     if release.get("format") != FORMAT:
         raise UserError(f"{path} is not an ignite-mnist release (no format {FORMAT!r})")

@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from ignite_mnist.errors import UserError, error_text
+from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, MAX_CONFIG_BYTES, Experiment,
                                      apply_overrides, best_first, check_config_key, check_seed, init_experiment,
                                      load_config, log, read_json, schema_violations, setup_logging, validate_config,
@@ -145,9 +145,9 @@ def open_storage(url: str, experiments_path: Path, attempts: int = 5):
 def check_journal(path: Path) -> None:
     """An existing --storage file must be an Optuna journal (JSON lines with an op_code): Optuna would append
     to any file, and then fail on reading it."""
-    if path.is_dir():
+    if is_dir(path):
         raise UserError(f"the sweep storage {path} is a directory: name a journal file")
-    if path.exists() and not path.is_file():  # a FIFO or a device: reading it would wait forever
+    if exists(path) and not is_file(path):  # a FIFO or a device: reading it would wait forever
         raise UserError(f"the sweep storage {path} is not a regular file: name a journal file")
     try:
         with open(path, "rb") as f:
@@ -167,9 +167,9 @@ def check_journal(path: Path) -> None:
 
 def check_sqlite(path: Path) -> None:
     """An existing SQLite --storage file must hold Optuna's tables: Optuna would add them to any database."""
-    if path.exists() and not path.is_file():  # a FIFO or a device: reading it would wait forever
+    if exists(path) and not is_file(path):  # a FIFO or a device: reading it would wait forever
         raise UserError(f"the sweep storage {path} is not a regular file: name a new file, or the sweep's")
-    tables = sqlite_tables(path) if path.is_file() and path.stat().st_size else "optuna"
+    tables = sqlite_tables(path) if is_file(path) and path.stat().st_size else "optuna"
     if tables == "optuna" or tables.startswith("busy"):  # (busy: Optuna's read-write open waits or recovers)
         return
     if tables == "other":
@@ -258,7 +258,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     new_file = _storage_file(url)
     if new_file is not None:
         (check_journal if "://" not in url else check_sqlite)(new_file)
-    if new_file is not None and not new_file.exists():  # a new study: every NAME-<number> experiment is foreign
+    if new_file is not None and not exists(new_file):  # a new study: every NAME-<number> experiment is foreign
         foreign = foreign_experiments(None, name, experiments_path)
         if foreign:
             raise _foreign_error(name, foreign, url)
@@ -277,7 +277,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
             trial.set_user_attr("not_needed", True)
             raise NotNeeded()
         experiment_name = f"{name}-{trial.number}"
-        if (Path(experiments_path) / experiment_name).exists():  # made since the check before the first trial
+        if exists(Path(experiments_path) / experiment_name):  # made since the check before the first trial
             raise TrialRefused(f"experiment {experiment_name} already exists but is not trial {trial.number} of the "
                                f"study in {url}: use another --name, or move it away")
         # "experiment" names the trial's experiment as the study's own (foreign_experiments): set only now
@@ -389,7 +389,7 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     url = storage_url(name, experiments_path, storage)
     database = _storage_file(url) if url.startswith("sqlite:///") else None
-    if database is not None and not database.is_file():
+    if database is not None and not is_file(database):
         raise UserError(f"no sweep {name!r}: {database} does not exist (run `sweep` first, "
                         "or pass the --storage it used)")
     tables = sqlite_tables(database) if database is not None else "optuna"
@@ -402,7 +402,7 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if tables != "optuna":
         raise UserError(f"the sweep storage {database} is damaged or not an SQLite database ({tables[:200]}); it is "
                         "left as it is: restore it from a backup, or start the sweep anew under another --name")
-    if "://" not in url and not Path(url).exists():
+    if "://" not in url and not exists(Path(url)):
         raise UserError(f"no sweep {name!r}: the journal file {url} does not exist")
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, experiments_path))

@@ -595,31 +595,51 @@ def test_a_plot_name_as_long_as_the_file_system_takes_is_written(copy, capsys, t
 
 # ---- files and folders this user may not read ------------------------------------------------------
 
-def run_without_root_powers(*args, cwd):
+# Python 3.14's pathlib: is_file, is_dir and exists say False for any error, "Permission denied" included
+PATHLIB_3_14 = """
+import os.path, pathlib
+pathlib.Path.is_file = lambda self, *, follow_symlinks=True: os.path.isfile(self)
+pathlib.Path.is_dir = lambda self, *, follow_symlinks=True: os.path.isdir(self)
+pathlib.Path.exists = lambda self, *, follow_symlinks=True: os.path.exists(self)
+"""
+
+
+def run_without_root_powers(*args, cwd, env=None):
     """The CLI in a subprocess, as a user whom chmod binds: this one where it is not root; as root, in a user namespace
     where it owns every file here without root's right to read what chmod forbids (skipped where there is none)."""
     command = [sys.executable, "-m", "ignite_mnist", *map(str, args)]
     if os.geteuid() != 0:
-        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
+        return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
     unshare = ["unshare", "--user", "--map-user=1000", "--map-group=1000"]
     if shutil.which("unshare") is None:
         pytest.skip("running as root, without unshare to drop root's powers")
     probe = subprocess.run([*unshare, "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"running as root, and no user namespace to drop root's powers in: {probe.stderr.decode().strip()}")
-    return subprocess.run([*unshare, *command], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run([*unshare, *command], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
-def test_folders_this_user_may_not_read_are_one_line_and_list_goes_on(copy, tiny_data):
+@pytest.mark.parametrize("pathlib_3_14", [False, True], ids=["this-pathlib", "pathlib-3.14"])
+def test_folders_this_user_may_not_read_are_one_line_and_list_goes_on(copy, tiny_data, pathlib_3_14, tmp_path):
+    env = None
+    if pathlib_3_14:  # (sitecustomize: imported at start-up from PYTHONPATH, before the CLI's modules)
+        (tmp_path / "site").mkdir()
+        (tmp_path / "site" / "sitecustomize.py").write_text(PATHLIB_3_14)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), *filter(None, [
+            os.environ.get("PYTHONPATH")])])}
+        probe = subprocess.run([sys.executable, "-c", "import pathlib; print(pathlib.Path.is_file.__name__)"],
+                               env=env, capture_output=True, text=True)
+        assert probe.stdout.strip() == "<lambda>", probe.stderr
     experiments, checkpoints = copy / "experiments", copy / "experiments" / "exp" / "checkpoints"
     shutil.copytree(experiments / "exp", experiments / "locked")
     shutil.copytree(tiny_data, copy / "data" / "MNIST" / "raw")  # torchvision's layout (--data-path is click's to check)
     shutil.copytree(tiny_data, copy / "flat")  # the files flat in --data-path too, torchvision's folder locked
     shutil.copytree(tiny_data, copy / "flat" / "MNIST" / "raw")
-    locked = [experiments / "locked", checkpoints, copy / "data" / "MNIST", copy / "flat" / "MNIST"]
+    releases = experiments / "exp" / "releases"
+    locked = [experiments / "locked", checkpoints, copy / "data" / "MNIST", copy / "flat" / "MNIST", releases]
 
     def run(*args):
-        return run_without_root_powers("--experiments-path", experiments, *args, cwd=copy)
+        return run_without_root_powers("--experiments-path", experiments, *args, cwd=copy, env=env)
 
     def refused(args, message):
         result = run(*args)
@@ -637,6 +657,8 @@ def test_folders_this_user_may_not_read_are_one_line_and_list_goes_on(copy, tiny
         assert re.search(r"^locked\b.*Permission denied", listed.stdout, re.M), listed.stdout
         refused(["-e", "exp", "info"], f"error: cannot use {checkpoints}: Permission denied")
         refused(["-e", "locked", "info"], f"error: cannot use {experiments / 'locked'}")
+        refused(["predict", "--release", releases / "release_epoch_2.pt", copy / "digit.png"],
+                f"error: cannot use {releases / 'release_epoch_2.pt'}: Permission denied")
         checkpoints.chmod(0o755)
         locked.append(checkpoints / "checkpoint_2.pt")
         locked[-1].chmod(0)

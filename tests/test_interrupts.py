@@ -265,3 +265,55 @@ def test_sigterm_during_export_release_ends_it_in_one_line_and_leaves_nothing(co
     _, err = export.communicate(timeout=120)
     assert export.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated", err[-2000:]
     assert sorted(p.name for p in releases.iterdir()) == before
+
+
+def test_a_resumed_run_s_tensorboard_logs_show_each_step_once_as_an_unstopped_run_s(workdir, tiny_data, capsys,
+                                                                                     monkeypatch):
+    """Stopped in epoch 2, the iterations after checkpoint 1 are redone on resume and logged again: a reader of the
+    event files (TensorBoard's EventAccumulator) sees each step once, with the values of a run never stopped. Both
+    runs open their event files in the same second (tensorboardX names them by it): neither erases the other's."""
+    import types
+
+    import tensorboardX.event_file_writer
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from conftest import invoke
+    from ignite_mnist import engines
+
+    make_train_step = engines.make_train_step
+
+    def signalled_in_epoch_2(*args, **kwargs):  # as a SIGINT arriving in the middle of epoch 2 (10 iterations each)
+        step = make_train_step(*args, **kwargs)
+
+        def stopping(engine, index):
+            if engine.state.iteration == 15:
+                engines.STOP.signum = signal.SIGINT
+            return step(engine, index)
+        return stopping
+
+    def scalars(name):
+        accumulator = EventAccumulator(str(workdir / "experiments" / name / "tensorboard"), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+    monkeypatch.setattr(engines.STOP, "signum", 0)  # restored after the test: later in-process runs are not stopped
+    second = time.time()
+    monkeypatch.setattr(tensorboardX.event_file_writer, "time", types.SimpleNamespace(time=lambda: second))
+    config = make_config(workdir)
+    train = ["train", "--max-epochs", "3", "--device", "cpu", "--log-period", "2"]
+    for name in ("straight", "stopped"):
+        options = ["--experiments-path", workdir / "experiments", "--data-path", tiny_data, "-e", name]
+        assert invoke(capsys, *options, "init", "--config-path", config, "--seed", "3")[0] == 0
+        if name == "stopped":
+            monkeypatch.setattr(engines, "make_train_step", signalled_in_epoch_2)
+            assert invoke(capsys, *options, *train)[0] == 130
+            monkeypatch.setattr(engines, "make_train_step", make_train_step)
+            assert [step for step, _ in scalars(name)["training/batch_loss"]] == [2, 4, 6, 8, 10, 12, 14]
+        code, _, err = invoke(capsys, *options, *train)
+        assert code == 0, err
+    assert len(list((workdir / "experiments" / "stopped" / "tensorboard").glob("events.out.tfevents.*"))) == 2
+    straight, resumed = scalars("straight"), scalars("stopped")
+    assert straight["training/batch_loss"] == resumed["training/batch_loss"]
+    assert [step for step, _ in straight["training/batch_loss"]] == list(range(2, 31, 2))
+    assert [step for step, _ in straight["validation/accuracy"]] == [1, 2, 3]
+    assert straight.keys() == resumed.keys() and straight == resumed
