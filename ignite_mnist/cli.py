@@ -113,7 +113,7 @@ def train(
     ctx: typer.Context,
     max_epochs: int = typer.Option(..., "--max-epochs", help="Train until this epoch (resumes from the last checkpoint)."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:N, or auto (cuda if there is one)."),
-    log_period: int = typer.Option(50, "--log-period", min=1, help="Log the training loss every K iterations."),
+    log_period: int = typer.Option(50, "--log-period", min=1, help="Log the training loss and learning rate every K iterations."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Processes to spawn (distributed training)."),
     backend: Optional[Backend] = typer.Option(None, help="Distributed backend (default: nccl on CUDA, gloo on CPU)."),
 ):
