@@ -280,7 +280,8 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
                      + f" written: {path}")
 
         # purge_step: a resumed run redoes the iterations after its checkpoint, and readers of the event files drop
-        # the points from that step on written before. filename_suffix: tensorboardX names a file by the second it
+        # the points from that step on written before (a fresh run marks step 1 too: TensorBoard's Python loader
+        # takes a run's first mark for its start, not for a restart). filename_suffix: tensorboardX names a file by the second it
         # opens it in, and truncates one of that name: a run resumed within the second would erase its forerunner's
         # (the nanoseconds sort the runs' files in their order, as readers take them)
         tb = TensorboardLogger(log_dir=experiment.tensorboard_dir, purge_step=trainer.state.iteration + 1,

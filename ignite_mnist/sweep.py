@@ -402,7 +402,7 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     if tables != "optuna":
         raise UserError(f"the sweep storage {database} is damaged or not an SQLite database ({tables[:200]}); it is "
                         "left as it is: restore it from a backup, or start the sweep anew under another --name")
-    if "://" not in url and not exists(Path(url)):
+    if "://" not in url and not exists(url):
         raise UserError(f"no sweep {name!r}: the journal file {url} does not exist")
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(url, experiments_path))
