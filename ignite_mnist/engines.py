@@ -57,6 +57,14 @@ def make_train_step(model, optimizer, train_set: data.TensorSet, bf16: bool):
     return train_step
 
 
+def graphed(model, cfg: dict, device: torch.device):
+    """The model as the training step runs it: on CUDA with training.cuda_graphs, through torch.compile's
+    CUDA graphs (each step one graph replay, not some 60 kernel launches); the CPU path never compiles it."""
+    if cfg["cuda_graphs"] and device.type == "cuda":
+        return torch.compile(model, mode="reduce-overhead")
+    return model
+
+
 def make_optimizer(params, lr: float, device: torch.device, compiled: bool = False) -> torch.optim.Adadelta:
     """Adadelta; on the CPU its step runs one fused loop a parameter (kernels.FusedAdadelta), unless
     training.compile_optimizer has inductor fuse it (compile_optimizer_step)."""
@@ -381,9 +389,7 @@ def _training(local_rank: int, job: dict) -> None:
     compiled = cfg["compile_optimizer"] and device.type == "cpu" and inductor_can_compile()
     optimizer = idist.auto_optim(make_optimizer(model.parameters(), cfg["lr"], device, compiled))
     lr_scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=cfg["lr_gamma"])
-    step_model = model
-    if cfg["cuda_graphs"] and device.type == "cuda":
-        step_model = torch.compile(model, mode="reduce-overhead")  # CUDA graphs; the CPU path never compiles
+    step_model = graphed(model, cfg, device)
 
     batches = data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], experiment.seed, rank, world_size, device)
     trainer = create_trainer(step_model, optimizer, sets["train"], bf16)

@@ -139,7 +139,7 @@ def bench_experiment(args, name: str):
 
     config = load_config(CONFIG)
     config["data"].update(dataset=args.dataset, val_split=0)
-    config["training"]["precision"] = args.precision
+    config["training"].update(precision=args.precision, cuda_graphs=args.cuda_graphs)
     return create_experiment(args.work_dir / "experiments", f"{name}-{os.getpid()}", config, args.seed,
                              dict(zip(("train", "test"), args.sizes)))
 
@@ -181,14 +181,15 @@ def bare_training(args, cfg: dict, device) -> tuple:
     sets = data.tensor_sets(args.dataset, args.data_path, draw_split(args.sizes[0], 0, args.seed), device)
     model = Net().to(device, memory_format=torch.channels_last)
     optimizer = engines.make_optimizer(model.parameters(), cfg["lr"], device)
-    return sets, model, optimizer, engines.make_train_step(model, optimizer, sets["train"], bf16), bf16
+    step = engines.make_train_step(engines.graphed(model, cfg, device), optimizer, sets["train"], bf16)
+    return sets, model, optimizer, step, bf16
 
 
 def run_bare(args) -> dict:
     from ignite_mnist import engines
     from ignite_mnist.experiment import load_config
 
-    cfg = {**load_config(CONFIG)["training"], "precision": args.precision}
+    cfg = {**load_config(CONFIG)["training"], "precision": args.precision, "cuda_graphs": args.cuda_graphs}
     device = torch.device(args.device)
     start = time.perf_counter()
     sets, model, optimizer, step, bf16 = bare_training(args, cfg, device)
@@ -310,7 +311,7 @@ def run_worker(name: str, args, sizes: tuple) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--dataset", args.dataset,
            "--data-path", str(args.data_path), "--work-dir", str(args.work_dir), "--epochs", str(args.epochs),
            "--seed", str(args.seed), "--sizes", f"{sizes[0]},{sizes[1]}", "--precision", args.precision,
-           "--device", args.device]
+           "--device", args.device] + (["--cuda-graphs"] if args.cuda_graphs else [])
     logs = args.work_dir / "logs"
     logs.mkdir(exist_ok=True)
     with open(logs / f"{name}.out", "w+") as out, open(logs / f"{name}.err", "w+") as err:
@@ -400,7 +401,8 @@ def run_processes(args) -> dict:
                                   "accuracy": float(found.group(1))})
         name = f"process-{r}"
         timed_process([*cli, "-e", name, "init", "--seed", str(args.seed), "--set", f"data.dataset={args.dataset}",
-                       "--set", "data.val_split=0", "--set", f"training.precision={args.precision}"],
+                       "--set", "data.val_split=0", "--set", f"training.precision={args.precision}",
+                       "--set", f"training.cuda_graphs={str(args.cuda_graphs).lower()}"],
                       logs / f"ignite-init-{r}.out")
         wall, rss, _ = timed_process([*cli, "-e", name, "train", "--max-epochs", str(args.epochs),
                                       "--device", args.device], logs / f"ignite-process-{r}.out")
@@ -503,7 +505,7 @@ def paired_peak_fraction(args, precision: str, blocks: int = 8, steps: int = 40)
 
     from ignite_mnist.experiment import load_config
 
-    cfg = {**load_config(CONFIG)["training"], "precision": args.precision}
+    cfg = {**load_config(CONFIG)["training"], "precision": args.precision, "cuda_graphs": args.cuda_graphs}
     device = torch.device(args.device)
     sets, _, _, step, _ = bare_training(args, cfg, device)
     batches = itertools.cycle(list(data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], args.seed, 0, 1, device)))
@@ -625,7 +627,7 @@ def report(args, sizes, medians: dict, runs: dict, precision: dict, processes: d
         "epochs": args.epochs, "repeats": args.repeats, "seed": args.seed,
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "other_cpu_share": other_cpu,  # the most that other processes took of all cores during one run
-        "precision": precision["ignite"], "reference_precision": precision["reference"],
+        "precision": precision["ignite"], "reference_precision": precision["reference"], "cuda_graphs": args.cuda_graphs,
         "speedup": speedup, "speedup_basis": "reference whole-epoch time / ignite-mnist whole-epoch time",
         "train_speedup": train_speedup, "engine_overhead": overhead, "engine_overhead_target": ENGINE_OVERHEAD_TARGET,
         "device": args.device, **{k: v for k, v in limit.items()},
@@ -665,6 +667,8 @@ def parse_args():
     p.add_argument("--work-dir", type=Path, help="keeps the uncompressed data between runs (default: a temporary folder)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]: every contender runs there (the reference "
                    "with the example's --accel)")
+    p.add_argument("--cuda-graphs", action="store_true", help="ignite-mnist's (and bare's) training.cuda_graphs: "
+                   "on CUDA, the training step captured in CUDA graphs by torch.compile (ignored on a CPU)")
     p.add_argument("--process-repeats", type=int, default=3, help="whole-process runs of each side (0: none)")
     p.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--sizes", type=lambda s: tuple(int(n) for n in s.split(",")), help=argparse.SUPPRESS)
@@ -701,7 +705,8 @@ def main() -> None:
                 runs[c].append(summarise(result))
                 precision[c] = result["precision"]
                 print(f"repeat {r + 1}/{args.repeats} {LABELS[c]:>12}: {runs[c][-1]['img_s']:7.0f} train img/s, "
-                      f"{runs[c][-1]['accuracy']:.2f}% ({time.perf_counter() - start:.1f}s)", file=sys.stderr, flush=True)
+                      f"{runs[c][-1]['accuracy']:.2f}% ({time.perf_counter() - start:.1f}s; train s by epoch: "
+                      + ", ".join(f"{e['train_seconds']:.2f}" for e in result["epochs"]) + ")", file=sys.stderr, flush=True)
         medians = {c: {k: median([s[k] for s in runs[c]]) for k in runs[c][0]} for c in CONTENDERS}
         processes = run_processes(args) if args.process_repeats else {}
         paired = run_worker("paired-engine", args, sizes)
