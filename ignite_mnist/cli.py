@@ -54,7 +54,7 @@ class ReleaseFormat(str, enum.Enum):
 class Globals:
     experiment_name: Optional[str]
     experiments_path: Path
-    data_path: Path
+    data_path: Optional[Path]  # None: the experiment's own (Experiment.data_path)
     verbose: bool
 
 
@@ -63,7 +63,10 @@ def global_options(
     ctx: typer.Context,
     experiment_name: Optional[str] = typer.Option(None, "--experiment-name", "-e", help="The experiment to work on."),
     experiments_path: Path = typer.Option(Path("experiments"), help="Folder that holds the experiments."),
-    data_path: Path = typer.Option(Path("data"), help="Folder of the datasets (torchvision's layout, or the IDX files)."),
+    data_path: Optional[Path] = typer.Option(
+        None, help="Folder of the datasets (torchvision's layout, or the IDX files). init records it in the "
+                   "experiment, whose later commands read from there unless given another.",
+        show_default="the experiment's, else ./data"),
     verbose: bool = typer.Option(False, "--verbose", help="Debug messages on the console, tracebacks on errors."),
 ):
     ctx.obj = Globals(experiment_name, experiments_path, data_path, verbose)
@@ -121,7 +124,7 @@ def train(
     experiment = _open(ctx)
     from ignite_mnist.launch import run_training
 
-    record = run_training(experiment, ctx.obj.data_path, max_epochs, device, nproc_per_node,
+    record = run_training(experiment, experiment.data_path(ctx.obj.data_path), max_epochs, device, nproc_per_node,
                           backend.value if backend else None, log_period, ctx.obj.verbose)
     if record:
         scores = "".join(f", {name} accuracy {record[name + '_accuracy']:.2f}%"
@@ -154,7 +157,7 @@ def test(
         raise UserError(f"--plot {plot} is a folder: give a file name ending in .png")
     from ignite_mnist.engines import evaluate_checkpoint
 
-    result = evaluate_checkpoint(experiment, ctx.obj.data_path, epoch, device, plot)
+    result = evaluate_checkpoint(experiment, experiment.data_path(ctx.obj.data_path), epoch, device, plot)
     width = max(4, *(len(str(n)) + 1 for row in result["confusion_matrix"] for n in row))
     report = [f"test of epoch {epoch}: accuracy {result['accuracy']:.2f}% ({result['correct']}/{result['total']}), "
               f"loss {result['loss']:.4f}",
@@ -190,7 +193,8 @@ def export_release(
     experiment.checkpoint(epoch)
     from ignite_mnist import release
 
-    path = release.export_release(experiment, epoch, release_format.value, ctx.obj.data_path)
+    path = release.export_release(experiment, epoch, release_format.value,
+                                  experiment.data_path(ctx.obj.data_path))
     log.info(f"release written: {path}")
     print(path)
 
@@ -264,7 +268,8 @@ def info(
     releases = experiment.releases()
     meta = experiment.meta
     summary = {"name": experiment.name, "path": str(experiment.root), "created": meta.get("created"),
-               "seed": experiment.seed, "config": experiment.config, "split": meta.get("split"),
+               "seed": experiment.seed, "config": experiment.config, "data_path": str(experiment.data_path()),
+               "split": meta.get("split"),
                "versions": meta.get("versions"), "epochs": epochs, "best_epoch": best,
                "stopped_early": history["stopped_early"], "releases": releases, "sweep": meta.get("sweep")}
     if as_json:
@@ -272,6 +277,8 @@ def info(
         return
     print(f"experiment {experiment.name} ({experiment.root}), created {meta.get('created')}, seed {experiment.seed}")
     print(f"split: {json.dumps(meta.get('split'))}")
+    if experiment.config["data"]["dataset"] != "mnist-sample":  # (the bundled sample is read from the package)
+        print(f"data: {experiment.data_path()}")
     print(f"config: {json.dumps(experiment.config)}")
     print("epochs:" if epochs else "epochs: none trained yet")
     for e in epochs:
@@ -388,7 +395,7 @@ def sweep(
         best = next(t for t in result["trials"] if t["number"] == result["best"])
         if is_file(Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json"):
             print(f"best: trial {best['number']}; export its best epoch with: "
-                  + command_line(g.experiments_path, best["experiment"], "export-release --epoch best", g.data_path))
+                  + command_line(g.experiments_path, best["experiment"], "export-release --epoch best"))
         else:
             print(f"best: trial {best['number']}; its experiment {best['experiment']} is no longer in "
                   f"{ctx.obj.experiments_path}")

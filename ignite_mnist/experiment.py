@@ -42,6 +42,7 @@ from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "config.default.json"
 DEFAULT_SCHEMA = CONFIG_DIR / "config.schema.json"
+DEFAULT_DATA_PATH = Path("data")  # where the datasets are when neither --data-path nor the experiment says
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 _CHECKPOINT = re.compile(r"checkpoint_([0-9]+)\.pt")
@@ -288,6 +289,13 @@ class Experiment:
     releases_dir = property(lambda self: self.root / "releases")
     tensorboard_dir = property(lambda self: self.root / "tensorboard")
     lock_file = property(lambda self: self.root / "train.lock")
+
+    def data_path(self, given=None) -> Path:
+        """Where the experiment's dataset is read: --data-path where one is given, else the folder `init` read it
+        from (recorded in experiment.json), else ./data (experiments made before that was recorded)."""
+        if given is not None:
+            return Path(given)
+        return Path(self.meta.get("data_path") or DEFAULT_DATA_PATH)
 
     def check_folders(self, *folders: Path) -> None:
         """The folders the experiment writes in (default: all) are folders where they exist: a file in the way is
@@ -567,6 +575,9 @@ def open_experiment(experiments_path: Path, name: str) -> Experiment:
     if type(meta["seed"]) is not int or not 0 <= meta["seed"] <= MAX_SEED:  # true is an int to isinstance
         raise UserError(f"experiment file {root / 'experiment.json'} is malformed: its seed must be between 0 and "
                         f"2**32 - 1, not {json.dumps(meta['seed'])}")
+    if "data_path" in meta and not (isinstance(meta["data_path"], str) and meta["data_path"]):
+        raise UserError(f"experiment file {root / 'experiment.json'} is malformed: its data_path must be a folder's "
+                        f"path, not {json.dumps(meta['data_path'])}")
     config, violations = validate_config(meta["config"])
     if violations:
         raise UserError(f"the config stored in {root / 'experiment.json'} is invalid: " + "; ".join(violations))
@@ -717,9 +728,11 @@ def create_experiment(experiments_path: Path, name: str, config: dict, seed: int
 
 
 def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAULT_CONFIG,
-                    schema_path: Path = DEFAULT_SCHEMA, overrides=(), seed: int = 0, data_path: Path = Path("data"),
+                    schema_path: Path = DEFAULT_SCHEMA, overrides=(), seed: int = 0, data_path: Path = None,
                     extra: dict = None) -> Experiment:
-    """What `init` does: the config with its overrides, validated; the dataset's sizes; the folder."""
+    """What `init` does: the config with its overrides, validated; the dataset's sizes; the folder, which records
+    the data folder (absolute: later commands find the data from any folder without --data-path)."""
+    data_path = Path(DEFAULT_DATA_PATH if data_path is None else data_path)
     name = validate_name(name)
     config = load_config(config_path, schema_path, overrides)
     check_name_free(experiments_path, name)
@@ -727,6 +740,7 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
     from ignite_mnist import data
 
     sizes = data.dataset_sizes(config["data"]["dataset"], data_path)
+    extra = {"data_path": os.path.abspath(data_path), **(extra or {})}
     return create_experiment(experiments_path, name, config, seed, sizes, overrides, extra)
 
 

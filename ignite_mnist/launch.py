@@ -104,7 +104,8 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         again += f" --device {shlex.quote(device_name)}"
     if nproc_per_node > 1:
         again += f" --nproc-per-node {nproc_per_node}" + (f" --backend {backend}" if backend else "")
-    again = command_line(experiment.root.parent, experiment.name, again, data_path)
+    recorded = os.path.abspath(data_path) == os.path.abspath(experiment.data_path())  # then the hint needs no option
+    again = command_line(experiment.root.parent, experiment.name, again, None if recorded else data_path)
     resume = f"run `{again}` to resume"
     if STOP.signum:
         kept = f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"

@@ -294,7 +294,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
         setup_logging(experiment, verbose)
         log.info(f"sweep {name}: trial {trial.number} of {trials}, experiment {experiment_name}: {' '.join(overrides)}")
         try:
-            run_training(experiment, data_path, max_epochs, device, verbose=verbose, trial=trial)
+            run_training(experiment, experiment.data_path(), max_epochs, device, verbose=verbose, trial=trial)
         except optuna.TrialPruned:
             epoch = len(experiment.history()["epochs"])
             _score(trial, experiment, state="PRUNED", pruned_at_epoch=epoch)

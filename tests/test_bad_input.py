@@ -247,14 +247,17 @@ def test_info_reports_a_corrupt_checkpoint_and_goes_on(copy, capsys):
 @pytest.mark.parametrize("file, content, message", [
     ("experiment.json", "{oops", "is not valid JSON: Expecting property name"),
     ("experiment.json", '{"seed": 1}', "is malformed: it needs 'config' and 'seed'"),
-    ("experiment.json", None, "the config stored in"),
+    ("experiment.json", lambda text: text.replace('"batch_size": 32', '"batch_size": "many"'), "the config stored in"),
+    ("experiment.json", lambda text: re.sub(r'"data_path": "[^"]*"', '"data_path": 7', text),
+     "is malformed: its data_path must be a folder's path, not 7"),
     ("split.json", "[1, 2]", "is malformed: it needs 'train' and 'validation' lists"),
     ("split.json", '{"train": [1, 2', "is not valid JSON"),
 ])
 def test_corrupt_experiment_files(copy, capsys, tiny_data, file, content, message):
     path = copy / "experiments" / "exp" / file
-    if content is None:  # a config edited by hand into something invalid
-        content = path.read_text().replace('"batch_size": 32', '"batch_size": "many"')
+    if callable(content):  # the file edited by hand into something invalid
+        content = content(path.read_text())
+        assert content != path.read_text()
     path.write_text(content)
     assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2, message)
 

@@ -136,8 +136,8 @@ def test_sigint_and_sigterm_stop_cleanly_and_training_resumes(workdir, tiny_data
     assert kept and kept == list(range(1, len(kept) + 1)) and kept[-1] < 100
     last_line = err.strip().splitlines()[-1]
     assert last_line == (f"error: training stopped by {signal.Signals(signum).name}; checkpoints are kept up to "
-                         f"epoch {kept[-1]}: run `ignite-mnist --experiments-path {workdir / 'experiments'} --data-path "
-                         f"{tiny_data} -e exp train --max-epochs 100 --device cpu` to resume")
+                         f"epoch {kept[-1]}: run `ignite-mnist --experiments-path {workdir / 'experiments'} "
+                         f"-e exp train --max-epochs 100 --device cpu` to resume")  # (init recorded the data's folder)
     assert "Traceback" not in err
     assert_every_file_loads(experiment)
     assert not list((experiment / "checkpoints").glob("tmp*"))

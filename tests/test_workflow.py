@@ -1,6 +1,7 @@
 """The whole workflow through the real command line: init, train, resume, test, export-release, predict, info."""
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -137,6 +138,28 @@ def test_workflow_end_to_end(tmp_path, tiny_data):
     assert {r["epoch"] for r in info["releases"]} == {3, best_of(info["epochs"][:2]), best_of(info["epochs"])}
     r = run_cli(*opts, "info", cwd=tmp_path)
     assert r.returncode == 0 and "  epoch 3" in r.stdout and "epoch 3 (pt): " in r.stdout and "release_epoch_3.pt" in r.stdout
+
+
+def test_later_commands_read_the_data_where_init_found_it_from_any_folder(tmp_path, tiny_data):
+    """init records its --data-path, made absolute; train, test and info use it without the option, from another
+    folder; a --data-path given to a command still wins; a stopped run's hint needs no --data-path then."""
+    (tmp_path / "elsewhere").mkdir()
+    experiments = tmp_path / "experiments"
+    r = run_cli("-e", "exp", "--experiments-path", experiments, "--data-path", os.path.relpath(tiny_data, tmp_path),
+                "init", "--config-path", make_config(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((experiments / "exp" / "experiment.json").read_text())["data_path"] == os.path.abspath(tiny_data)
+    options = ["-e", "exp", "--experiments-path", experiments]
+    r = run_cli(*options, "train", "--max-epochs", 1, "--device", "cpu", cwd=tmp_path / "elsewhere")
+    assert r.returncode == 0 and "trained exp to epoch 1" in r.stdout + r.stderr, r.stderr
+    r = run_cli(*options, "test", "--epoch", 1, "--json", cwd=tmp_path / "elsewhere")
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["total"] == 100, r.stderr
+    r = run_cli(*options, "info", cwd=tmp_path / "elsewhere")
+    assert r.returncode == 0 and f"data: {os.path.abspath(tiny_data)}" in r.stdout.splitlines(), r.stdout
+    broken = shutil.copytree(tiny_data, tmp_path / "broken")  # another folder, whose test images are cut short
+    (broken / "t10k-images-idx3-ubyte.gz").write_bytes((broken / "t10k-images-idx3-ubyte.gz").read_bytes()[:500])
+    r = run_cli(*options, "--data-path", broken, "test", "--epoch", 1, cwd=tmp_path / "elsewhere")
+    assert r.returncode == 2 and f"{broken / 't10k-images-idx3-ubyte.gz'} is truncated" in r.stderr, r.stderr
 
 
 def test_console_script_and_help_are_quick_to_load():
