@@ -384,8 +384,8 @@ def sweep(
     if as_json:
         print(json_text({"trials": result["trials"], "best": result["best"]}))
         return
-    print(f"sweep {name} ({result['storage']}): {sum(t['state'] in ('COMPLETE', 'PRUNED') for t in result['trials'])} "
-          f"finished trials")
+    finished = sum(t["state"] in ("COMPLETE", "PRUNED") for t in result["trials"])
+    print(f"sweep {name} ({result['storage']}): {finished} finished trial{'s' * (finished != 1)}")
     for t in result["trials"]:
         params = " ".join(f"{k}={json.dumps(v)}" for k, v in t["params"].items())
         print(f"  trial {t['number']}: {t['state']:<8} {t['experiment'] or '-'}  best epoch "

@@ -238,6 +238,8 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
                       for name in evaluators)
             + f" | lr {r['lr']:.4g} | {r['train_seconds']:.1f}s"
         )
+        if history.stopped_early == engine.state.epoch:  # (note_early_stop, during the validation above)
+            log.info(f"stopping early at epoch {engine.state.epoch}: {experiment.early_stopping_rule()}")
 
     if "early_stopping" in to_save:  # on validation accuracy, after each validation
         stopper = to_save["early_stopping"]
@@ -247,8 +249,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         @evaluators["validation"].on(Events.COMPLETED)
         def note_early_stop(_):
             if stopper.counter >= stopper.patience:  # the stopper has asked the trainer to terminate
-                history.stopped_early = trainer.state.epoch
-                log.info(f"stopping early at epoch {trainer.state.epoch}: {experiment.early_stopping_rule()}")
+                history.stopped_early = trainer.state.epoch  # said after the epoch's line (evaluate_epoch)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def step_lr(engine):

@@ -136,7 +136,9 @@ def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workd
     assert invoke(capsys, *opts, "init", "--config-path", config)[0] == 0
     code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "10", "--device", "cpu")
     assert code == 0, err
-    assert "stopping early at epoch 3: validation accuracy did not improve by more than 100 points for 2 epochs" in err
+    lines = err.splitlines()
+    said = lines.index("stopping early at epoch 3: validation accuracy did not improve by more than 100 points for 2 epochs")
+    assert lines[said - 1].startswith("epoch 3/10: ")  # after the epoch it judged
     experiment = open_experiment(workdir / "experiments", "es")
     assert list(experiment.checkpoints()) == [1, 2, 3]
     assert [r["epoch"] for r in experiment.releases()] == [experiment.best_epoch()]

@@ -177,10 +177,10 @@ def test_an_experiment_named_as_a_trial_is_found_before_any_trial_trains(workdir
     assert not (experiments / "clash-0").exists()  # refused before trial 0 trained
     assert snapshot(experiments / "clash-1") == before
     # the study's own trials are not foreign: a sweep run again after it finished goes on
-    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "own", 1, 1))
-    assert code == 0, err
-    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "own", 2, 1))
-    assert code == 0, err
+    code, out, err = invoke(capsys, *sweep_args(workdir, tiny_data, "own", 1, 1))
+    assert code == 0 and out.splitlines()[0].endswith("): 1 finished trial"), err
+    code, out, err = invoke(capsys, *sweep_args(workdir, tiny_data, "own", 2, 1))
+    assert code == 0 and out.splitlines()[0].endswith("): 2 finished trials"), err
     assert sorted(p.name for p in experiments.glob("own-*")) == ["own-0", "own-1"]
 
 
