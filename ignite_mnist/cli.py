@@ -25,8 +25,8 @@ except ImportError:
     from click import exceptions as click_exceptions
 
 from ignite_mnist.errors import UserError, is_dir, is_file
-from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, command_line, console_shows_any_text,
-                                     flatten, init_experiment, log, open_experiment, report_log, setup_logging,
+from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, check_experiments_folder,
+                                     command_line, console_shows_any_text, flatten, init_experiment, log, open_experiment, report_log, setup_logging,
                                      summarize_experiments, tensorboard_runs)
 
 app = typer.Typer(
@@ -323,7 +323,8 @@ def list_experiments(
         if "broken" in r:
             continue
         flat = flatten(r["config"])
-        epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "")
+        epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "") \
+            + (" (pruned)" if isinstance(r["sweep"], dict) and r["sweep"].get("state") == "PRUNED" else "")
         table.append([r["name"], r["dataset"], epochs, "-" if r["best_epoch"] is None else str(r["best_epoch"]),
                       _percent(r["best_val_accuracy"]), _percent(r["test_accuracy"]),
                       *(_shown(flat.get(k)) for k in differing),
@@ -414,6 +415,7 @@ def tensorboard(
         experiments = [_open(ctx, log_to_file=False)]
     else:
         setup_logging(None, g.verbose)
+        check_experiments_folder(g.experiments_path, must_exist=True)
         experiments = []
         for meta in sorted(Path(g.experiments_path).glob("*/experiment.json")):
             try:
@@ -553,9 +555,15 @@ def _main(argv: Optional[List[str]]) -> None:
 
 
 def _shown(value) -> str:
-    """A config value as `list` shows and compares it: 1 and 1.0 are the same learning rate."""
+    """A config value as `list` shows and compares it: 1 and 1.0 are the same learning rate; a string as it is
+    (fp32), quoted only where it would read as another value or hide its ends ("1", "null", "", " x")."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if isinstance(value, str) and value and value == value.strip() and value.isprintable():
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
     return json.dumps(value)
 
 

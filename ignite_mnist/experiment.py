@@ -534,10 +534,13 @@ def command_line(experiments_path: Path, name: str, command: str, data_path: Pat
     return f"ignite-mnist{where} -e {shlex.quote(name)} {command}"
 
 
-def check_experiments_folder(experiments_path: Path) -> None:
+def check_experiments_folder(experiments_path: Path, must_exist: bool = False) -> None:
+    """--experiments-path is a folder, where there is something; must_exist: for the commands that read them all."""
     path = Path(experiments_path)
     if (exists(path) or path.is_symlink()) and not is_dir(path):
         raise UserError(f"--experiments-path {path} is not a folder: name the folder that holds the experiments")
+    if must_exist and not is_dir(path):
+        raise UserError(f"no experiments folder {path}: create an experiment with `init` first")
 
 
 def check_name_free(experiments_path: Path, name: str) -> None:
@@ -598,13 +601,11 @@ def flatten(config: dict, prefix: str = "") -> dict:
 def summarize_experiments(experiments_path: Path) -> list:
     """One summary per experiment folder under experiments_path, best validation accuracy first:
     {name, dataset, epochs, best_epoch, best_val_accuracy, test_accuracy (at the best epoch),
-    stopped_early, config, releases}; a folder that cannot be read is {name, broken: why}, last.
+    stopped_early, sweep (a sweep's trial: its study, number, state...), config, releases}; a folder that cannot be read is {name, broken: why}, last.
 
     Reads experiment.json and metrics.json only (the checkpoints only if metrics.json lags behind them)."""
     folder = Path(experiments_path)
-    check_experiments_folder(folder)
-    if not is_dir(folder):
-        raise UserError(f"no experiments folder {folder}: create an experiment with `init` first")
+    check_experiments_folder(folder, must_exist=True)
     rows = []
     for root in sorted(p for p in folder.iterdir() if is_dir(p) and not p.name.startswith(".")):
         try:
@@ -620,7 +621,7 @@ def summarize_experiments(experiments_path: Path) -> list:
                 "epochs": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
                 "best_epoch": best, "best_val_accuracy": at_best.get("validation_accuracy"),
                 "test_accuracy": at_best.get("test_accuracy"), "stopped_early": history["stopped_early"],
-                "config": experiment.config,
+                "sweep": experiment.meta.get("sweep"), "config": experiment.config,
                 "releases": [{"epoch": r["epoch"], "format": r["format"]} for r in experiment.releases()],
             })
         except UserError as e:

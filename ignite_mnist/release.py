@@ -32,7 +32,7 @@ from torch import nn
 from ignite_mnist import data
 from ignite_mnist.checkpoints import check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError, error_text, exists, is_file
-from ignite_mnist.experiment import Experiment, log, package_versions
+from ignite_mnist.experiment import Experiment, command_line, log, package_versions
 from ignite_mnist.model import Net
 
 FORMAT = "ignite-mnist-release/1"
@@ -334,8 +334,21 @@ def load_release(path: Path) -> dict:
         raise UserError(f"release {path} does not exist" if not exists(path) else f"release {path} is not a file")
     release = read_checkpoint(path, "cpu", what="release")  # CRCs checked: a flipped byte is refused
     if release.get("format") != FORMAT:
+        if {"model", "optimizer", "trainer"} <= set(release):  # a training checkpoint: say how to release it
+            raise UserError(f"{path} is a training checkpoint, not a release: make a release of it with "
+                            f"`{_export_command(path)}`, and use that")
         raise UserError(f"{path} is not an ignite-mnist release (no format {FORMAT!r})")
     return _checked_metadata(path, release, "pt")
+
+
+def _export_command(checkpoint: Path) -> str:
+    """The export-release command for a checkpoint at EXPERIMENTS/NAME/checkpoints/checkpoint_E.pt."""
+    found = re.fullmatch(r"checkpoint_([0-9]+)\.pt", checkpoint.name)
+    for path in (checkpoint, Path(os.path.abspath(checkpoint))):  # as given where that shows the folders
+        if found and path.parent.name == "checkpoints":
+            root = path.parent.parent
+            return command_line(root.parent, root.name, f"export-release --epoch {int(found.group(1))}")
+    return "ignite-mnist -e NAME export-release --epoch E"
 
 
 def _checked_metadata(path: Path, meta: dict, fmt: str) -> dict:

@@ -306,7 +306,10 @@ def test_a_failed_download_keeps_what_the_data_folder_held(tmp_path, monkeypatch
 @pytest.mark.parametrize("release, image, message", [
     ("missing.pt", "digit.png", "release missing.pt does not exist"),
     ("a-directory", "digit.png", "release a-directory is not a file"),
-    ("experiments/exp/checkpoints/checkpoint_1.pt", "digit.png", "is not an ignite-mnist release"),
+    ("experiments/exp/checkpoints/checkpoint_1.pt", "digit.png", "experiments/exp/checkpoints/checkpoint_1.pt is a "
+     "training checkpoint, not a release: make a release of it with `ignite-mnist -e exp export-release --epoch 1`, "
+     "and use that"),
+    ("experiments/exp/metrics.json", "digit.png", "is corrupt or not an ignite-mnist release"),
     ("not-an-image.png", "digit.png", "release not-an-image.png is corrupt or not an ignite-mnist release "
      "(not a zip archive, as torch.save writes)"),
     ("experiments/exp/releases/release_epoch_2.pt", "not-an-image.png", "not-an-image.png is not an image file"),

@@ -103,7 +103,7 @@ def test_list_compares_the_experiments_best_first_and_shows_a_broken_one(compare
         history = json.loads((compared / "experiments" / row["name"] / "metrics.json").read_text())
         best = max(history["epochs"], key=lambda e: (e["validation_accuracy"], -e["epoch"]))
         assert set(row) == {"name", "dataset", "epochs", "best_epoch", "best_val_accuracy", "test_accuracy",
-                            "stopped_early", "config", "releases"}
+                            "stopped_early", "sweep", "config", "releases"} and row["sweep"] is None
         assert (row["epochs"], row["best_epoch"], row["best_val_accuracy"], row["test_accuracy"]) == \
             (2, best["epoch"], best["validation_accuracy"], best["test_accuracy"])
         assert row["releases"] == [{"epoch": best["epoch"], "format": "pt"}] and row["dataset"] == "mnist"
@@ -129,6 +129,21 @@ def test_list_takes_1_and_1_0_as_the_same_value(workdir, tiny_data, capsys):
     lines = out.strip().splitlines()
     column = lines[0].split().index("training.lr") - 2  # "val acc" and "test acc" are two words each
     assert {line.split()[0]: line.split()[column] for line in lines[1:]} == {"float": "1", "int": "1", "half": "0.5"}
+
+
+def test_list_shows_strings_as_they_are_and_quotes_only_those_that_would_read_as_another_value(workdir, tiny_data,
+                                                                                            capsys):
+    for name, value in (("auto", "auto"), ("fp32", "fp32")):
+        assert new(capsys, workdir, name, tiny_data, f"training.precision={value}")[0] == 0
+    assert new(capsys, workdir, "e", tiny_data, "training.early_stopping=null")[0] == 0
+    code, out, err = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
+    lines = out.strip().splitlines()
+    column = lines[0].split().index("training.precision") - 2  # "val acc" and "test acc" are two words each
+    assert {line.split()[0]: line.split()[column] for line in lines[1:]} == {"auto": "auto", "fp32": "fp32", "e": "fp32"}
+    from ignite_mnist.cli import _shown
+
+    assert [_shown(v) for v in ("bf16", "1", "null", "", " x", "a\tb", None, 1.0)] == \
+        ["bf16", '"1"', '"null"', '""', '" x"', '"a\\tb"', "null", "1"]
 
 
 def read_events(folder: Path):
@@ -192,6 +207,13 @@ def test_tensorboard_without_logs_says_so(workdir, tiny_data, capsys):
                              (["-e", "fresh"], "experiment fresh has no TensorBoard logs yet: run `train` first")):
         code, _, err = invoke(capsys, "--experiments-path", experiments, *options, "tensorboard")
         assert code == 2 and err.strip() == f"error: {message}", err
+
+
+def test_list_and_tensorboard_say_the_same_of_a_missing_experiments_folder(workdir, capsys):
+    for command in ("list", "tensorboard"):
+        code, _, err = invoke(capsys, "--experiments-path", workdir / "none", command)
+        assert code == 2 and err.strip() == (f"error: no experiments folder {workdir / 'none'}: create an experiment "
+                                             "with `init` first"), err
 
 
 def test_test_reports_per_class_accuracy_and_the_confusion_matrix_and_plots_them(compared, capsys, tiny_data, tmp_path):

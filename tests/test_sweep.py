@@ -132,6 +132,9 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
     assert (workdir / "experiments" / "p-1" / "checkpoints" / "checkpoint_1.pt").exists()  # the pruned epoch stays
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "-e", "p-1", "info")
     assert "sweep p: trial 1, PRUNED at epoch 1" in out
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert " 1 (pruned) " in rows["p-1"] and "pruned" not in rows["p-0"], out
 
 
 @pytest.mark.parametrize("space, message", [
