@@ -79,6 +79,17 @@ def optuna_distribution(distribution: dict):
     return (FloatDistribution if kind == "float" else IntDistribution)(*distribution[kind], **options)
 
 
+def space_distribution(d) -> dict:
+    """An Optuna distribution as the space writes it: the inverse of optuna_distribution."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    if isinstance(d, CategoricalDistribution):
+        return {"choice": list(d.choices)}
+    kind = "float" if isinstance(d, FloatDistribution) else "int"
+    return {kind: [d.low, d.high], **({"log": True} if d.log else {}),
+            **({"step": d.step} if d.step not in (None if kind == "float" else 1,) else {})}
+
+
 def suggest(trial, key: str, distribution: dict):
     d = optuna_distribution(distribution)
     if "choice" in distribution:
@@ -99,10 +110,10 @@ def check_space_against_study(study, space: dict, space_path: Path, name: str) -
         if key in drawn:
             try:
                 check_distribution_compatibility(drawn[key], optuna_distribution(distribution))
-            except ValueError as e:
+            except ValueError:  # (Optuna's reason names its own classes, not what the space says)
                 raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
-                                f"trials of sweep {name}, which drew it from {drawn[key]} ({e}): use another "
-                                "--name for another space") from None
+                                f"trials of sweep {name}, which drew it from {json.dumps(space_distribution(drawn[key]))}: "
+                                "use another --name for another space") from None
 
 
 # ---- the study ----------------------------------------------------------------------------------
