@@ -110,3 +110,15 @@ def test_the_step_a_b_compares_two_checkouts_models_and_their_weights(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     same = json.loads(out.stdout.splitlines()[-1])["same_weights_after_20_steps"]
     assert same is (kernels.library() is None)  # (where this CPU builds no kernels, both sides run without)
+
+
+def test_the_gpu_step_probe_runs_its_eager_way_on_the_cpu():
+    """scripts/gpu_step_graph.py, for the next GPU: its dry run on the CPU goes through the product's own step, data
+    and Engine, so that a change to them shows here, not in a GPU session's few minutes."""
+    out = subprocess.run([sys.executable, "scripts/gpu_step_graph.py", "--device", "cpu", "--dataset", "mnist-sample",
+                          "--steps", "100"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["train_images"] == 5000 and "graph" not in result
+    eager = result["eager"]
+    assert eager["ms_per_step"] > 0 and eager["engine_ms_per_step"] > 0 and 0 < eager["last_100_loss"] < 2.3  # learns
