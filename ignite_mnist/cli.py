@@ -193,8 +193,8 @@ def export_release(
     experiment.checkpoint(epoch)
     from ignite_mnist import release
 
-    path = release.export_release(experiment, epoch, release_format.value,
-                                  experiment.data_path(ctx.obj.data_path))
+    data_path = None if release_format == ReleaseFormat.pt else experiment.data_path(ctx.obj.data_path)  # pt: unread
+    path = release.export_release(experiment, epoch, release_format.value, data_path)
     log.info(f"release written: {path}")
     print(path)
 
@@ -268,7 +268,7 @@ def info(
     releases = experiment.releases()
     meta = experiment.meta
     summary = {"name": experiment.name, "path": str(experiment.root), "created": meta.get("created"),
-               "seed": experiment.seed, "config": experiment.config, "data_path": str(experiment.data_path()),
+               "seed": experiment.seed, "config": experiment.config, "data_path": meta.get("data_path"),
                "split": meta.get("split"),
                "versions": meta.get("versions"), "epochs": epochs, "best_epoch": best,
                "stopped_early": history["stopped_early"], "releases": releases, "sweep": meta.get("sweep")}
@@ -278,7 +278,7 @@ def info(
     print(f"experiment {experiment.name} ({experiment.root}), created {meta.get('created')}, seed {experiment.seed}")
     print(f"split: {json.dumps(meta.get('split'))}")
     if experiment.config["data"]["dataset"] != "mnist-sample":  # (the bundled sample is read from the package)
-        print(f"data: {experiment.data_path()}")
+        print(f"data: {meta.get('data_path', 'not recorded (./data, or --data-path)')}")
     print(f"config: {json.dumps(experiment.config)}")
     print("epochs:" if epochs else "epochs: none trained yet")
     for e in epochs:

@@ -292,10 +292,16 @@ class Experiment:
 
     def data_path(self, given=None) -> Path:
         """Where the experiment's dataset is read: --data-path where one is given, else the folder `init` read it
-        from (recorded in experiment.json), else ./data (experiments made before that was recorded)."""
+        from (recorded in experiment.json), else ./data (experiments made before that was recorded). A recorded
+        folder that is gone (the data moved, the experiments copied to another machine) is named as such, rather
+        than downloaded into anew."""
         if given is not None:
             return Path(given)
-        return Path(self.meta.get("data_path") or DEFAULT_DATA_PATH)
+        recorded = self.meta.get("data_path")
+        if recorded and self.config["data"]["dataset"] != "mnist-sample" and not is_dir(recorded):
+            raise UserError(f"the data folder {recorded}, where `init` found {self.config['data']['dataset']} "
+                            f"(recorded in {self.meta_file}), is not there now: give its new place with --data-path")
+        return Path(recorded or DEFAULT_DATA_PATH)
 
     def check_folders(self, *folders: Path) -> None:
         """The folders the experiment writes in (default: all) are folders where they exist: a file in the way is
@@ -529,7 +535,7 @@ def command_line(experiments_path: Path, name: str, command: str, data_path: Pat
     (the folders where they are not the defaults): for the hints of messages, to be pasted as they are."""
     where = "" if Path(experiments_path) == Path("experiments") else \
         f" --experiments-path {shlex.quote(str(experiments_path))}"
-    if data_path is not None and Path(data_path) != Path("data"):
+    if data_path is not None:  # (None where the experiment's own folder will do: Experiment.data_path)
         where += f" --data-path {shlex.quote(str(data_path))}"
     return f"ignite-mnist{where} -e {shlex.quote(name)} {command}"
 

@@ -18,7 +18,7 @@ from ignite.utils import setup_logger
 from ignite_mnist.device import resolve_device
 from ignite_mnist.engines import STOP, training
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import Experiment, command_line, log
+from ignite_mnist.experiment import DEFAULT_DATA_PATH, Experiment, command_line, log
 
 
 def run_training(experiment: Experiment, data_path, max_epochs: int, device_name: str = "auto",
@@ -104,8 +104,9 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         again += f" --device {shlex.quote(device_name)}"
     if nproc_per_node > 1:
         again += f" --nproc-per-node {nproc_per_node}" + (f" --backend {backend}" if backend else "")
-    recorded = os.path.abspath(data_path) == os.path.abspath(experiment.data_path())  # then the hint needs no option
-    again = command_line(experiment.root.parent, experiment.name, again, None if recorded else data_path)
+    # the experiment's own data folder (the one read without --data-path) needs no option in the hint
+    own_data = os.path.abspath(data_path) == os.path.abspath(experiment.meta.get("data_path") or DEFAULT_DATA_PATH)
+    again = command_line(experiment.root.parent, experiment.name, again, None if own_data else data_path)
     resume = f"run `{again}` to resume"
     if STOP.signum:
         kept = f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"

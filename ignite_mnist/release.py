@@ -54,7 +54,7 @@ class Normalized(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = Path("data")) -> Path:
+def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = None) -> Path:
     """Write the release of `epoch` (default: the last checkpoint) in format `fmt`, verified, and return its path."""
     if fmt not in SUFFIXES:
         raise UserError(f"unknown release format {fmt!r}: use pt, pt2 or onnx")
@@ -93,7 +93,7 @@ def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", d
     target = experiment.release_path(epoch).with_suffix(SUFFIXES[fmt])
     model.eval()
     if fmt != "pt":  # a pt release holds the checkpoint's weights: reading them back bitwise equal is the proof
-        images = _test_images(dataset, data_path)
+        images = _test_images(dataset, experiment.data_path(data_path))
         verified_on = f"the {len(images)} test images of {dataset}"
         if not len(images):  # a dataset without a test set: random digits still tell a wrong graph
             images = torch.randint(0, 256, (VERIFY_BATCH, 28, 28), dtype=torch.uint8,
@@ -345,8 +345,8 @@ def _export_command(checkpoint: Path) -> str:
     """The export-release command for a checkpoint at EXPERIMENTS/NAME/checkpoints/checkpoint_E.pt."""
     found = re.fullmatch(r"checkpoint_([0-9]+)\.pt", checkpoint.name)
     for path in (checkpoint, Path(os.path.abspath(checkpoint))):  # as given where that shows the folders
-        if found and path.parent.name == "checkpoints":
-            root = path.parent.parent
+        root = path.parent.parent
+        if found and path.parent.name == "checkpoints" and root.name not in ("", ".", ".."):
             return command_line(root.parent, root.name, f"export-release --epoch {int(found.group(1))}")
     return "ignite-mnist -e NAME export-release --epoch E"
 

@@ -162,6 +162,45 @@ def test_later_commands_read_the_data_where_init_found_it_from_any_folder(tmp_pa
     assert r.returncode == 2 and f"{broken / 't10k-images-idx3-ubyte.gz'} is truncated" in r.stderr, r.stderr
 
 
+def test_a_recorded_data_folder_that_moved_is_named_and_another_can_be_given(tmp_path, tiny_data):
+    data = shutil.copytree(tiny_data, tmp_path / "data-here")
+    options = ["-e", "exp", "--experiments-path", tmp_path / "experiments"]
+    r = run_cli(*options, "--data-path", data, "init", "--config-path", make_config(tmp_path), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert run_cli(*options, "train", "--max-epochs", 1, "--device", "cpu", cwd=tmp_path).returncode == 0
+    data.rename(tmp_path / "data-moved")
+    meta = tmp_path / "experiments" / "exp" / "experiment.json"
+    for command in (["test", "--epoch", "1"], ["train", "--max-epochs", "2"], ["export-release", "--format", "onnx"]):
+        r = run_cli(*options, *command, cwd=tmp_path)
+        assert r.returncode == 2 and r.stderr.strip() == (
+            f"error: the data folder {data}, where `init` found mnist (recorded in {meta}), is not there now: give "
+            "its new place with --data-path"), r.stderr
+    assert not data.exists()  # nothing downloaded into the old place
+    r = run_cli(*options, "export-release", cwd=tmp_path)  # a pt release reads no data
+    assert r.returncode == 0, r.stderr
+    r = run_cli(*options, "--data-path", tmp_path / "data-moved", "test", "--epoch", 1, "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["total"] == 100, r.stderr
+
+
+def test_hints_name_the_data_folder_only_where_it_is_not_the_experiment_s_own(tmp_path, monkeypatch):
+    from ignite_mnist.experiment import command_line
+    from ignite_mnist.release import _export_command
+
+    assert command_line(Path("experiments"), "x", "test", Path("data")) == "ignite-mnist --data-path data -e x test"
+    assert command_line(Path("experiments"), "x", "test") == "ignite-mnist -e x test"
+    releases = tmp_path / "experiments" / "exp" / "releases"
+    releases.mkdir(parents=True)
+    monkeypatch.chdir(releases)
+    absolute = f"ignite-mnist --experiments-path {tmp_path / 'experiments'} -e exp export-release --epoch 3"
+    for given, command in (("../checkpoints/checkpoint_3.pt", absolute),  # its experiment's folder is ".."
+                           ("../../exp/checkpoints/checkpoint_3.pt",
+                            "ignite-mnist --experiments-path ../.. -e exp export-release --epoch 3"),
+                           ("checkpoint_3.pt", "ignite-mnist -e NAME export-release --epoch E")):
+        assert _export_command(Path(given)) == command, given
+    monkeypatch.chdir(releases.parent)
+    assert _export_command(Path("checkpoints/checkpoint_3.pt")) == absolute  # its experiment's folder is "."
+
+
 def test_console_script_and_help_are_quick_to_load():
     script = Path(sys.executable).with_name("ignite-mnist")
     assert shutil.which(str(script)), "the ignite-mnist console script is installed"
