@@ -26,8 +26,9 @@ except ImportError:
 
 from ignite_mnist.errors import UserError, is_dir, is_file
 from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, check_experiments_folder,
-                                     command_line, console_shows_any_text, flatten, init_experiment, log, open_experiment, report_log, setup_logging,
-                                     summarize_experiments, tensorboard_runs)
+                                     command_line, console_shows_any_text, flatten, init_experiment, log,
+                                     open_experiment, report_log, setup_logging, summarize_experiments,
+                                     tensorboard_runs)
 
 app = typer.Typer(
     add_completion=False,

@@ -607,7 +607,8 @@ def flatten(config: dict, prefix: str = "") -> dict:
 def summarize_experiments(experiments_path: Path) -> list:
     """One summary per experiment folder under experiments_path, best validation accuracy first:
     {name, dataset, epochs, best_epoch, best_val_accuracy, test_accuracy (at the best epoch),
-    stopped_early, sweep (a sweep's trial: its study, number, state...), config, releases}; a folder that cannot be read is {name, broken: why}, last.
+    stopped_early, sweep (a sweep's trial: its study, number, state...), config, releases}; a folder that cannot
+    be read is {name, broken: why}, last.
 
     Reads experiment.json and metrics.json only (the checkpoints only if metrics.json lags behind them)."""
     folder = Path(experiments_path)

@@ -111,9 +111,10 @@ def check_space_against_study(study, space: dict, space_path: Path, name: str) -
             try:
                 check_distribution_compatibility(drawn[key], optuna_distribution(distribution))
             except ValueError:  # (Optuna's reason names its own classes, not what the space says)
+                drew = json.dumps(space_distribution(drawn[key]))
                 raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
-                                f"trials of sweep {name}, which drew it from {json.dumps(space_distribution(drawn[key]))}: "
-                                "use another --name for another space") from None
+                                f"trials of sweep {name}, which drew it from {drew}: use another --name for another "
+                                "space") from None
 
 
 # ---- the study ----------------------------------------------------------------------------------

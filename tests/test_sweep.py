@@ -297,8 +297,9 @@ def test_a_space_that_does_not_fit_the_study_is_refused_before_a_trial(workdir, 
 
 
 @pytest.mark.parametrize("distribution", [{"choice": [0.5, 1.0]}, {"choice": ["auto", "fp32"]},
-                                          {"float": [1e-05, 2.0], "log": True}, {"float": [0.1, 1.0], "step": 0.1}, {"int": [16, 128]},
-                                          {"int": [16, 128], "step": 16}, {"int": [1, 64], "log": True}])
+                                          {"float": [1e-05, 2.0], "log": True}, {"float": [0.1, 1.0], "step": 0.1},
+                                          {"int": [16, 128]}, {"int": [16, 128], "step": 16},
+                                          {"int": [1, 64], "log": True}])
 def test_a_drawn_distribution_is_named_as_the_space_writes_it(distribution):
     from ignite_mnist.sweep import optuna_distribution, space_distribution
 
