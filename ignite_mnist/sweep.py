@@ -17,8 +17,9 @@ import warnings
 from pathlib import Path
 
 from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
-from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_SCHEMA, MAX_CONFIG_BYTES, Experiment,
-                                     apply_overrides, best_first, check_config_key, check_seed, init_experiment,
+from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_DATA_PATH, DEFAULT_SCHEMA, MAX_CONFIG_BYTES,
+                                     Experiment, apply_overrides, best_first, check_config_key, check_seed, flatten,
+                                     init_experiment,
                                      load_config, log, read_json, schema_violations, setup_logging, validate_config,
                                      validate_name, write_json)
 
@@ -115,6 +116,23 @@ def check_space_against_study(study, space: dict, space_path: Path, name: str) -
                 raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
                                 f"trials of sweep {name}, which drew it from {drew}: use another --name for another "
                                 "space") from None
+
+
+def check_setup_against_study(study, setup: dict, space: dict, name: str) -> None:
+    """The study's trials are comparable only if they share the base config (the swept keys aside) and
+    --max-epochs: the first run records both in the study, a later run that differs is refused."""
+    recorded = study.user_attrs.get("setup")
+    if recorded is None:  # a new study (or one made before the setup was recorded): this run's
+        study.set_user_attr("setup", setup)
+        return
+    theirs, ours = flatten(recorded.get("config", {})), flatten(setup["config"])
+    differences = [f"{key} {json.dumps(theirs.get(key))} (this run: {json.dumps(ours.get(key))})"
+                   for key in dict.fromkeys([*theirs, *ours]) if key not in space and theirs.get(key) != ours.get(key)]
+    if recorded.get("max_epochs") != setup["max_epochs"]:
+        differences.append(f"--max-epochs {recorded.get('max_epochs')} (this run: {setup['max_epochs']})")
+    if differences:
+        raise UserError(f"sweep {name}'s trials were run with {'; '.join(differences[:4])}"
+                        f"{'; ...' * (len(differences) > 4)}: their scores would not compare; use another --name")
 
 
 # ---- the study ----------------------------------------------------------------------------------
@@ -261,11 +279,15 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     if trials < 1 or max_epochs < 1:
         raise UserError(f"--trials and --max-epochs must be at least 1, not {trials} and {max_epochs}")
     space = load_space(space_path, config_path)
-    if load_config(config_path)["data"]["val_split"] == 0:
+    config = load_config(config_path)
+    if config["data"]["val_split"] == 0:
         raise UserError(f"config {config_path} has data.val_split 0: a sweep scores trials on validation accuracy, "
                         "so it needs a validation set")
     check_seed(seed)
     resolve_device(device)  # an unavailable device is refused before the study is opened or a trial made
+    from ignite_mnist import data
+
+    data.dataset_sizes(config["data"]["dataset"], data_path or DEFAULT_DATA_PATH)  # and missing data too
     url = storage_url(name, experiments_path, storage)
     new_file = _storage_file(url)
     if new_file is not None:
@@ -323,6 +345,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     if foreign:  # found now, not when a trial of that number comes up after hours of others
         raise _foreign_error(name, foreign, url)
     check_space_against_study(study, space, space_path, name)
+    check_setup_against_study(study, {"config": config, "max_epochs": max_epochs}, space, name)
     heartbeat = "://" in url  # RDB storages beat (open_storage); a journal file does not
     waiting = False
     while True:

@@ -271,6 +271,35 @@ def test_a_refused_sweep_makes_nothing(workdir, tiny_data, capsys, option, messa
     assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
 
 
+def test_a_sweep_without_its_data_makes_nothing(workdir, tiny_data, capsys, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # offline, at once
+    args = sweep_args(workdir, tiny_data, "k", 1, 1)
+    args[args.index("--data-path") + 1] = workdir / "no-data"
+    code, _, err = invoke(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and "mnist is not in" in err, err
+    assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
+
+
+def test_a_study_s_trials_share_their_base_config_and_epochs(workdir, tiny_data, capsys):
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "m", 1, 1))
+    assert code == 0, err
+    database = workdir / "experiments" / "m.sweep.db"
+    before = database.read_bytes()
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "m", 2, 2))
+    assert code == 2 and err.strip() == ("error: sweep m's trials were run with --max-epochs 1 (this run: 2): their "
+                                         "scores would not compare; use another --name"), err
+    other = make_config(workdir, **{"training.lr_gamma": 0.5, "training.batch_size": 16})  # batch_size: swept
+    args = sweep_args(workdir, tiny_data, "m", 2, 1)
+    args[args.index("--config-path") + 1] = other
+    code, _, err = invoke(capsys, *args)
+    assert code == 2 and "sweep m's trials were run with training.lr_gamma 0.7 (this run: 0.5): their" in err, err
+    assert database.read_bytes() == before and [p.name for p in (workdir / "experiments").glob("m-*")] == ["m-0"]
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "m", 2, 1))  # the same setup goes on
+    assert code == 0 and sorted(p.name for p in (workdir / "experiments").glob("m-*")) == ["m-0", "m-1"], err
+
+
 def test_a_clash_with_a_new_sweep_leaves_no_database(workdir, tiny_data, capsys):
     experiments = workdir / "experiments"
     code, _, err = invoke(capsys, "--experiments-path", experiments, "--data-path", tiny_data, "-e", "y-0", "init",
