@@ -82,10 +82,19 @@ def _open(ctx: typer.Context, log_to_file: bool = True) -> Experiment:
     return experiment
 
 
-def _takes_no_experiment(ctx: typer.Context, command: str, why: str) -> None:
+NO_EXPERIMENT = {  # the commands that work on no one experiment, and why
+    "predict": "it runs the release file given by --release",
+    "serve": "it runs the release file given by --release",
+    "list": "it lists every experiment in the experiments folder (info shows one)",
+    "sweep": "its trials are experiments named after --name (NAME-<n>)",
+}
+
+
+def _takes_no_experiment(ctx: typer.Context, command: str) -> None:
     """Refuse --experiment-name where a command would silently ignore it."""
     if ctx.obj.experiment_name is not None:
-        raise UserError(f"{command} takes no --experiment-name/-e ({ctx.obj.experiment_name!r}): {why}")
+        raise UserError(f"{command} takes no --experiment-name/-e ({ctx.obj.experiment_name!r}): "
+                        f"{NO_EXPERIMENT[command]}")
 
 
 @app.command()
@@ -209,7 +218,7 @@ def predict(
 ):
     """Classify image files with a release."""
     setup_logging(None, ctx.obj.verbose)
-    _takes_no_experiment(ctx, "predict", "it runs the release file given by --release")
+    _takes_no_experiment(ctx, "predict")
     from ignite_mnist import release
 
     results = release.predict(release_path, images)
@@ -237,7 +246,7 @@ def serve(
     import importlib.util
 
     setup_logging(None, ctx.obj.verbose)
-    _takes_no_experiment(ctx, "serve", "it runs the release file given by --release")
+    _takes_no_experiment(ctx, "serve")
     if not 0 <= max_wait_ms <= 10_000:  # checked here, not by typer, which says of nan that it is over 10000
         raise UserError(f"--max-wait-ms takes milliseconds from 0 to 10000, not {max_wait_ms}")
     packages = {"starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart"}
@@ -309,7 +318,7 @@ def list_experiments(
 ):
     """Compare the experiments: best epoch and its accuracies, the config values that differ, releases."""
     setup_logging(None, ctx.obj.verbose)
-    _takes_no_experiment(ctx, "list", f"it lists every experiment in {ctx.obj.experiments_path} (info shows one)")
+    _takes_no_experiment(ctx, "list")
     rows = summarize_experiments(ctx.obj.experiments_path)
     if as_json:
         print(json_text(rows, indent=2))
@@ -318,7 +327,8 @@ def list_experiments(
         print(f"no experiments in {ctx.obj.experiments_path}")
         return
     configs = [flatten(r["config"]) for r in rows if "config" in r]
-    differing = [k for k in dict.fromkeys(k for c in configs for k in c) if len({_shown(c.get(k)) for c in configs}) > 1]
+    differing = [k for k in dict.fromkeys(k for c in configs for k in c)  # (the dataset has its own column)
+                 if k != "data.dataset" and len({_shown(c.get(k)) for c in configs}) > 1]
     table = [["name", "dataset", "epochs", "best", "val acc", "test acc", *differing, "releases"]]
     for r in rows:
         if "broken" in r:
@@ -365,7 +375,7 @@ def sweep(
     """Search hyper-parameters with Optuna: every trial an experiment, pruned when unpromising."""
     g: Globals = ctx.obj
     setup_logging(None, g.verbose)
-    _takes_no_experiment(ctx, "sweep", "its trials are experiments named after --name (NAME-<n>)")
+    _takes_no_experiment(ctx, "sweep")
     try:
         import optuna  # noqa: F401  (imported here to say what is missing; sweep.py uses them)
         import optuna_integration  # noqa: F401
@@ -532,6 +542,8 @@ def _main(argv: Optional[List[str]]) -> None:
         command = ctx.command_path if ctx else "ignite-mnist"
         if isinstance(e, click_exceptions.NoSuchOption) and ctx is not None and ctx.parent is not None:
             root = ctx.find_root()
+            if e.option_name in ("-e", "--experiment-name") and ctx.info_name in NO_EXPERIMENT:  # not after it either
+                _fail(f"{ctx.info_name} takes no --experiment-name/-e: {NO_EXPERIMENT[ctx.info_name]}", e.exit_code)
             if any(e.option_name in p.opts + p.secondary_opts for p in root.command.params):
                 _fail(f"{e.option_name} is an option of ignite-mnist itself: put it before the command "
                       f"(`ignite-mnist {e.option_name} ... {ctx.info_name} ...`)", e.exit_code)

@@ -220,6 +220,8 @@ def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
     (as Debian's dataset-fashion-mnist installs them); if absent, torchvision downloads them.
     """
     spec = DATASETS[dataset]
+    if spec["folder"] is not None and exists(data_path) and not is_dir(data_path):  # not where a download goes
+        raise UserError(f"--data-path {data_path} is not a folder: name the folder that holds the IDX files")
     folders = [SAMPLE_DIR] if spec["folder"] is None else [Path(data_path) / spec["folder"] / "raw", Path(data_path)]
     refused = None  # the first folder this user may not look in: named if the files are found nowhere
     for folder in folders:

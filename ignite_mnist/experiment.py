@@ -606,7 +606,8 @@ def flatten(config: dict, prefix: str = "") -> dict:
 
 def summarize_experiments(experiments_path: Path) -> list:
     """One summary per experiment folder under experiments_path, best validation accuracy first:
-    {name, dataset, epochs, best_epoch, best_val_accuracy, test_accuracy (at the best epoch),
+    {name, dataset, epochs, best_epoch, best_val_accuracy, test_accuracy (at the best epoch; without validation
+    at the last, the epoch train releases),
     stopped_early, sweep (a sweep's trial: its study, number, state...), config, releases}; a folder that cannot
     be read is {name, broken: why}, last.
 
@@ -622,10 +623,11 @@ def summarize_experiments(experiments_path: Path) -> list:
             experiment = open_experiment(folder, root.name)
             history = experiment.history()
             best = experiment.best_epoch(history)
-            at_best = next((e for e in history["epochs"] if e["epoch"] == best), {})
+            last = history["epochs"][-1]["epoch"] if history["epochs"] else 0
+            released = last if best is None else best  # without validation, train releases the last epoch
+            at_best = next((e for e in history["epochs"] if e["epoch"] == released), {})
             rows.append({
-                "name": experiment.name, "dataset": experiment.config["data"]["dataset"],
-                "epochs": history["epochs"][-1]["epoch"] if history["epochs"] else 0,
+                "name": experiment.name, "dataset": experiment.config["data"]["dataset"], "epochs": last,
                 "best_epoch": best, "best_val_accuracy": at_best.get("validation_accuracy"),
                 "test_accuracy": at_best.get("test_accuracy"), "stopped_early": history["stopped_early"],
                 "sweep": experiment.meta.get("sweep"), "config": experiment.config,

@@ -56,7 +56,7 @@ def test_unknown_experiment(copy, capsys, command):
 
 
 @pytest.mark.parametrize("command, why", [
-    (["list"], "it lists every experiment in"),
+    (["list"], "it lists every experiment in the experiments folder (info shows one)"),
     (["predict", "--release", "r.pt", "digit.png"], "it runs the release file given by --release"),
     (["serve", "--release", "r.pt"], "it runs the release file given by --release"),
     (["sweep", "--name", "s", "--status"], "its trials are experiments named after --name"),
@@ -64,6 +64,9 @@ def test_unknown_experiment(copy, capsys, command):
 def test_commands_that_take_no_experiment_refuse_one_rather_than_ignore_it(copy, capsys, command, why):
     line = assert_refused(capsys, copy, [*g(copy), *command], 2, f"{command[0]} takes no --experiment-name/-e ('exp')")
     assert why in line
+    for option in ("-e", "--experiment-name"):  # given after the command: not "put it before the command" either
+        line = assert_refused(capsys, copy, [command[0], option, "exp", *command[1:]], 2,
+                              f"{command[0]} takes no --experiment-name/-e: {why}")
 
 
 @pytest.mark.parametrize("value", ["nan", "-1", "10001", "inf"])
@@ -274,6 +277,15 @@ def test_broken_data_files(copy, capsys, tiny_data, breakage, message):
     breakage(data)
     for command in (["train", "--max-epochs", "3", "--device", "cpu"], ["test", "--epoch", "2"]):
         assert_refused(capsys, copy, [*g(copy, data=data), *command], 2, message)
+
+
+def test_a_file_given_as_the_data_folder_is_named_as_such(copy, capsys, tiny_data):
+    image_file = tiny_data / "train-images-idx3-ubyte.gz"
+    for command in (["test", "--epoch", "2"], ["-e", "new", "init", "--config-path", make_config(copy)]):
+        options = [*g(copy, data=image_file)] if command[0] == "test" else \
+            ["--experiments-path", copy / "experiments", "--data-path", image_file]
+        assert_refused(capsys, copy, [*options, *command], 2,
+                       f"--data-path {image_file} is not a folder: name the folder that holds the IDX files")
 
 
 def test_missing_dataset_offline(copy, capsys, monkeypatch):

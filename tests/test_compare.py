@@ -131,6 +131,22 @@ def test_list_takes_1_and_1_0_as_the_same_value(workdir, tiny_data, capsys):
     assert {line.split()[0]: line.split()[column] for line in lines[1:]} == {"float": "1", "int": "1", "half": "0.5"}
 
 
+def test_list_shows_the_dataset_once_and_the_released_epoch_s_test_accuracy_without_validation(workdir, tiny_data,
+                                                                                             capsys):
+    assert new(capsys, workdir, "with", tiny_data)[0] == 0
+    assert new(capsys, workdir, "without", tiny_data, "data.dataset=mnist-sample", "data.val_split=0")[0] == 0
+    code, _, err = invoke(capsys, *g(workdir, "without", tiny_data), "train", "--max-epochs", "1", "--device", "cpu")
+    assert code == 0, err
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list", "--json")
+    row = next(r for r in json.loads(out) if r["name"] == "without")
+    tested = json.loads((workdir / "experiments" / "without" / "metrics.json").read_text())["epochs"][0]["test_accuracy"]
+    assert row["best_epoch"] is None and row["best_val_accuracy"] is None and row["test_accuracy"] == tested
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
+    header, *lines = out.strip().splitlines()
+    assert "data.dataset" not in header and "data.val_split" in header, header  # the dataset column says it
+    assert f"{tested:.2f}%" in next(line for line in lines if line.startswith("without"))
+
+
 def test_list_shows_strings_as_they_are_and_quotes_only_those_that_would_read_as_another_value(workdir, tiny_data,
                                                                                             capsys):
     for name, value in (("auto", "auto"), ("fp32", "fp32")):
