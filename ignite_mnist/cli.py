@@ -137,9 +137,15 @@ def train(
     record = run_training(experiment, experiment.data_path(ctx.obj.data_path), max_epochs, device, nproc_per_node,
                           backend.value if backend else None, log_period, ctx.obj.verbose)
     if record:
-        scores = "".join(f", {name} accuracy {record[name + '_accuracy']:.2f}%"
-                         for name in ("validation", "test") if name + "_accuracy" in record)
-        log.info(f"trained {experiment.name} to epoch {record['epoch']}{scores}")
+        def scores(r):
+            return "".join(f", {name} accuracy {r[name + '_accuracy']:.2f}%"
+                           for name in ("validation", "test") if name + "_accuracy" in r)
+
+        history = experiment.history()
+        best = experiment.best_epoch(history)
+        released = "" if best in (None, record["epoch"]) else \
+            f"; its best epoch, released, is {best}" + scores(next(e for e in history["epochs"] if e["epoch"] == best))
+        log.info(f"trained {experiment.name} to epoch {record['epoch']}{scores(record)}{released}")
 
 
 EPOCH_HELP = "N, best (the highest validation accuracy; ties: the earlier) or last."

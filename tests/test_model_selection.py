@@ -142,6 +142,7 @@ def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workd
     experiment = open_experiment(workdir / "experiments", "es")
     assert list(experiment.checkpoints()) == [1, 2, 3]
     assert [r["epoch"] for r in experiment.releases()] == [experiment.best_epoch()]
+
     code, out, _ = invoke(capsys, *opts, "info")
     assert "stopped early at epoch 3: validation accuracy did not improve" in out
     code, out, _ = invoke(capsys, *opts, "info", "--json")
@@ -152,6 +153,24 @@ def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workd
         "experiment es stopped early at epoch 3: validation accuracy did not improve by more than 100 points "
         "for 2 epochs; nothing to do")
     assert snapshot(experiment.checkpoints_dir) == before
+
+
+def test_train_s_last_line_names_the_released_epoch_where_it_is_not_the_last(workdir, tiny_data, capsys, monkeypatch):
+    from ignite_mnist.experiment import Experiment
+
+    opts = g(workdir, "b", tiny_data)
+    assert invoke(capsys, *opts, "init", "--config-path", make_config(workdir))[0] == 0
+    monkeypatch.setattr(Experiment, "best_epoch", lambda self, history=None: 1 if self.history()["epochs"] else None)
+    code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "2", "--device", "cpu")
+    assert code == 0, err
+    epochs = open_experiment(workdir / "experiments", "b").history()["epochs"]
+    assert err.strip().splitlines()[-1] == (
+        f"trained b to epoch 2, validation accuracy {epochs[1]['validation_accuracy']:.2f}%, test accuracy "
+        f"{epochs[1]['test_accuracy']:.2f}%; its best epoch, released, is 1, validation accuracy "
+        f"{epochs[0]['validation_accuracy']:.2f}%, test accuracy {epochs[0]['test_accuracy']:.2f}%")
+    monkeypatch.setattr(Experiment, "best_epoch", lambda self, history=None: 3 if self.history()["epochs"] else None)
+    code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "3", "--device", "cpu")
+    assert code == 0 and "its best epoch" not in err.strip().splitlines()[-1], err  # the last epoch is the best
 
 
 def test_early_stopping_resumed_from_epoch_3_stops_where_the_uninterrupted_run_stops(workdir, tiny_data):
