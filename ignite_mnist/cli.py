@@ -412,8 +412,16 @@ def sweep(
     if result["best"] is not None:
         best = next(t for t in result["trials"] if t["number"] == result["best"])
         if is_file(Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json"):
-            print(f"best: trial {best['number']}; export its best epoch with: "
-                  + command_line(g.experiments_path, best["experiment"], "export-release --epoch best"))
+            experiment = open_experiment(g.experiments_path, best["experiment"])
+            epoch = experiment.best_epoch()
+            release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")), None)
+            if release:  # train released it at its end
+                print(f"best: trial {best['number']}; its best epoch, {epoch}, is released: {release} (in another "
+                      "format: " + command_line(g.experiments_path, best["experiment"],
+                                                "export-release --epoch best --format onnx") + ")")
+            else:
+                print(f"best: trial {best['number']}; export its best epoch with: "
+                      + command_line(g.experiments_path, best["experiment"], "export-release --epoch best"))
         else:
             print(f"best: trial {best['number']}; its experiment {best['experiment']} is no longer in "
                   f"{ctx.obj.experiments_path}")

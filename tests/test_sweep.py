@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke, make_config, snapshot, wait_for
+from ignite_mnist.experiment import open_experiment
 
 SPACE = {"training.lr": {"float": [0.2, 1.5], "log": True}, "training.batch_size": {"choice": [16, 32]}}
 EVERY_KIND = {"training.lr": {"float": [0.2, 1.5], "log": True}, "training.lr_gamma": {"float": [0.5, 0.9], "step": 0.1},
@@ -58,12 +59,20 @@ def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_
     assert listed[0]["name"] == f"s-{result['best']}" == result["trials"][0]["experiment"]
     assert listed[0]["best_val_accuracy"] == result["trials"][0]["best_val_accuracy"]
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "s", "--status")
-    advice = out.split("export its best epoch with: ")[1].strip()
-    assert advice == (f"ignite-mnist --experiments-path {workdir / 'experiments'} -e s-{result['best']} "
-                      "export-release --epoch best")
+    best = open_experiment(workdir / "experiments", f"s-{result['best']}")
+    released = best.release_path(best.best_epoch())  # by the trial's train, at its end
+    advice = f"ignite-mnist --experiments-path {workdir / 'experiments'} -e s-{result['best']} export-release " \
+             "--epoch best --format onnx"
+    assert out.strip().splitlines()[-1] == (f"best: trial {result['best']}; its best epoch, {best.best_epoch()}, is "
+                                            f"released: {released} (in another format: {advice})")
+    assert released.exists()
     code, _, err = invoke(capsys, *shlex.split(advice)[1:])  # the advice, run as printed, works
-    assert code == 0, err
-    assert list((workdir / "experiments" / f"s-{result['best']}" / "releases").iterdir())
+    assert code == 0 and released.with_suffix(".onnx").exists(), err
+    released.unlink()  # without the release, the advice is to make it
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "s", "--status")
+    assert out.strip().splitlines()[-1] == (f"best: trial {result['best']}; export its best epoch with: ignite-mnist "
+                                            f"--experiments-path {workdir / 'experiments'} -e s-{result['best']} "
+                                            "export-release --epoch best")
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "-e", "s-0", "info")
     assert "sweep s: trial 0, COMPLETE, score" in out
     import shutil
