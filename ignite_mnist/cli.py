@@ -414,7 +414,8 @@ def sweep(
         if is_file(Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json"):
             experiment = open_experiment(g.experiments_path, best["experiment"])
             epoch = experiment.best_epoch()
-            release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")), None)
+            release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")),
+                           None)
             if release:  # train released it at its end
                 print(f"best: trial {best['number']}; its best epoch, {epoch}, is released: {release} (in another "
                       "format: " + command_line(g.experiments_path, best["experiment"],
