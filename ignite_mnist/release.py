@@ -465,6 +465,9 @@ def _open_onnx(path: Path) -> LoadedRelease:
     try:
         with open(path, "rb") as f:  # (read once: the bytes checked are the bytes run)
             content = f.read()
+        if content.startswith(b"PK\x03\x04"):  # what torch.save and torch.export write: a file renamed .onnx
+            raise UserError(f"release {path} is a zip archive, as a pt or pt2 release or a checkpoint is, not ONNX: "
+                            "give it its own suffix (.pt, .pt2)")
         slot = onnx_digest_slot(content)
         if slot is not None and content[slot:slot + 64].decode("latin-1") != onnx_digest(content, slot):
             raise corrupt  # before anything else is read from it: a flipped byte may be anywhere

@@ -263,6 +263,9 @@ def test_a_pt2_archive_with_other_files_is_refused(releases, tmp_path, capsys):
 @pytest.mark.parametrize("given, named, message", [
     ("pt2", "release.pt", "(a torch.export archive, not torch.save's: a pt2 release is read from a .pt2 file)"),
     ("pt", "release.pt2", "(a torch.save file, not a pt2 archive: a pt release is read from a .pt file)"),
+    ("pt", "release.onnx", "is a zip archive, as a pt or pt2 release or a checkpoint is, not ONNX: give it its own "
+                           "suffix (.pt, .pt2)"),
+    ("pt2", "release.onnx", "is a zip archive, as a pt or pt2 release or a checkpoint is, not ONNX"),
 ])
 def test_a_release_under_the_other_suffix_is_told_by_its_content(releases, tmp_path, capsys, given, named, message):
     path = tmp_path / named
