@@ -36,6 +36,7 @@ from ignite_mnist.experiment import Experiment, command_line, log, package_versi
 from ignite_mnist.model import Net
 
 FORMAT = "ignite-mnist-release/1"
+MAX_ONNX_SNIFF = 64 << 20  # bytes read to tell an ONNX release given under another suffix (ours are about 5 MB)
 SUFFIXES = {"pt": ".pt", "pt2": ".pt2", "onnx": ".onnx"}
 METADATA_KEY = "ignite-mnist"  # ONNX metadata_props key; the pt2 program's extra file is METADATA_KEY + ".json"
 DIGEST_KEY = METADATA_KEY + ".sha256"  # ONNX metadata_props key: the file's SHA-256 (see onnx_digest_slot)
@@ -332,6 +333,8 @@ def load_release(path: Path) -> dict:
     path = Path(path)
     if not is_file(path):
         raise UserError(f"release {path} does not exist" if not exists(path) else f"release {path} is not a file")
+    if not zipfile.is_zipfile(path) and _holds_onnx_digest(path):  # our ONNX release, renamed
+        raise UserError(f"release {path} is an ONNX release, not torch.save's: give it its own suffix (.onnx)")
     release = read_checkpoint(path, "cpu", what="release")  # CRCs checked: a flipped byte is refused
     if release.get("format") != FORMAT:
         if {"model", "optimizer", "trainer"} <= set(release):  # a training checkpoint: say how to release it
@@ -339,6 +342,14 @@ def load_release(path: Path) -> dict:
                             f"`{_export_command(path)}`, and use that")
         raise UserError(f"{path} is not an ignite-mnist release (no format {FORMAT!r})")
     return _checked_metadata(path, release, "pt")
+
+
+def _holds_onnx_digest(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return onnx_digest_slot(f.read(MAX_ONNX_SNIFF)) is not None
+    except OSError:  # (read_checkpoint names what is wrong)
+        return False
 
 
 def _export_command(checkpoint: Path) -> str:

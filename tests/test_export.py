@@ -266,6 +266,7 @@ def test_a_pt2_archive_with_other_files_is_refused(releases, tmp_path, capsys):
     ("pt", "release.onnx", "is a zip archive, as a pt or pt2 release or a checkpoint is, not ONNX: give it its own "
                            "suffix (.pt, .pt2)"),
     ("pt2", "release.onnx", "is a zip archive, as a pt or pt2 release or a checkpoint is, not ONNX"),
+    ("onnx", "release.pt", "is an ONNX release, not torch.save's: give it its own suffix (.onnx)"),
 ])
 def test_a_release_under_the_other_suffix_is_told_by_its_content(releases, tmp_path, capsys, given, named, message):
     path = tmp_path / named
