@@ -15,8 +15,9 @@ In that order after eager, each in its own try (a failing way leaves the others'
 initial weights, bf16 autocast as `train` on a GPU: ms a step (the median of blocks of 50
 steps, each synchronized), the mean training loss of its last 100 steps (dropout's draws differ between the
 ways, so the losses agree only roughly), and one epoch of 64-image batches driven by Ignite's Engine with the
-trainer's loss Average (the engine's cost a step, on top of the step's). The graph's learning rate is checked
-to be read at each replay: with it filled with 0, a replay leaves every weight as it was.
+trainer's loss Average (the engine's cost a step, on top of the step's); for eager also a torch.profiler table of
+--profile steps (each operator's own CPU time, what launching it costs, beside its GPU time). The graph's
+learning rate is checked to be read at each replay: with it filled with 0, a replay leaves every weight as it was.
 The last line is one JSON object. README, Speed, "On CUDA" says what was measured.
 """
 
@@ -104,6 +105,20 @@ def time_steps(step, batches, device, steps: int, block: int = 50) -> tuple:
     return statistics.median(blocks[1:] or blocks), float(torch.stack(losses[-100:]).float().mean())
 
 
+def profile(step, batches, device, steps: int) -> None:
+    """torch.profiler over `steps` steps: the operators by their own CPU time (what launching costs), with their
+    time on the GPU beside it: where a step's milliseconds go when it is launch-bound."""
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step(None, next(batches))
+        synchronize(device)
+    print(f"the eager step, {steps} steps under torch.profiler (its own overhead included):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+
+
 def engine_epoch(step, train_set, device, seed: int) -> float:
     """Seconds of one epoch of full batches through Ignite's Engine, the trainer's loss Average attached."""
     from ignite.engine import Engine
@@ -136,6 +151,7 @@ def main():
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", type=int, default=20, help="eager steps under torch.profiler (0: none)")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -173,6 +189,8 @@ def measure(way: str, args, device, train_set, results: dict) -> None:
     setup_s = time.perf_counter() - t0
     ms, loss = time_steps(step, endless(train_set, device, args.seed), device, args.steps)
     epoch_s = engine_epoch(step, train_set, device, args.seed)
+    if way == "eager" and args.profile:
+        profile(step, endless(train_set, device, args.seed), device, args.profile)
     results[way] = {"ms_per_step": ms, "last_100_loss": loss, "setup_s": setup_s, "engine_epoch_s": epoch_s,
                     "engine_ms_per_step": epoch_s / (len(train_set) // BATCH) * 1000}
     if way == "graph":  # the learning rate is read at each replay: 0 leaves every weight as it was
