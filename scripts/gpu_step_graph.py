@@ -155,6 +155,8 @@ def main():
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("error: no CUDA GPU here: this probe needs one (--device cpu runs its eager way alone)")
         prepare_cuda_for_training()
     try:
         n = data.dataset_sizes(args.dataset, args.data_path)["train"]
