@@ -26,8 +26,8 @@ part() {  # part NAME SECONDS COMMAND...: run it under a time limit, its output 
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/GPU: /'
 "$PYTHON" -c "import torch, ignite; print('torch', torch.__version__, 'ignite', ignite.__version__)"
-part step-graph 150 "$PYTHON" scripts/gpu_step_graph.py --data-path "$DATA"
-part workflow 240 env PYTHON="$PYTHON" scripts/gpu_check.sh cuda:0 fashion-mnist "$DATA"
-part cuda-tests 120 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_resume.py -k cuda
-part bench 300 "$PYTHON" scripts/bench.py --device cuda --data-path "$DATA" --epochs 3 --repeats 1 --process-repeats 1
+part step-graph 120 "$PYTHON" scripts/gpu_step_graph.py --data-path "$DATA"
+part workflow 150 env PYTHON="$PYTHON" scripts/gpu_check.sh cuda:0 fashion-mnist "$DATA"
+part cuda-tests 60 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_resume.py -k cuda
+part bench 200 "$PYTHON" scripts/bench.py --device cuda --data-path "$DATA" --epochs 3 --repeats 1 --process-repeats 1
 exit $failed
