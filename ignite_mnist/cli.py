@@ -412,10 +412,13 @@ def sweep(
     if result["best"] is not None:
         best = next(t for t in result["trials"] if t["number"] == result["best"])
         if is_file(Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json"):
-            experiment = open_experiment(g.experiments_path, best["experiment"])
-            epoch = experiment.best_epoch()
-            release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")),
-                           None)
+            try:
+                experiment = open_experiment(g.experiments_path, best["experiment"])
+                epoch = experiment.best_epoch()
+                release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")),
+                               None)
+            except UserError:  # damaged since: the advice below names it again when followed
+                release = None
             if release:  # train released it at its end
                 print(f"best: trial {best['number']}; its best epoch, {epoch}, is released: {release} (in another "
                       "format: " + command_line(g.experiments_path, best["experiment"],
