@@ -70,9 +70,15 @@ def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_
     assert code == 0 and released.with_suffix(".onnx").exists(), err
     released.unlink()  # without the release, the advice is to make it
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "s", "--status")
-    assert out.strip().splitlines()[-1] == (f"best: trial {result['best']}; export its best epoch with: ignite-mnist "
-                                            f"--experiments-path {workdir / 'experiments'} -e s-{result['best']} "
-                                            "export-release --epoch best")
+    advice = (f"best: trial {result['best']}; export its best epoch with: ignite-mnist --experiments-path "
+              f"{workdir / 'experiments'} -e s-{result['best']} export-release --epoch best")
+    assert out.strip().splitlines()[-1] == advice
+    meta = workdir / "experiments" / f"s-{result['best']}" / "experiment.json"
+    text = meta.read_text()
+    meta.write_text("{oops")  # an experiment damaged since: the summary still comes, with the advice
+    code, out, err = invoke(capsys, "--experiments-path", workdir / "experiments", "sweep", "--name", "s", "--status")
+    assert code == 0 and out.strip().splitlines()[-1] == advice, err
+    meta.write_text(text)
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "-e", "s-0", "info")
     assert "sweep s: trial 0, COMPLETE, score" in out
     import shutil
