@@ -242,6 +242,10 @@ def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
     raise UserError(f"{dataset} is not in {data_path}")
 
 
+class DatasetMissing(UserError):
+    """The dataset is not where it was looked for, and could not be downloaded there."""
+
+
 def _download(dataset: str, data_path: Path) -> None:
     import torchvision
 
@@ -265,10 +269,9 @@ def _download(dataset: str, data_path: Path) -> None:
                 pass
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         files = ", ".join(stem + "(.gz)" for stem in STEMS)
-        raise UserError(
+        raise DatasetMissing(
             f"{dataset} is not in {data_path} and could not be downloaded ({reason}): put {files} in "
-            f"{data_path / DATASETS[dataset]['folder'] / 'raw'} or in {data_path}, or `init` an experiment of the "
-            "dataset 'mnist-sample' (data.dataset in the config), which is bundled and works offline"
+            f"{data_path / DATASETS[dataset]['folder'] / 'raw'} or in {data_path}"
         ) from None
 
 

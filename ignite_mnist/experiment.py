@@ -749,7 +749,11 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
     check_seed(seed)  # before the dataset, which may have to be downloaded
     from ignite_mnist import data
 
-    sizes = data.dataset_sizes(config["data"]["dataset"], data_path)
+    try:
+        sizes = data.dataset_sizes(config["data"]["dataset"], data_path)
+    except data.DatasetMissing as e:  # a new experiment may take the bundled sample instead
+        raise UserError(f"{e}; or `init` an experiment of the dataset 'mnist-sample' (data.dataset in the config), "
+                        "which is bundled and works offline") from None
     extra = {"data_path": os.path.abspath(data_path), **(extra or {})}
     return create_experiment(experiments_path, name, config, seed, sizes, overrides, extra)
 

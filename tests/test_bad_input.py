@@ -290,8 +290,9 @@ def test_a_file_given_as_the_data_folder_is_named_as_such(copy, capsys, tiny_dat
 
 def test_missing_dataset_offline(copy, capsys, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
-    assert_refused(capsys, copy, [*g(copy, data=copy / "no-data" / "x" / "y"), "train", "--max-epochs", "3",
-                                  "--device", "cpu"], 2, "mnist is not in")
+    line = assert_refused(capsys, copy, [*g(copy, data=copy / "no-data" / "x" / "y"), "train", "--max-epochs", "3",
+                                         "--device", "cpu"], 2, "mnist is not in")
+    assert "mnist-sample" not in line  # the experiment's dataset is set: no advice to take another
     assert not (copy / "no-data").exists()  # the failed download leaves no empty folders behind, parents included
 
 

@@ -182,13 +182,15 @@ def test_offline_without_files_says_what_to_put_where(tmp_path, monkeypatch):
     message = str(e.value)
     assert "mnist is not in" in message and "could not be downloaded" in message
     assert "train-images-idx3-ubyte(.gz)" in message and str(tmp_path / "data" / "MNIST" / "raw") in message
-    assert "'mnist-sample'" in message and "\n" not in message
+    assert "'mnist-sample'" not in message and "\n" not in message  # (init's advice: an experiment's dataset is set)
 
 
 def test_init_refuses_offline_without_data_and_creates_nothing(workdir, capsys, monkeypatch):
     monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
     code, _, err = invoke(capsys, *g(workdir, data=workdir / "no-data"), "init", "--config-path", make_config(workdir))
-    assert code == 2 and "could not be downloaded" in err
+    assert code == 2 and "could not be downloaded" in err and err.count("\n") == 1
+    assert err.strip().endswith("; or `init` an experiment of the dataset 'mnist-sample' (data.dataset in the config), "
+                                "which is bundled and works offline"), err
     assert not (workdir / "experiments" / "exp").exists()
 
 
