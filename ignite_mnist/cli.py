@@ -209,8 +209,7 @@ def export_release(
     experiment.checkpoint(epoch)
     from ignite_mnist import release
 
-    data_path = None if release_format == ReleaseFormat.pt else experiment.data_path(ctx.obj.data_path)  # pt: unread
-    path = release.export_release(experiment, epoch, release_format.value, data_path)
+    path = release.export_release(experiment, epoch, release_format.value, ctx.obj.data_path)
     log.info(f"release written: {path}")
     print(path)
 

@@ -45,7 +45,7 @@ DEFAULT_SCHEMA = CONFIG_DIR / "config.schema.json"
 DEFAULT_DATA_PATH = Path("data")  # where the datasets are when neither --data-path nor the experiment says
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_CHECKPOINT = re.compile(r"checkpoint_([0-9]+)\.pt")
+CHECKPOINT_NAME = re.compile(r"checkpoint_([0-9]+)\.pt")
 _RELEASE = re.compile(r"release_epoch_([0-9]+)\.(pt|pt2|onnx)")
 MAX_CONFIG_BYTES = 1 << 20  # a config or schema is a few KB: more is the wrong file (or /dev/zero)
 MAX_JSON_BYTES = 64 << 20  # an experiment's own files: split.json of 60,000 images is about 400 KB
@@ -290,9 +290,12 @@ class Experiment:
     tensorboard_dir = property(lambda self: self.root / "tensorboard")
     lock_file = property(lambda self: self.root / "train.lock")
 
+    # the folder `init` read the dataset from (recorded in experiment.json), else ./data (experiments made before
+    # that was recorded): where commands read it without --data-path
+    own_data_path = property(lambda self: Path(self.meta.get("data_path") or DEFAULT_DATA_PATH))
+
     def data_path(self, given=None) -> Path:
-        """Where the experiment's dataset is read: --data-path where one is given, else the folder `init` read it
-        from (recorded in experiment.json), else ./data (experiments made before that was recorded). A recorded
+        """Where the experiment's dataset is read: --data-path where one is given, else its own_data_path. A recorded
         folder that is gone (the data moved, the experiments copied to another machine) is named as such, rather
         than downloaded into anew."""
         if given is not None:
@@ -301,7 +304,7 @@ class Experiment:
         if recorded and self.config["data"]["dataset"] != "mnist-sample" and not is_dir(recorded):
             raise UserError(f"the data folder {recorded}, where `init` found {self.config['data']['dataset']} "
                             f"(recorded in {self.meta_file}), is not there now: give its new place with --data-path")
-        return Path(recorded or DEFAULT_DATA_PATH)
+        return self.own_data_path
 
     def check_folders(self, *folders: Path) -> None:
         """The folders the experiment writes in (default: all) are folders where they exist: a file in the way is
@@ -332,7 +335,7 @@ class Experiment:
         self.check_folders(self.checkpoints_dir)  # a file in its place is named, not taken for "none yet"
         if not is_dir(self.checkpoints_dir):
             return {}
-        found = ((_CHECKPOINT.fullmatch(p.name), p) for p in self.checkpoints_dir.iterdir())
+        found = ((CHECKPOINT_NAME.fullmatch(p.name), p) for p in self.checkpoints_dir.iterdir())
         return dict(sorted((int(m.group(1)), p) for m, p in found if m))
 
     def checkpoint(self, epoch) -> Path:

@@ -18,7 +18,7 @@ from ignite.utils import setup_logger
 from ignite_mnist.device import resolve_device
 from ignite_mnist.engines import STOP, training
 from ignite_mnist.errors import UserError
-from ignite_mnist.experiment import DEFAULT_DATA_PATH, Experiment, command_line, log
+from ignite_mnist.experiment import Experiment, command_line, log
 
 
 def run_training(experiment: Experiment, data_path, max_epochs: int, device_name: str = "auto",
@@ -105,7 +105,7 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     if nproc_per_node > 1:
         again += f" --nproc-per-node {nproc_per_node}" + (f" --backend {backend}" if backend else "")
     # the experiment's own data folder (the one read without --data-path) needs no option in the hint
-    own_data = os.path.abspath(data_path) == os.path.abspath(experiment.meta.get("data_path") or DEFAULT_DATA_PATH)
+    own_data = os.path.abspath(data_path) == os.path.abspath(experiment.own_data_path)
     again = command_line(experiment.root.parent, experiment.name, again, None if own_data else data_path)
     resume = f"run `{again}` to resume"
     if STOP.signum:

@@ -32,7 +32,7 @@ from torch import nn
 from ignite_mnist import data
 from ignite_mnist.checkpoints import check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError, error_text, exists, is_file
-from ignite_mnist.experiment import Experiment, command_line, log, package_versions
+from ignite_mnist.experiment import CHECKPOINT_NAME, Experiment, command_line, log, package_versions
 from ignite_mnist.model import Net
 
 FORMAT = "ignite-mnist-release/1"
@@ -56,7 +56,8 @@ class Normalized(nn.Module):
 
 
 def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = None) -> Path:
-    """Write the release of `epoch` (default: the last checkpoint) in format `fmt`, verified, and return its path."""
+    """Write the release of `epoch` (default: the last checkpoint) in format `fmt`, verified, and return its path.
+    data_path: --data-path, if given (Experiment.data_path); a pt release reads no data."""
     if fmt not in SUFFIXES:
         raise UserError(f"unknown release format {fmt!r}: use pt, pt2 or onnx")
     _check_export_packages(fmt)
@@ -333,9 +334,13 @@ def load_release(path: Path) -> dict:
     path = Path(path)
     if not is_file(path):
         raise UserError(f"release {path} does not exist" if not exists(path) else f"release {path} is not a file")
-    if not zipfile.is_zipfile(path) and _holds_onnx_digest(path):  # our ONNX release, renamed
-        raise UserError(f"release {path} is an ONNX release, not torch.save's: give it its own suffix (.onnx)")
-    release = read_checkpoint(path, "cpu", what="release")  # CRCs checked: a flipped byte is refused
+    try:
+        release = read_checkpoint(path, "cpu", what="release")  # CRCs checked: a flipped byte is refused
+    except UserError:
+        if _holds_onnx_digest(path):  # our ONNX release, renamed
+            raise UserError(f"release {path} is an ONNX release, not torch.save's: give it its own suffix (.onnx)") \
+                from None
+        raise
     if release.get("format") != FORMAT:
         if {"model", "optimizer", "trainer"} <= set(release):  # a training checkpoint: say how to release it
             raise UserError(f"{path} is a training checkpoint, not a release: make a release of it with "
@@ -354,7 +359,7 @@ def _holds_onnx_digest(path: Path) -> bool:
 
 def _export_command(checkpoint: Path) -> str:
     """The export-release command for a checkpoint at EXPERIMENTS/NAME/checkpoints/checkpoint_E.pt."""
-    found = re.fullmatch(r"checkpoint_([0-9]+)\.pt", checkpoint.name)
+    found = CHECKPOINT_NAME.fullmatch(checkpoint.name)
     for path in (checkpoint, Path(os.path.abspath(checkpoint))):  # as given where that shows the folders
         root = path.parent.parent
         if found and path.parent.name == "checkpoints" and root.name not in ("", ".", ".."):

@@ -87,8 +87,12 @@ def space_distribution(d) -> dict:
     if isinstance(d, CategoricalDistribution):
         return {"choice": list(d.choices)}
     kind = "float" if isinstance(d, FloatDistribution) else "int"
-    return {kind: [d.low, d.high], **({"log": True} if d.log else {}),
-            **({"step": d.step} if d.step not in (None if kind == "float" else 1,) else {})}
+    written = {kind: [d.low, d.high]}
+    if d.log:
+        written["log"] = True
+    if d.step != (None if kind == "float" else 1):  # (the space's default step: optuna_distribution)
+        written["step"] = d.step
+    return written
 
 
 def suggest(trial, key: str, distribution: dict):
@@ -287,7 +291,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     resolve_device(device)  # an unavailable device is refused before the study is opened or a trial made
     from ignite_mnist import data
 
-    data.dataset_sizes(config["data"]["dataset"], data_path or DEFAULT_DATA_PATH)  # and missing data too
+    data.locate(config["data"]["dataset"], data_path or DEFAULT_DATA_PATH)  # and missing data (each trial reads it)
     url = storage_url(name, experiments_path, storage)
     new_file = _storage_file(url)
     if new_file is not None:

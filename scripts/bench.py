@@ -165,6 +165,14 @@ def run_ignite(args) -> dict:
 # ---- contender 3: ignite-mnist's pieces in a plain loop (the engine's overhead) ----------------
 
 
+def bare_config(args) -> dict:
+    """The training section as ignite-mnist's own run gets it (bench_experiment): the default config, the bench's
+    precision and cuda_graphs."""
+    from ignite_mnist.experiment import load_config
+
+    return {**load_config(CONFIG)["training"], "precision": args.precision, "cuda_graphs": args.cuda_graphs}
+
+
 def bare_training(args, cfg: dict, device) -> tuple:
     """ignite-mnist's own pieces, set up as training() does, without the engine: (sets, model, optimizer,
     step, bf16), the whole training set (no validation split)."""
@@ -187,9 +195,8 @@ def bare_training(args, cfg: dict, device) -> tuple:
 
 def run_bare(args) -> dict:
     from ignite_mnist import engines
-    from ignite_mnist.experiment import load_config
 
-    cfg = {**load_config(CONFIG)["training"], "precision": args.precision, "cuda_graphs": args.cuda_graphs}
+    cfg = bare_config(args)
     device = torch.device(args.device)
     start = time.perf_counter()
     sets, model, optimizer, step, bf16 = bare_training(args, cfg, device)
@@ -503,9 +510,7 @@ def paired_peak_fraction(args, precision: str, blocks: int = 8, steps: int = 40)
     see peak_shares."""
     import itertools
 
-    from ignite_mnist.experiment import load_config
-
-    cfg = {**load_config(CONFIG)["training"], "precision": args.precision, "cuda_graphs": args.cuda_graphs}
+    cfg = bare_config(args)
     device = torch.device(args.device)
     sets, _, _, step, _ = bare_training(args, cfg, device)
     batches = itertools.cycle(list(data.ShuffledBatches(len(sets["train"]), cfg["batch_size"], args.seed, 0, 1, device)))
