@@ -48,14 +48,15 @@ _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
 CACHE_FROM_BYTES = 1 << 20  # a compressed file this large or larger is decoded once: 0.3 s for Fashion-MNIST's
 
 
-def read_idx(path: Path) -> np.ndarray:
+def read_idx(path: Path, fresh: bool = False) -> np.ndarray:
     """An IDX file of MNIST images ([n, 28, 28] uint8) or labels ([n] uint8), .gz or not, checked.
 
     A large .gz file is decoded once: the array is kept in the user's cache (decoded_cache), under a
     name made of the file's path, the SHA-256 of its bytes and its gzip trailer (CRC-32 and length of the
-    data), so a file whose bytes change in any way is decoded anew."""
+    data), so a file whose bytes change in any way is decoded anew. fresh: decoded again whatever the cache holds
+    (and cached anew)."""
     cached = decoded_cache(path)
-    array = _read_cached(cached) if cached else None
+    array = _read_cached(cached) if cached and not fresh else None
     if array is None:
         array = _decode_idx(path)
         if cached:
@@ -171,9 +172,9 @@ def _decode_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
-def read_split(images_path: Path, labels_path: Path, num_classes: int = 10):
+def read_split(images_path: Path, labels_path: Path, num_classes: int = 10, fresh: bool = False):
     """(images uint8 [n, 28, 28], labels int64 [n]) as torch tensors, after checking they belong together."""
-    images, labels = read_idx(images_path), read_idx(labels_path)
+    images, labels = read_idx(images_path, fresh), read_idx(labels_path, fresh)
     if images.ndim != 3:
         raise UserError(f"{images_path} holds labels, not images")
     if labels.ndim != 1:
@@ -275,14 +276,34 @@ def _download(dataset: str, data_path: Path) -> None:
         ) from None
 
 
-def load(dataset: str, data_path: Path) -> dict:
-    """{"train": (images, labels), "test": (images, labels)}: uint8 and int64 CPU tensors."""
+def load(dataset: str, data_path: Path, fresh: bool = False) -> dict:
+    """{"train": (images, labels), "test": (images, labels)}: uint8 and int64 CPU tensors (fresh: read_idx's)."""
     num_classes = len(DATASETS[dataset]["classes"])
-    return {split: read_split(*paths, num_classes) for split, paths in locate(dataset, data_path).items()}
+    return {split: read_split(*paths, num_classes, fresh) for split, paths in locate(dataset, data_path).items()}
 
 
 def dataset_sizes(dataset: str, data_path: Path) -> dict:
     return {split: len(labels) for split, (_, labels) in load(dataset, data_path).items()}
+
+
+def digest(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of a split's images and labels as decoded (27 ms for Fashion-MNIST's 60,000 images): what `init`
+    records of each split, so that later commands tell other data under the same file names from it."""
+    sha = hashlib.sha256(images.contiguous().numpy().tobytes())
+    sha.update(labels.to(torch.uint8).numpy().tobytes())
+    return sha.hexdigest()
+
+
+def unlike(dataset: str, images: torch.Tensor):
+    """Why training images do not look like `dataset`'s, or None: their mean pixel far from the dataset's own (which
+    normalises them), and, where it is near another dataset's, which. MNIST and Fashion-MNIST share the IDX format
+    and its file names, so nothing else tells the one from the other."""
+    mean, expected = images.float().mean().item() / 255, DATASETS[dataset]["mean"]
+    if not len(images) or abs(mean - expected) < 0.05:
+        return None
+    near = [name for name, spec in DATASETS.items() if abs(spec["mean"] - mean) < 0.02 and spec["folder"]]
+    return (f"its training images' mean pixel is {mean:.3f}, where {dataset}'s is {expected:.3f}"
+            + (f" ({near[0]}'s is {DATASETS[near[0]]['mean']:.3f})" if near else ""))
 
 
 # ---- on the device ------------------------------------------------------------------------------
@@ -306,11 +327,21 @@ class TensorSet:
         return x, self.labels[index]
 
 
-def tensor_sets(dataset: str, data_path: Path, split: dict, device) -> dict:
+def tensor_sets(dataset: str, data_path: Path, split: dict, device, digests: dict = None) -> dict:
     """TensorSets on `device`: "test", and each set of `split` ({"train": [...], "validation": [...]}, the
-    persisted indexes into the training set); split {} gives the test set alone."""
+    persisted indexes into the training set); split {} gives the test set alone. digests: the experiment's record of
+    its data ({"train": sha256, "test": sha256}, as digest() makes them), which the sets used must match."""
     spec = DATASETS[dataset]
     loaded = load(dataset, data_path)
+    differing = [name for name in (("train", "test") if split else ("test",))
+                 if digests and name in digests and digest(*loaded[name]) != digests[name]]
+    if differing:  # the files' own bytes, not a damaged decoded cache? (decoded again, the cache then replaced)
+        loaded = load(dataset, data_path, fresh=True)
+    for name in differing:
+        if digest(*loaded[name]) != digests[name]:
+            raise UserError(f"the {'training' if name == 'train' else name} set of {dataset} in {data_path} is not "
+                            "the one the experiment was created with (its images or labels differ): use the data the "
+                            "experiment was created with")
     train_images, train_labels = loaded["train"]
     highest = max((max(v) for v in split.values() if v), default=-1)
     if highest >= len(train_labels):

@@ -384,7 +384,7 @@ def _training(local_rank: int, job: dict) -> None:
     manual_seed(experiment.seed)  # Python, NumPy, torch: the same initial weights on every rank
     with idist.one_rank_first(local=True):  # one process per node downloads, if anything must be
         sets = data.tensor_sets(experiment.config["data"]["dataset"], job["data_path"], experiment.load_split(),
-                                device)
+                                device, experiment.data_digests)
     net = Net().to(device, memory_format=torch.channels_last)
     model = idist.auto_model(net) if world_size > 1 else net  # DDP trains; evaluators and checkpoints use net
     compiled = cfg["compile_optimizer"] and device.type == "cpu" and inductor_can_compile()
@@ -453,7 +453,7 @@ def evaluate_checkpoint(experiment: Experiment, data_path, epoch: int, device_na
     model = Net().to(device, memory_format=torch.channels_last)
     load_checkpoint(path, {"model": model}, device, epoch, experiment.owner)
     dataset = experiment.config["data"]["dataset"]
-    test_set = data.tensor_sets(dataset, data_path, {}, device)["test"]
+    test_set = data.tensor_sets(dataset, data_path, {}, device, experiment.data_digests)["test"]
     if not len(test_set):
         raise UserError(f"the test set of {dataset} has no images: there is nothing to test epoch {epoch} on")
     cfg = experiment.config["training"]

@@ -293,6 +293,9 @@ class Experiment:
     # the folder `init` read the dataset from (recorded in experiment.json), else ./data (experiments made before
     # that was recorded): where commands read it without --data-path
     own_data_path = property(lambda self: Path(self.meta.get("data_path") or DEFAULT_DATA_PATH))
+    # the SHA-256 of each split `init` read ({"train": ..., "test": ...}; None for experiments made before): the
+    # data every later command must read (data.tensor_sets)
+    data_digests = property(lambda self: self.meta.get("data_digests"))
 
     def data_path(self, given=None) -> Path:
         """Where the experiment's dataset is read: --data-path where one is given, else its own_data_path. A recorded
@@ -590,6 +593,11 @@ def open_experiment(experiments_path: Path, name: str) -> Experiment:
     if "data_path" in meta and not (isinstance(meta["data_path"], str) and meta["data_path"]):
         raise UserError(f"experiment file {root / 'experiment.json'} is malformed: its data_path must be a folder's "
                         f"path, not {json.dumps(meta['data_path'])}")
+    digests = meta.get("data_digests")
+    if "data_digests" in meta and not (isinstance(digests, dict) and all(
+            isinstance(digests.get(split), str) for split in ("train", "test"))):
+        raise UserError(f"experiment file {root / 'experiment.json'} is malformed: its data_digests must map 'train' "
+                        f"and 'test' to SHA-256 digests, not {json.dumps(digests)[:100]}")
     config, violations = validate_config(meta["config"])
     if violations:
         raise UserError(f"the config stored in {root / 'experiment.json'} is invalid: " + "; ".join(violations))
@@ -752,12 +760,19 @@ def init_experiment(experiments_path: Path, name: str, config_path: Path = DEFAU
     check_seed(seed)  # before the dataset, which may have to be downloaded
     from ignite_mnist import data
 
+    dataset = config["data"]["dataset"]
     try:
-        sizes = data.dataset_sizes(config["data"]["dataset"], data_path)
+        loaded = data.load(dataset, data_path)
     except data.DatasetMissing as e:  # a new experiment may take the bundled sample instead
         raise UserError(f"{e}; or `init` an experiment of the dataset 'mnist-sample' (data.dataset in the config), "
                         "which is bundled and works offline") from None
-    extra = {"data_path": os.path.abspath(data_path), **(extra or {})}
+    unlike = data.unlike(dataset, loaded["train"][0])
+    if unlike:  # (a dataset of one's own in MNIST's files may differ as much: said, not refused)
+        log.warning(f"the data in {data_path} may not be {dataset}: {unlike}; if it is another dataset, "
+                    "set data.dataset to it")
+    extra = {"data_path": os.path.abspath(data_path),
+             "data_digests": {split: data.digest(*tensors) for split, tensors in loaded.items()}, **(extra or {})}
+    sizes = {split: len(labels) for split, (_, labels) in loaded.items()}
     return create_experiment(experiments_path, name, config, seed, sizes, overrides, extra)
 
 

@@ -253,6 +253,8 @@ def test_info_reports_a_corrupt_checkpoint_and_goes_on(copy, capsys):
     ("experiment.json", lambda text: text.replace('"batch_size": 32', '"batch_size": "many"'), "the config stored in"),
     ("experiment.json", lambda text: re.sub(r'"data_path": "[^"]*"', '"data_path": 7', text),
      "is malformed: its data_path must be a folder's path, not 7"),
+    ("experiment.json", lambda text: re.sub(r'"test": "[0-9a-f]{64}"', '"test": null', text),
+     "is malformed: its data_digests must map 'train' and 'test' to SHA-256 digests, not {\"train\": "),
     ("split.json", "[1, 2]", "is malformed: it needs 'train' and 'validation' lists"),
     ("split.json", '{"train": [1, 2', "is not valid JSON"),
 ])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, g, make_config, run_cli
+from conftest import ROOT, g, invoke, make_config, run_cli, snapshot, write_dataset
 from ignite_mnist import data
 from ignite_mnist.model import Net
 
@@ -180,6 +180,72 @@ def test_a_recorded_data_folder_that_moved_is_named_and_another_can_be_given(tmp
     assert r.returncode == 0, r.stderr
     r = run_cli(*options, "--data-path", tmp_path / "data-moved", "test", "--epoch", 1, "--json", cwd=tmp_path)
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["total"] == 100, r.stderr
+
+
+def test_other_data_under_the_same_file_names_is_refused(tmp_path, tiny_data, capsys):
+    """init records a SHA-256 of each split it read; data that differs (another dataset, a file replaced) is refused
+    by the commands that read that split, and changes nothing; the same data in another folder is taken."""
+    options = ["-e", "exp", "--experiments-path", tmp_path / "experiments"]
+    code, _, err = invoke(capsys, *options, "--data-path", tiny_data, "init", "--config-path", make_config(tmp_path))
+    assert code == 0, err
+    assert invoke(capsys, *options, "train", "--max-epochs", 1, "--device", "cpu")[0] == 0
+    sample = data.load("mnist", tiny_data)
+    (train_images, train_labels), (test_images, test_labels) = sample["train"], sample["test"]
+    other_test = write_dataset(tmp_path / "other-test", sample["train"], (test_images, (test_labels + 1) % 10))
+    other_train = write_dataset(tmp_path / "other-train", (train_images.flip(0), train_labels.flip(0)), sample["test"])
+    same = write_dataset(tmp_path / "same", sample["train"], sample["test"], gz=False)  # other bytes, the same data
+    def files():  # (verbose.log takes the errors)
+        return {k: v for k, v in snapshot(tmp_path / "experiments").items() if k != "exp/verbose.log"}
+
+    before = files()
+    for folder, command, split in ((other_test, ["test", "--epoch", "1"], "test"),
+                                   (other_train, ["train", "--max-epochs", "2", "--device", "cpu"], "training")):
+        code, out, err = invoke(capsys, *options, "--data-path", folder, *command)
+        assert code == 2 and err.strip() == (
+            f"error: the {split} set of mnist in {folder} is not the one the experiment was created with (its images "
+            "or labels differ): use the data the experiment was created with"), err
+    assert files() == before
+    code, out, err = invoke(capsys, *options, "--data-path", other_train, "test", "--epoch", 1, "--json")
+    assert code == 0 and json.loads(out)["total"] == 100, err  # test reads the test set alone
+    code, out, err = invoke(capsys, *options, "--data-path", same, "train", "--max-epochs", 2, "--device", "cpu")
+    assert code == 0, err
+
+
+def test_a_damaged_decoded_cache_is_decoded_again_where_the_digests_tell_it(tmp_path, tiny_data, capsys, monkeypatch):
+    """A cached array whose bytes were damaged in place (its header and size intact) gives data that differs from the
+    experiment's digest: the files are decoded again, the cache replaced, and the command goes on."""
+    monkeypatch.setattr(data, "CACHE_FROM_BYTES", 0)  # the tiny files cached too
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    options = ["-e", "exp", "--experiments-path", tmp_path / "experiments", "--data-path", tiny_data]
+    assert invoke(capsys, *options, "init", "--config-path", make_config(tmp_path))[0] == 0
+    assert invoke(capsys, *options, "train", "--max-epochs", 1, "--device", "cpu")[0] == 0
+    (cached,) = (tmp_path / "cache" / "ignite-mnist").glob("t10k-labels-*.npy")
+    good = cached.read_bytes()
+    cached.write_bytes(good[:-10] + bytes((b + 1) % 10 for b in good[-10:]))  # ten labels changed
+    code, out, err = invoke(capsys, *options, "test", "--epoch", 1, "--json")
+    assert code == 0 and json.loads(out)["total"] == 100, err
+    assert cached.read_bytes() == good
+
+
+def test_init_says_when_the_data_does_not_look_like_the_dataset_named(tmp_path, tiny_data, capsys):
+    """MNIST and Fashion-MNIST share their files' names and format: a dataset named wrong is said at init (a dataset of
+    one's own in MNIST's files may differ as much, so it is not refused), by the training images' mean pixel."""
+    sample = data.load("mnist", tiny_data)
+    (images, labels), test = sample["train"], sample["test"]
+    mean = images.float().mean().item() / 255
+    assert abs(mean - 0.1307) < 0.05
+    grey = round((0.286 - 0.6 * mean) * 255)  # a grey background, the ink dimmed: a mean pixel as Fashion-MNIST's
+    brighter = write_dataset(tmp_path / "brighter", ((images * 0.6 + grey).round().to(torch.uint8), labels), test)
+    code, out, err = invoke(capsys, "-e", "a", "--experiments-path", tmp_path / "experiments", "--data-path", tiny_data,
+                            "init", "--config-path", make_config(tmp_path))
+    assert code == 0 and "may not be" not in out + err, out + err
+    code, out, err = invoke(capsys, "-e", "b", "--experiments-path", tmp_path / "experiments", "--data-path", brighter,
+                            "init", "--config-path", make_config(tmp_path))
+    bright_mean = data.load("mnist", brighter)["train"][0].float().mean().item() / 255
+    assert abs(bright_mean - 0.286) < 0.02, bright_mean  # as Fashion-MNIST's
+    assert code == 0 and (tmp_path / "experiments" / "b" / "experiment.json").is_file()
+    assert (f"the data in {brighter} may not be mnist: its training images' mean pixel is {bright_mean:.3f}, where "
+            "mnist's is 0.131 (fashion-mnist's is 0.286); if it is another dataset, set data.dataset to it") in err, err
 
 
 def test_hints_name_the_data_folder_only_where_it_is_not_the_experiment_s_own(tmp_path, monkeypatch):
