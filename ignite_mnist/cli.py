@@ -24,6 +24,7 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:
     from click import exceptions as click_exceptions
 
+from ignite_mnist import experiment as experiment_module
 from ignite_mnist.errors import UserError, is_dir, is_file
 from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, check_experiments_folder,
                                      command_line, console_shows_any_text, flatten, init_experiment, log,
@@ -498,6 +499,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """The command line; argv None: this process is the command (console script, python -m ignite_mnist)."""
     if argv is None:
         console_shows_any_text()
+    experiment_module._UNWRITABLE_LOGS.clear()  # (a command run in-process after another)
     try:
         _main(argv)
     except SystemExit as e:

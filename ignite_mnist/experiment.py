@@ -515,8 +515,11 @@ class Experiment:
                     f"experiment {self.name} is already being trained by process {owner}: "
                     "wait for it to finish or stop it, then run `train` again"
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError as e:  # (a full disk)
+                raise UserError(f"cannot write {self.lock_file}: {e.strerror}") from None
             try:
                 yield
             finally:
@@ -819,6 +822,44 @@ class ConsoleHandler(logging.StreamHandler):
             self.handleError(record)
 
 
+class LogFileHandler(logging.FileHandler):
+    """verbose.log. One that cannot be written to (a full disk) is said once, on the console, and written to no more:
+    the command goes on (logging's own handling prints a traceback for every message)."""
+
+    failed = False
+
+    def emit(self, record) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record) -> None:
+        if not self.failed:
+            self.failed = True
+            _say_log_unwritable(self.baseFilename, sys.exc_info()[1])
+
+    def close(self) -> None:  # what is still buffered would not reach the file either
+        try:
+            super().close()
+        except OSError as e:
+            if not self.failed:
+                self.failed = True
+                _say_log_unwritable(self.baseFilename, e)
+
+
+_UNWRITABLE_LOGS = set()  # said once a command (train sets the log up twice): cli.main empties it
+
+
+def _say_log_unwritable(path, error) -> None:
+    if str(path) in _UNWRITABLE_LOGS:
+        return
+    _UNWRITABLE_LOGS.add(str(path))
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else f"{type(error).__name__}: {error}"
+    try:
+        print(f"cannot write {path} ({reason}): this command's messages go to the console only", file=sys.stderr)
+    except (OSError, ValueError):
+        pass
+
+
 _LIBRARY_LOGS = {}  # name: (handlers, propagate) of each library logger setup_logging took, as it found them
 
 
@@ -854,9 +895,10 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
         library_log.handlers, library_log.propagate = [logging.NullHandler()], False
     if experiment is not None:
         try:
-            file_handler = logging.FileHandler(experiment.log_file, encoding="utf-8", errors=TEXT_AS_GIVEN)
-        except OSError as e:
-            raise UserError(f"cannot write {experiment.log_file}: {e.strerror}") from None
+            file_handler = LogFileHandler(experiment.log_file, encoding="utf-8", errors=TEXT_AS_GIVEN)
+        except OSError as e:  # a read-only experiment: `test` and `info` still work; `train` cannot, and says so
+            _say_log_unwritable(experiment.log_file, e)
+            return
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         file_handler.setLevel(logging.DEBUG)
         log.addHandler(file_handler)

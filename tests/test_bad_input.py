@@ -691,3 +691,35 @@ def test_folders_this_user_may_not_read_are_one_line_and_list_goes_on(copy, tiny
     finally:
         for path in locked:
             path.chmod(0o755)
+
+
+@pytest.mark.parametrize("breakage", ["full disk", "a folder in its place"])
+def test_a_verbose_log_that_cannot_be_written_is_said_once_and_the_command_goes_on(copy, capsys, tiny_data, breakage):
+    """A full disk under verbose.log (/dev/full) or a log that cannot be opened: one line on the console, not logging's
+    traceback for every message; test and train go on (the checkpoints are what a run needs written)."""
+    log_file = copy / "experiments" / "exp" / "verbose.log"
+    log_file.unlink()
+    if breakage == "full disk":
+        log_file.symlink_to("/dev/full")
+    else:
+        log_file.mkdir()
+    note = f"cannot write {log_file} ({'No space left on device' if breakage == 'full disk' else 'Is a directory'}): " \
+           "this command's messages go to the console only"
+    for command in (["test", "--epoch", "1"], ["train", "--max-epochs", "3", "--device", "cpu"]):
+        code, out, err = invoke(capsys, *g(copy, data=tiny_data), *command)
+        assert code == 0 and (out + err).count(note) == 1 and "Traceback" not in out + err, out + err
+    assert (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_3.pt").is_file()
+
+
+def test_a_full_disk_under_the_training_lock_is_one_line(copy, capsys, tiny_data, monkeypatch):
+    real_pwrite = os.pwrite
+
+    def pwrite(fd, data, offset):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("train.lock"):
+            raise OSError(28, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    lock = copy / "experiments" / "exp" / "train.lock"
+    assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2,
+                   f"cannot write {lock}: No space left on device")
