@@ -28,6 +28,7 @@ import random
 import re
 import shlex
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -230,10 +231,34 @@ def apply_overrides(config, overrides):
 # ---- files --------------------------------------------------------------------------------------
 
 
+def partial_prefix(target: Path) -> str:
+    """The start of the name of a temporary file that becomes `target` once whole (mkstemp's prefix, beside it): its
+    writer's host and pid, so that remove_partial_files removes a dead writer's alone, never a running export's, and
+    a name no file of the user's has."""
+    return f".{target.name}.partial-{socket.gethostname()}-{os.getpid()}-"
+
+
+_PARTIAL = re.compile(r"\..+\.partial-(.+)-(\d+)-[a-z0-9_]{8}(\.[a-z0-9]+)?")  # partial_prefix's, mkstemp's 8
+
+
+def _dead_writer(name: str) -> bool:
+    """Whether `name` is a temporary file of partial_prefix whose writer, on this host, is gone."""
+    match = _PARTIAL.fullmatch(name)
+    if not match or match.group(1) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(match.group(2)), 0)
+    except PermissionError:  # another user's process, alive
+        return False
+    except (OSError, OverflowError):  # none of that pid
+        return True
+    return False
+
+
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never a part."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             os.fchmod(f.fileno(), 0o644)  # mkstemp makes it private
@@ -478,10 +503,14 @@ class Experiment:
                 f"for {rule['patience']} epoch{'s' * (rule['patience'] > 1)}")
 
     def remove_partial_files(self) -> None:
-        """Delete what a killed save left: DiskSaver's and write_json's temporary files (never read)."""
-        for folder, pattern in ((self.checkpoints_dir, "tmp*"), (self.releases_dir, "tmp*"), (self.root, ".*.json.*")):
-            for path in folder.glob(pattern) if is_dir(folder) else ():
-                path.unlink(missing_ok=True)
+        """Delete what a killed save left, never read: DiskSaver's temporary files (tmp and 8 characters, as
+        NamedTemporaryFile names them: only `train` writes checkpoints, under its lock), and the temporary files of
+        write_json and export_release whose writer is dead (partial_prefix). Nothing else: a user's own files stay."""
+        for folder in (self.checkpoints_dir, self.releases_dir, self.root):
+            for path in folder.iterdir() if is_dir(folder) else ():
+                if (folder == self.checkpoints_dir and re.fullmatch(r"tmp[a-z0-9_]{8}", path.name)) or \
+                        _dead_writer(path.name):
+                    path.unlink(missing_ok=True)
 
     def release_path(self, epoch: int) -> Path:
         return self.releases_dir / f"release_epoch_{epoch}.pt"

@@ -32,7 +32,8 @@ from torch import nn
 from ignite_mnist import data
 from ignite_mnist.checkpoints import check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError, error_text, exists, is_file
-from ignite_mnist.experiment import CHECKPOINT_NAME, Experiment, command_line, log, package_versions
+from ignite_mnist.experiment import (CHECKPOINT_NAME, Experiment, command_line, log, package_versions,
+                                     partial_prefix)
 from ignite_mnist.model import Net
 
 FORMAT = "ignite-mnist-release/1"
@@ -104,9 +105,9 @@ def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", d
         expected = _checkpoint_log_probabilities(model, spec, images)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary name that Experiment.remove_partial_files() knows (tmp*), in the same folder: the
+        # a temporary name that Experiment.remove_partial_files() knows (partial_prefix), in the same folder: the
         # release takes its name only once verified, whole; a failed export leaves nothing
-        fd, name = tempfile.mkstemp(prefix="tmp", suffix=SUFFIXES[fmt], dir=target.parent)
+        fd, name = tempfile.mkstemp(prefix=partial_prefix(target), suffix=SUFFIXES[fmt], dir=target.parent)
         os.close(fd)
         umask = os.umask(0o022)
         os.umask(umask)

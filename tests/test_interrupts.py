@@ -4,6 +4,7 @@ run that finishes equals the one that was never interrupted. The killed runs kee
 (training.keep_checkpoints), so kills also land while retention deletes old ones."""
 
 import json
+import os
 import random
 import shlex
 import signal
@@ -260,7 +261,7 @@ def test_sigterm_during_export_release_ends_it_in_one_line_and_leaves_nothing(co
     before = sorted(p.name for p in releases.iterdir())
     export = subprocess.Popen([sys.executable, "-m", "ignite_mnist", *map(str, g(copy, data=tiny_data)), "export-release", "--epoch", "1",
                                "--format", "onnx"], cwd=copy, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: any(p.name.startswith("tmp") for p in releases.iterdir()) or export.poll() is not None, 120)
+    wait_for(lambda: any(".partial-" in p.name for p in releases.iterdir()) or export.poll() is not None, 120)
     export.send_signal(signal.SIGTERM)
     _, err = export.communicate(timeout=120)
     assert export.returncode == 143 and err.strip().splitlines()[-1] == "error: terminated", err[-2000:]
@@ -317,3 +318,29 @@ def test_a_resumed_run_s_tensorboard_logs_show_each_step_once_as_an_unstopped_ru
     assert [step for step, _ in straight["training/batch_loss"]] == list(range(2, 31, 2))
     assert [step for step, _ in straight["validation/accuracy"]] == [1, 2, 3]
     assert straight.keys() == resumed.keys() and straight == resumed
+
+
+def test_train_removes_dead_writers_partial_files_and_nothing_of_the_user_s(copy, tiny_data, capsys):
+    """What train cleans up on start: DiskSaver's temporary checkpoints, and write_json's and export-release's
+    temporary files whose writer (host and pid in the name) is dead. A running export's file and the user's own
+    files whose names look alike (an editor's swap file, a tmp_ file) stay."""
+    import socket
+
+    from conftest import invoke
+
+    root = copy / "experiments" / "exp"
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has ended
+    removed = [root / f".metrics.json.partial-{host}-{dead_pid}-abcd_123",
+               root / "releases" / f".release_epoch_1.onnx.partial-{host}-{dead_pid}-x1y2z3w4.onnx",
+               root / "checkpoints" / "tmpk2j4_9az"]
+    kept = [root / f".metrics.json.partial-{host}-{os.getpid()}-abcd_123",  # its writer (this test) is alive
+            root / "releases" / f".release_epoch_1.pt.partial-another-host-{dead_pid}-abcdefgh.pt",  # not ours to judge
+            root / ".experiment.json.swp", root / ".metrics.json.original", root / "releases" / "tmp_candidate.onnx",
+            root / "checkpoints" / "tmp_keep.pt", root / "notes.json.txt"]
+    for path in removed + kept:
+        path.write_text("x")
+    code, _, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", 3, "--device", "cpu")
+    assert code == 0, err
+    assert [p for p in removed if p.exists()] == [] and [p for p in kept if not p.exists()] == []
