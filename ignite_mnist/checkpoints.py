@@ -4,8 +4,10 @@ A checkpoint is loaded with torch.load(weights_only=True) only, so everything in
 data: a crafted pickle is refused without being run.
 """
 
+import os
 import random
 import zipfile
+from pathlib import Path
 
 from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import numpy as np
@@ -83,6 +85,27 @@ class History:
         self.epochs, self.stopped_early = [dict(e) for e in state["epochs"]], state["stopped_early"]
 
 
+class CheckpointUnreadable(UserError):
+    """A checkpoint (or release) file that is damaged or not one of ours."""
+
+
+def _corrupt_checkpoint_advice(path) -> str:
+    """What to do with a damaged checkpoint: the last one moved away, `train` resumes from the one before (or starts
+    again); an earlier one is lost to `test` and `export-release` (its release, if written, is whole)."""
+    from ignite_mnist.experiment import CHECKPOINT_NAME  # (light: no cycle at import)
+
+    path = Path(path)
+    try:
+        epochs = sorted(int(m.group(1)) for m in map(CHECKPOINT_NAME.fullmatch, os.listdir(path.parent)) if m)
+    except OSError:
+        epochs = []
+    mine = CHECKPOINT_NAME.fullmatch(path.name)
+    if not mine or not epochs or int(mine.group(1)) != epochs[-1]:
+        return ": restore it from a copy, or use another epoch"
+    return ": move it away to go back to the one before" if len(epochs) > 1 else \
+        ": move it away to train again from epoch 1 (it is the only checkpoint)"
+
+
 def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) -> dict:
     """torch.load with weights_only=True; any failure is one line that names the file.
 
@@ -105,8 +128,8 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({error_text(e)})"
-                        + (": move it away to go back to the one before" if what == "checkpoint" else "")) from None
+        raise CheckpointUnreadable(f"{what} {path} is corrupt or not an ignite-mnist {what} ({error_text(e)})"
+                                   + (_corrupt_checkpoint_advice(path) if what == "checkpoint" else "")) from None
     if not isinstance(loaded, dict):
         raise UserError(f"{what} {path} is not an ignite-mnist {what} (it holds a {type(loaded).__name__})")
     return loaded

@@ -144,8 +144,9 @@ def train(
 
         history = experiment.history()
         best = experiment.best_epoch(history)
+        released = ", released" if any(r["epoch"] == best and r["format"] == "pt" for r in experiment.releases()) else ""
         released = "" if best in (None, record["epoch"]) else \
-            f"; its best epoch, released, is {best}" + scores(next(e for e in history["epochs"] if e["epoch"] == best))
+            f"; its best epoch{released}, is {best}" + scores(next(e for e in history["epochs"] if e["epoch"] == best))
         log.info(f"trained {experiment.name} to epoch {record['epoch']}{scores(record)}{released}")
 
 

@@ -27,7 +27,7 @@ from ignite_mnist.analysis import WorstClassified
 from ignite_mnist.checkpoints import (FILENAME_PATTERN, History, Owner, RNGStates, check_checkpoint, history_of,
                                       load_checkpoint, read_checkpoint, restore)
 from ignite_mnist.device import prepare_cpu_for_training, prepare_cuda_for_training, resolve_device, use_bf16
-from ignite_mnist.errors import UserError, error_text
+from ignite_mnist.errors import UserError, error_text, is_file
 from ignite_mnist.experiment import Experiment, log, setup_logging
 from ignite_mnist.model import Net
 
@@ -284,9 +284,10 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         @trainer.on(Events.COMPLETED)  # max_epochs reached or early stopping; not after a stop by signal
         def export_best_release(engine):
             epoch = experiment.best_epoch() or engine.state.epoch  # without validation: the last epoch
-            path = release.export_release(experiment, epoch, "pt", job["data_path"])
-            log.info(f"release of epoch {epoch}" + (" (the best)" if evaluators.get("validation") else "")
-                     + f" written: {path}")
+            path = release.release_finished_training(experiment, epoch, job["data_path"])
+            if path:
+                log.info(f"release of epoch {epoch}" + (" (the best)" if evaluators.get("validation") else "")
+                         + f" written: {path}")
 
         # purge_step: a resumed run redoes the iterations after its checkpoint, and readers of the event files drop
         # the points from that step on written before (a fresh run marks step 1 too: TensorBoard's Python loader
@@ -421,6 +422,9 @@ def _training(local_rank: int, job: dict) -> None:
         if rank == 0:  # what a kill between the checkpoint and publish_history left undone
             publish(experiment, history, last)
         log.info(f"resuming experiment {experiment.name} from epoch {last}")
+    elif rank == 0 and is_file(experiment.metrics_file):  # written after a checkpoint: they were deleted by hand
+        log.info(f"experiment {experiment.name} has no checkpoint left of the epochs its {experiment.metrics_file.name} "
+                 "records: training starts again from epoch 1, and replaces it")
     if compiled:  # after the resume, which restores the learning rate
         compile_optimizer_step(optimizer)
     else:  # a checkpoint of a compiled run holds it as a tensor (on CUDA, each step would wait to read it)

@@ -465,10 +465,19 @@ class Experiment:
             if self.config["data"]["val_split"] == 0:
                 raise UserError(f"experiment {self.name} has no validation set (data.val_split 0), so it has no best "
                                 "epoch: choosing on the test set would overfit it; use --epoch last or a number")
-            best = self.best_epoch()
+            history = self.history()
+            best = self.best_epoch(history)
             if best is None:
                 self.checkpoint(None)  # no checkpoints yet: says so
                 raise UserError(f"experiment {self.name} has no validation metrics in its checkpoints")
+            checkpoints = self.checkpoints()
+            if best not in checkpoints:  # deleted by hand (retention keeps it): the best of those left, named
+                left = [e for e in history["epochs"] if e["epoch"] in checkpoints and "validation_accuracy" in e]
+                others = max(left, key=lambda e: (e["validation_accuracy"], -e["epoch"])) if left else None
+                raise UserError(
+                    f"the best epoch of experiment {self.name}, {best}, has no checkpoint: it was deleted or moved "
+                    "away" + (f"; the best of the epochs with one is {others['epoch']} (validation accuracy "
+                              f"{others['validation_accuracy']:.2f}%): use --epoch {others['epoch']}" if others else ""))
             return best
         if not re.fullmatch(r"-?[0-9]+", str(spec)):  # int() would also take "2_0" (20) and other scripts' digits
             raise UserError(f"--epoch takes an epoch number, best or last, not {spec!r}")

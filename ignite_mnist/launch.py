@@ -127,8 +127,9 @@ def _release_if_missing(experiment: Experiment, data_path) -> None:
     if not any(r["epoch"] == epoch and r["format"] == "pt" for r in experiment.releases()):
         from ignite_mnist import release
 
-        path = release.export_release(experiment, epoch, "pt", data_path)
-        log.info(f"release of epoch {epoch} written: {path} (the last training ended before it could write it)")
+        path = release.release_finished_training(experiment, epoch, data_path)
+        if path:
+            log.info(f"release of epoch {epoch} written: {path} (the last training ended before it could write it)")
 
 
 def _rank_main(local_rank: int, job: dict) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ignite_mnist import data
-from ignite_mnist.checkpoints import check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
+from ignite_mnist.checkpoints import CheckpointUnreadable, check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError, error_text, exists, is_file
 from ignite_mnist.experiment import (CHECKPOINT_NAME, Experiment, command_line, log, package_versions,
                                      partial_prefix)
@@ -54,6 +54,20 @@ class Normalized(nn.Module):
 
     def forward(self, x):
         return self.net((x - self.mean) / self.std)
+
+
+def release_finished_training(experiment: Experiment, epoch: int, data_path: Path = None):
+    """The release a finished training writes (its best epoch, else its last): its path, or None where that epoch's
+    checkpoint was deleted or damaged by hand, said in one line: the training itself is done."""
+    if epoch not in experiment.checkpoints():
+        log.warning(f"no release written: the checkpoint of epoch {epoch}, which the release would hold, is missing "
+                    "(deleted or moved away); `export-release --epoch N` writes another epoch's")
+        return None
+    try:
+        return export_release(experiment, epoch, "pt", data_path)
+    except CheckpointUnreadable as e:
+        log.warning(f"no release written: {e}")
+        return None
 
 
 def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = None) -> Path:

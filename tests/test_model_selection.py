@@ -251,3 +251,49 @@ def test_an_experiment_of_ignite_mnist_0_1_resumes_with_its_whole_history(workdi
     run_training(experiment, tiny_data, max_epochs=3, device_name="cpu")
     history = read_checkpoint(experiment.checkpoints()[3], "cpu")["history"]
     assert [e["epoch"] for e in history["epochs"]] == [1, 2, 3] and history["epochs"][:2] == trained
+
+
+@pytest.mark.parametrize("damage", ["deleted", "corrupt"])
+def test_a_best_checkpoint_deleted_or_damaged_by_hand_stops_no_training(copy, capsys, tiny_data, monkeypatch, damage):
+    """train's release of the best epoch, whose checkpoint was deleted or damaged by hand (retention keeps it): the
+    training is done, so one line says why no release was written, and it exits 0; --epoch best then names the
+    best epoch that still has a checkpoint. A damaged checkpoint that is not the last is not to be moved away."""
+    from ignite_mnist.experiment import Experiment
+
+    monkeypatch.setattr(Experiment, "best_epoch", lambda self, history=None: 1)  # epoch 1 the best, 2 the last
+    checkpoint = copy / "experiments" / "exp" / "checkpoints" / "checkpoint_1.pt"
+    if damage == "deleted":
+        checkpoint.unlink()
+        why = (f"no release written: the checkpoint of epoch 1, which the release would hold, is missing (deleted or "
+               "moved away); `export-release --epoch N` writes another epoch's")
+    else:
+        checkpoint.write_bytes(b"junk")
+        why = (f"no release written: checkpoint {checkpoint} is corrupt or not an ignite-mnist checkpoint (not a zip "
+               "archive, as torch.save writes): restore it from a copy, or use another epoch")
+    code, out, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", 3, "--device", "cpu")
+    assert code == 0 and why in err.splitlines() and "error" not in err, err
+    history = json.loads((copy / "experiments" / "exp" / "metrics.json").read_text())["epochs"]
+    best_left = max(history[1:], key=lambda e: (e["validation_accuracy"], -e["epoch"]))
+    if damage == "deleted":
+        code, out, err = invoke(capsys, *g(copy, data=tiny_data), "test", "--epoch", "best")
+        assert code == 2 and err.strip() == (
+            "error: the best epoch of experiment exp, 1, has no checkpoint: it was deleted or moved away; the best of "
+            f"the epochs with one is {best_left['epoch']} (validation accuracy {best_left['validation_accuracy']:.2f}%):"
+            f" use --epoch {best_left['epoch']}"), err
+
+
+def test_a_damaged_last_checkpoint_s_advice_fits_what_is_left(copy, capsys, tiny_data):
+    checkpoints = copy / "experiments" / "exp" / "checkpoints"
+    (checkpoints / "checkpoint_2.pt").write_bytes(b"junk")
+    train = [*g(copy, data=tiny_data), "train", "--max-epochs", 3, "--device", "cpu"]
+    code, _, err = invoke(capsys, *train)
+    assert code == 2 and err.strip().endswith(": move it away to go back to the one before"), err
+    (checkpoints / "checkpoint_1.pt").unlink()  # as training.keep_checkpoints 1 leaves it
+    code, _, err = invoke(capsys, *train)
+    assert code == 2 and err.strip().endswith(": move it away to train again from epoch 1 (it is the only "
+                                              "checkpoint)"), err
+    (checkpoints / "checkpoint_2.pt").unlink()
+    code, out, err = invoke(capsys, *train)
+    assert code == 0 and ("experiment exp has no checkpoint left of the epochs its metrics.json records: training "
+                          "starts again from epoch 1, and replaces it") in err.splitlines(), err
+    assert len(json.loads((copy / "experiments" / "exp" / "metrics.json").read_text())["epochs"]) == 3
