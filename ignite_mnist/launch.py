@@ -108,7 +108,14 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     own_data = os.path.abspath(data_path) == os.path.abspath(experiment.own_data_path)
     again = command_line(experiment.root.parent, experiment.name, again, None if own_data else data_path)
     resume = f"run `{again}` to resume"
-    if STOP.signum:
+    finished = done >= max_epochs or bool(done and experiment.history()["stopped_early"])
+    if STOP.signum and finished:  # the signal came after the last epoch: the training is whole (STOP.signum stays
+        # set, for a sweep to stop at); the release, if the stop came before it
+        log.info(f"{signal.Signals(STOP.signum).name} came after the last epoch: the training is complete")
+        with _lock_on_rank_zero(experiment, launched):
+            if not launched or int(os.environ.get("RANK", "0")) == 0:
+                _release_if_missing(experiment, data_path)
+    elif STOP.signum:
         kept = f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"
         raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; {kept}: {resume}",
                         exit_code=128 + STOP.signum)

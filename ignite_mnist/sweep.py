@@ -10,7 +10,9 @@ same host fails it at once (its pid is gone), RDB storages also by heartbeat; it
 import contextlib
 import glob
 import json
+import math
 import os
+import signal
 import socket
 import time
 import warnings
@@ -59,6 +61,12 @@ def load_space(path: Path, config_path: Path) -> dict:
         if kind != "choice" and distribution.get("log") and "step" in distribution:
             raise UserError(f"search space {path}: {key}: log and step do not go together (Optuna samples one or the "
                             "other)")
+        if kind == "float" and values[0] < values[1] and "step" not in distribution:  # it draws non-integers too
+            drawn = values[0] + (values[1] - values[0]) / math.pi
+            if validate_config(apply_overrides(base, [f"{key}={drawn}"]))[1] and \
+                    not validate_config(apply_overrides(base, [f"{key}={values[0]}"]))[1]:
+                raise UserError(f"search space {path}: {key} takes whole numbers, which a float distribution does "
+                                f"not draw: write {json.dumps({'int': values})}")
         for value in values:
             config, problems = validate_config(apply_overrides(base, [f"{key}={json.dumps(value)}"]))
             if not problems and config["data"]["val_split"] == 0:
@@ -132,8 +140,9 @@ def check_setup_against_study(study, setup: dict, space: dict, name: str) -> Non
     theirs, ours = flatten(recorded.get("config", {})), flatten(setup["config"])
     differences = [f"{key} {json.dumps(theirs.get(key))} (this run: {json.dumps(ours.get(key))})"
                    for key in dict.fromkeys([*theirs, *ours]) if key not in space and theirs.get(key) != ours.get(key)]
-    if recorded.get("max_epochs") != setup["max_epochs"]:
-        differences.append(f"--max-epochs {recorded.get('max_epochs')} (this run: {setup['max_epochs']})")
+    for option in ("max_epochs", "seed"):  # (the seed: the split, so the validation set, and the initial weights)
+        if option in recorded and recorded[option] != setup[option]:
+            differences.append(f"--{option.replace('_', '-')} {recorded[option]} (this run: {setup[option]})")
     if differences:
         raise UserError(f"sweep {name}'s trials were run with {'; '.join(differences[:4])}"
                         f"{'; ...' * (len(differences) > 4)}: their scores would not compare; use another --name")
@@ -202,7 +211,8 @@ def check_journal(path: Path) -> None:
 def check_sqlite(path: Path) -> None:
     """An existing SQLite --storage file must hold Optuna's tables: Optuna would add them to any database."""
     if exists(path) and not is_file(path):  # a FIFO or a device: reading it would wait forever
-        raise UserError(f"the sweep storage {path} is not a regular file: name a new file, or the sweep's")
+        raise UserError(f"the sweep storage {path} is not a regular file: move it away, or give the sweep another "
+                        "--name (or --storage)")
     tables = sqlite_tables(path) if is_file(path) and path.stat().st_size else "optuna"
     if tables == "optuna" or tables.startswith("busy"):  # (busy: Optuna's read-write open waits or recovers)
         return
@@ -276,22 +286,28 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     from optuna.trial import TrialState
 
     from ignite_mnist.device import resolve_device
+    from ignite_mnist.engines import STOP
     from ignite_mnist.launch import run_training
 
     validate_name(name)
-    validate_name(f"{name}-{trials}")  # the longest trial name, too
+    try:  # the trials' experiments, NAME-<trial number>: failed trials take numbers too, so room for 99,999 of them
+        validate_name(f"{name}-99999")
+    except UserError:
+        raise UserError(f"sweep name {name!r} is too long: its trials' experiments are named after it, "
+                        f"{name}-<trial number>, in at most 100 characters; use at most 94") from None
     if trials < 1 or max_epochs < 1:
         raise UserError(f"--trials and --max-epochs must be at least 1, not {trials} and {max_epochs}")
-    space = load_space(space_path, config_path)
     config = load_config(config_path)
-    if config["data"]["val_split"] == 0:
+    if config["data"]["val_split"] == 0 and "data.val_split" not in read_json(space_path, "search space", MAX_CONFIG_BYTES):
         raise UserError(f"config {config_path} has data.val_split 0: a sweep scores trials on validation accuracy, "
                         "so it needs a validation set")
+    space = load_space(space_path, config_path)
     check_seed(seed)
     resolve_device(device)  # an unavailable device is refused before the study is opened or a trial made
     from ignite_mnist import data
 
-    data.locate(config["data"]["dataset"], data_path or DEFAULT_DATA_PATH)  # and missing data (each trial reads it)
+    for dataset in space.get("data.dataset", {}).get("choice", [config["data"]["dataset"]]):  # each trial reads its
+        data.locate(dataset, data_path or DEFAULT_DATA_PATH)  # own: missing data is refused before any trial
     url = storage_url(name, experiments_path, storage)
     new_file = _storage_file(url)
     if new_file is not None:
@@ -349,7 +365,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     if foreign:  # found now, not when a trial of that number comes up after hours of others
         raise _foreign_error(name, foreign, url)
     check_space_against_study(study, space, space_path, name)
-    check_setup_against_study(study, {"config": config, "max_epochs": max_epochs}, space, name)
+    check_setup_against_study(study, {"config": config, "max_epochs": max_epochs, "seed": seed}, space, name)
     heartbeat = "://" in url  # RDB storages beat (open_storage); a journal file does not
     waiting = False
     while True:
@@ -379,6 +395,9 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
             raise UserError(f"sweep {name}: " + ("stopped: " if stopped else "")
                             + f"{e}; the trial is marked failed, its experiment kept; run the same `sweep` "
                             "command to go on", exit_code=e.exit_code) from None
+        if STOP.signum:  # a signal after the trial's last epoch: the trial is complete, the sweep stops
+            raise UserError(f"sweep {name}: stopped by {signal.Signals(STOP.signum).name} once its trial was "
+                            "complete: run the same `sweep` command to go on", exit_code=128 + STOP.signum)
     return sweep_status(name, experiments_path, storage)
 
 

@@ -344,3 +344,43 @@ def test_train_removes_dead_writers_partial_files_and_nothing_of_the_user_s(copy
     code, _, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", 3, "--device", "cpu")
     assert code == 0, err
     assert [p for p in removed if p.exists()] == [] and [p for p in kept if not p.exists()] == []
+
+
+
+def _signal_at_the_end(monkeypatch):
+    """As a SIGINT arriving once the last epoch is done (its checkpoint written, the trainer ending)."""
+    from ignite.engine import Events
+
+    from ignite_mnist import engines
+
+    attach_handlers = engines.attach_handlers
+
+    def attach(trainer, *args, **kwargs):
+        attach_handlers(trainer, *args, **kwargs)
+        trainer.add_event_handler(Events.COMPLETED, lambda _: setattr(engines.STOP, "signum", signal.SIGINT))
+
+    monkeypatch.setattr(engines, "attach_handlers", attach)
+    return lambda: monkeypatch.setattr(engines, "attach_handlers", attach_handlers)  # no more signals
+
+
+def test_a_signal_after_the_last_epoch_leaves_a_complete_training(copy, tiny_data, capsys, monkeypatch):
+    from conftest import invoke
+
+    _signal_at_the_end(monkeypatch)
+    code, out, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", 3, "--device", "cpu")
+    assert code == 0 and "SIGINT came after the last epoch: the training is complete" in err.splitlines(), err
+    assert err.strip().splitlines()[-1].startswith("trained exp to epoch 3"), err
+
+
+def test_a_signal_after_a_trial_s_last_epoch_completes_it_and_stops_the_sweep(workdir, tiny_data, capsys, monkeypatch):
+    from conftest import invoke
+    from test_sweep import status, sweep_args
+
+    no_more_signals = _signal_at_the_end(monkeypatch)
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "z", 2, 1))
+    assert code == 130 and err.strip().splitlines()[-1] == (
+        "error: sweep z: stopped by SIGINT once its trial was complete: run the same `sweep` command to go on"), err
+    assert [t["state"] for t in status(capsys, workdir, "z")["trials"]] == ["COMPLETE"]
+    no_more_signals()
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "z", 2, 1))
+    assert code == 0 and [t["state"] for t in status(capsys, workdir, "z")["trials"]] == ["COMPLETE", "COMPLETE"], err

@@ -168,6 +168,8 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
     ({"data.val_split": {"choice": [0, 0.2]}}, "data.val_split = 0 is refused by the config schema: a sweep scores its "
                                                "trials on validation accuracy: it needs data.val_split above 0"),
     ({"training.batch_size": {"int": [16.5, 32]}}, "$['training.batch_size'].int[0]: 16.5 is not of type 'integer'"),
+    ({"training.batch_size": {"float": [16, 64]}}, 'training.batch_size takes whole numbers, which a float '
+                                                   'distribution does not draw: write {"int": [16, 64]}'),
 ])
 def test_bad_search_spaces_are_refused_in_one_line(workdir, tiny_data, capsys, space, message):
     args = sweep_args(workdir, tiny_data, "bad", 2, 1, space)
@@ -278,7 +280,10 @@ def test_storage_files_of_something_else_are_left_alone(workdir, tiny_data, caps
 
 
 @pytest.mark.parametrize("option, message", [(("--device", "cuda:7"), "cuda:7"), (("--seed", "-5"), "--seed must be"),
-                                             (("--name", "a/b"), "'a/b'")])
+                                             (("--name", "a/b"), "'a/b'"),
+                                             (("--name", "n" * 95), "is too long: its trials' experiments are named "
+                                                                    "after it, " + "n" * 95 + "-<trial number>, in at "
+                                                                    "most 100 characters; use at most 94")])
 def test_a_refused_sweep_makes_nothing(workdir, tiny_data, capsys, option, message):
     """Options are checked before the study is opened: no database, no failed trial, no experiment."""
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "k", 1, 1), *option)
@@ -297,6 +302,28 @@ def test_a_sweep_without_its_data_makes_nothing(workdir, tiny_data, capsys, monk
     assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
 
 
+def test_a_sweep_over_datasets_without_one_of_them_makes_nothing(workdir, tiny_data, capsys, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])  # offline, at once
+    space = {"data.dataset": {"choice": ["mnist-sample", "mnist"]}}
+    args = sweep_args(workdir, tiny_data, "k", 2, 1, space)
+    args[args.index("--config-path") + 1] = make_config(workdir, **{"data.dataset": "mnist-sample"})  # bundled
+    args[args.index("--data-path") + 1] = workdir / "no-data"
+    code, _, err = invoke(capsys, *args)
+    assert code == 2 and err.count("\n") == 1 and f"mnist is not in {workdir / 'no-data'}" in err, err
+    assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
+
+
+def test_a_base_config_without_validation_is_named_as_such(workdir, tiny_data, capsys):
+    args = sweep_args(workdir, tiny_data, "v", 1, 1)
+    config = make_config(workdir, **{"data.val_split": 0})
+    args[args.index("--config-path") + 1] = config
+    code, _, err = invoke(capsys, *args)
+    assert code == 2 and err.strip() == (f"error: config {config} has data.val_split 0: a sweep scores trials on "
+                                         "validation accuracy, so it needs a validation set"), err
+
+
 def test_a_study_s_trials_share_their_base_config_and_epochs(workdir, tiny_data, capsys):
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "m", 1, 1))
     assert code == 0, err
@@ -304,6 +331,9 @@ def test_a_study_s_trials_share_their_base_config_and_epochs(workdir, tiny_data,
     before = database.read_bytes()
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "m", 2, 2))
     assert code == 2 and err.strip() == ("error: sweep m's trials were run with --max-epochs 1 (this run: 2): their "
+                                         "scores would not compare; use another --name"), err
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "m", 2, 1), "--seed", "7")  # another split
+    assert code == 2 and err.strip() == ("error: sweep m's trials were run with --seed 0 (this run: 7): their "
                                          "scores would not compare; use another --name"), err
     other = make_config(workdir, **{"training.lr_gamma": 0.5, "training.batch_size": 16})  # batch_size: swept
     args = sweep_args(workdir, tiny_data, "m", 2, 1)
