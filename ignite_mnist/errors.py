@@ -24,6 +24,10 @@ def error_text(error: BaseException, limit: int = 200, whole: bool = False) -> s
     says "Error(s) in loading state_dict for Net:" on the first and what does not fit on the next); its type's
     name where it has no message."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    if lines[0].startswith("Weights only load failed"):  # torch.load(weights_only=True) refused a pickled object:
+        # its advice to load it with weights_only=False is not for a file to be trusted no more than this one
+        reasons = [line for line in lines[1:] if not line.startswith("Check the documentation")]
+        lines = ["it holds objects that are not plain data, refused unloaded" + (f": {reasons[0]}" if reasons else "")]
     text = " ".join(lines) if whole else lines[0]
     return text if len(text) <= limit else text[:limit - 4].rstrip() + " ..."
 

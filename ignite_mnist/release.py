@@ -320,9 +320,18 @@ class LoadedRelease:
         """uint8 digits [N, 28, 28] (as data.image_as_digit gives them) -> log-probabilities [N, 10]."""
         with torch.inference_mode():
             log_probabilities = self.forward(digits.unsqueeze(1).float().div_(255))
+        expected = (len(digits), len(self.classes))
+        if not (isinstance(log_probabilities, torch.Tensor) and tuple(log_probabilities.shape) == expected):
+            shape = tuple(log_probabilities.shape) if isinstance(log_probabilities, torch.Tensor) else "no tensor"
+            raise UserError(f"release {self.path} is not an ignite-mnist release: its model answers {shape} for "
+                            f"{len(digits)} image(s), not {expected} log-probabilities")
         if not torch.isfinite(log_probabilities).all():  # NaN weights or a corrupt graph: no answer, not 'nan%'
             raise UserError(f"release {self.path} is corrupt: its model answers NaN or infinite log-probabilities; "
                             "export it again")
+        total = torch.logsumexp(log_probabilities.double(), dim=1)  # each row's probabilities sum to 1
+        if len(digits) and not bool((total.abs() < 1e-3).all()):
+            raise UserError(f"release {self.path} is not an ignite-mnist release: its model's answers are not "
+                            f"log-probabilities (their probabilities sum to {float(total.exp().max()):.4g}, not 1)")
         return log_probabilities
 
 
@@ -392,13 +401,16 @@ def _checked_metadata(path: Path, meta: dict, fmt: str) -> dict:
     spec, classes = meta.get("input"), meta.get("classes")
     if not isinstance(classes, list) or len(classes) != 10 or not all(isinstance(c, str) for c in classes):
         problem = "'classes' is not a list of 10 names"
+    elif not all(c.isprintable() and c.strip() and len(c) <= 100 for c in classes) or len(set(classes)) != 10:
+        problem = "'classes' is not 10 different names of printable characters"  # (escape codes, newlines: output)
     elif not isinstance(spec, dict):
         problem = "lacks 'input'"
     elif not (number(spec.get("mean")) and number(spec.get("std")) and spec["std"] > 0):
         problem = f"'input' has mean {spec.get('mean')!r} and std {spec.get('std')!r}: they must be numbers, std > 0"
     elif (fmt == "pt" and not (spec.get("height") == spec.get("width") == 28 and number(spec.get("scale"))
                                and spec["scale"] > 0)) or (fmt != "pt" and spec.get("shape") != ["N", 1, 28, 28]):
-        problem = "'input' is not of 28x28 pixels"
+        problem = ("'input' is not of 28x28 pixels" if fmt != "pt" or spec.get("height") != 28 or
+                   spec.get("width") != 28 else f"'input' has scale {spec.get('scale')!r}: it must be a number above 0")
     else:
         return meta
     raise UserError(f"release {path} is not an ignite-mnist release (its metadata {problem})")

@@ -120,12 +120,13 @@ class Batcher:
                 continue
             try:
                 output = await loop.run_in_executor(self._executor, self._forward, torch.cat([d for d, _ in batch]))
+                answers = output.split([len(d) for d, _ in batch])  # (the rows' count: checked by the release)
             except Exception as e:  # the model failed: each waiting request answers 500, the worker goes on
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(e)
                 continue
-            for (digits, future), rows in zip(batch, output.split([len(d) for d, _ in batch])):
+            for (digits, future), rows in zip(batch, answers):
                 if not future.done():
                     future.set_result(rows)
 

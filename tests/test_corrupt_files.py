@@ -151,6 +151,30 @@ def test_a_release_that_answers_nan_is_refused_not_printed(releases, tmp_path, c
             f"release {path} is corrupt: its model answers NaN or infinite log-probabilities")
 
 
+@pytest.mark.parametrize("answer, problem", [
+    (lambda out: out[:1], "its model answers (1, 10) for 2 image(s), not (2, 10) log-probabilities"),
+    (lambda out: out[:, :5], "its model answers (2, 5) for 2 image(s), not (2, 10) log-probabilities"),
+    (lambda out: out.exp() * 100, "its model's answers are not log-probabilities (their probabilities sum to"),
+])
+def test_a_release_whose_model_answers_something_else_is_refused(releases, tmp_path, capsys, trained, monkeypatch,
+                                                                 answer, problem):
+    """A graph of another shape (a hand-made ONNX file, accepted unverified as releases before the digest were):
+    named, not answers dropped, an IndexError or a probability of 1e14 %."""
+    from ignite_mnist import release
+
+    opened = release.open_release
+
+    def answering_otherwise(*args, **kwargs):
+        loaded = opened(*args, **kwargs)
+        forward = loaded.forward
+        loaded.forward = lambda x: answer(forward(x))
+        return loaded
+
+    monkeypatch.setattr(release, "open_release", answering_otherwise)
+    refused(capsys, tmp_path, ["predict", "--release", releases["onnx"], trained / "digit.png", trained / "digit.png"],
+            f"release {releases['onnx']} is not an ignite-mnist release: {problem}")
+
+
 # ---- malformed metadata ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change, problem", [
@@ -159,7 +183,12 @@ def test_a_release_that_answers_nan_is_refused_not_printed(releases, tmp_path, c
     (lambda r: r["input"].update(std=0.0), "'input' has mean 0.1307 and std 0.0"),
     (lambda r: r["input"].update(mean=float("nan")), "'input' has mean nan"),
     (lambda r: r["input"].update(height=32), "'input' is not of 28x28 pixels"),
-    (lambda r: r["input"].update(scale=0), "'input' is not of 28x28 pixels"),
+    (lambda r: r["input"].update(scale=0), "'input' has scale 0: it must be a number above 0"),
+    (lambda r: r.update(classes=["\x1b[31mred\x1b[0m"] + [str(d) for d in range(1, 10)]),
+     "'classes' is not 10 different names of printable characters"),
+    (lambda r: r.update(classes=["a"] * 10), "'classes' is not 10 different names of printable characters"),
+    (lambda r: r.update(classes=["zero\nnine"] + [str(d) for d in range(1, 10)]),
+     "'classes' is not 10 different names of printable characters"),
     (lambda r: r.pop("input"), "lacks 'input'"),
 ])
 def test_malformed_metadata_of_a_pt_release(releases, tmp_path, capsys, trained, change, problem):

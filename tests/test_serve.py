@@ -387,6 +387,21 @@ def test_a_release_that_answers_nan_is_a_500_not_an_answer(releases, digits):
         s.stop()
 
 
+def test_a_release_that_answers_fewer_rows_is_a_500_and_the_server_goes_on(releases, digits):
+    """Its batching worker must outlive any answer: it had died at a short one, every later request then waiting
+    forever while /health said ok."""
+    short = [True]
+    s = served(releases, wrap=lambda forward: lambda x: forward(x)[:1] if short[0] else forward(x))
+    try:
+        files = [("file", (f"{i}.png", digit_png(digits[i]), "image/png")) for i in range(3)]
+        r = s.post(files=files)
+        assert r.status_code == 500 and "its model answers (1, 10) for 3 image(s)" in r.json()["error"], r.text
+        short[0] = False
+        assert s.post(digit_png(digits[0]), timeout=30).status_code == 200
+    finally:
+        s.stop()
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 def png_bomb(side: int) -> bytes:

@@ -65,4 +65,7 @@ def test_a_crafted_release_is_refused_unrun(copy, capsys, kind):
     code, _, err = invoke(capsys, "predict", "--release", copy / "evil.pt", copy / "digit.png")
     assert not (copy / "payload-ran").exists(), "the payload ran"
     assert code == 2 and "is corrupt or not an ignite-mnist release" in err
+    assert "weights_only" not in err  # torch's advice to load it unchecked: not for an untrusted file
+    if kind == "torch.save":
+        assert "(it holds objects that are not plain data, refused unloaded: " in err and "GLOBAL" in err, err
     assert invoke(capsys, "predict", "--release", release, copy / "digit.png")[0] == 0  # the genuine one works
