@@ -333,15 +333,6 @@ def tensor_sets(dataset: str, data_path: Path, split: dict, device, digests: dic
     its data ({"train": sha256, "test": sha256}, as digest() makes them), which the sets used must match."""
     spec = DATASETS[dataset]
     loaded = load(dataset, data_path)
-    differing = [name for name in (("train", "test") if split else ("test",))
-                 if digests and name in digests and digest(*loaded[name]) != digests[name]]
-    if differing:  # the files' own bytes, not a damaged decoded cache? (decoded again, the cache then replaced)
-        loaded = load(dataset, data_path, fresh=True)
-    for name in differing:
-        if digest(*loaded[name]) != digests[name]:
-            raise UserError(f"the {'training' if name == 'train' else name} set of {dataset} in {data_path} is not "
-                            "the one the experiment was created with (its images or labels differ): use the data the "
-                            "experiment was created with")
     train_images, train_labels = loaded["train"]
     highest = max((max(v) for v in split.values() if v), default=-1)
     if highest >= len(train_labels):
@@ -349,6 +340,16 @@ def tensor_sets(dataset: str, data_path: Path, split: dict, device, digests: dic
             f"the experiment's split refers to training image {highest}, but {dataset} in {data_path} "
             f"has {len(train_labels)}: use the data the experiment was created with"
         )
+    differing = [name for name in (("train", "test") if split else ("test",))
+                 if digests and name in digests and digest(*loaded[name]) != digests[name]]
+    if differing:  # the files' own bytes, not a damaged decoded cache? (decoded again, the cache then replaced)
+        loaded = load(dataset, data_path, fresh=True)
+        train_images, train_labels = loaded["train"]
+    for name in differing:
+        if digest(*loaded[name]) != digests[name]:
+            raise UserError(f"the {'training' if name == 'train' else name} set of {dataset} in {data_path} is not "
+                            "the one the experiment was created with (its images or labels differ): use the data the "
+                            "experiment was created with")
     sets = {"test": TensorSet(*(t.to(device) for t in loaded["test"]), spec["mean"], spec["std"])}
     for name, indexes in split.items():
         index = torch.tensor(indexes, dtype=torch.int64)
@@ -411,13 +412,16 @@ def is_blank(digit: torch.Tensor) -> bool:
     return not bool(digit.any())
 
 
-def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Tensor:
+def image_as_digit(source, name: str = None, max_pixels: int = None, digits: bool = True) -> torch.Tensor:
     """An image as an MNIST digit: uint8 [28, 28], light strokes on a dark background.
 
     `source` is a path, the file's bytes, or a binary file object; `name` names it in error messages (by
-    default the path, or "the image"). A 28x28 image is taken as it is (inverted if its background is
-    light). Any other size is prepared as MNIST's digits were: the ink cropped, scaled to fit 20x20,
-    centred by its centre of mass in 28x28. A blank image (one colour, give or take noise) is an all-dark
+    default the path, or "the image"). It is inverted if its background is light. For a release of digits
+    (`digits`), its contrast is then stretched (a grey background to black, faint strokes to white:
+    _full_contrast), and it is prepared as MNIST's digits were, the ink cropped, scaled to fit 20x20 and centred
+    by its centre of mass in 28x28, unless it is a 28x28 image already so (an MNIST digit: taken as it is, the
+    test set's own pixels). Otherwise (Fashion-MNIST's garments fill their 28x28 frame) a 28x28 image is taken as
+    it is, and any other size prepared so. A blank image (one colour, give or take noise) is an all-dark
     digit. An image of more than `max_pixels` pixels (default: Pillow's Image.MAX_IMAGE_PIXELS) is refused
     before it is decoded: a decompression bomb costs nothing.
     """
@@ -465,9 +469,38 @@ def image_as_digit(source, name: str = None, max_pixels: int = None) -> torch.Te
         return torch.zeros((28, 28), dtype=torch.uint8)
     if background_is_light(pixels):  # dark strokes on a light background: make it MNIST's way round
         pixels = 255 - pixels
-    if pixels.shape != (28, 28):
+    if digits:
+        pixels = _full_contrast(pixels)
+    if pixels.shape != (28, 28) or (digits and not _placed_like_mnist(pixels)):
         pixels = _center_like_mnist(pixels)
     return torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8))
+
+
+def _edges(pixels: np.ndarray) -> np.ndarray:
+    return np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+
+
+def _full_contrast(pixels: np.ndarray) -> np.ndarray:
+    """Light strokes on a dark background stretched to MNIST's range: the background (its edges' median) to 0, the
+    brightest stroke to 255. A pencil digit on paper, a faint or a grey one, reads as MNIST's ink; an image whose
+    background is near black and strokes near white already (MNIST's own: 0 and 254-255) is left as it is."""
+    low, high = float(np.median(_edges(pixels))), float(pixels.max())
+    if (low <= 8 and high >= 200) or high - low < BLANK_RANGE:
+        return pixels
+    return np.clip((pixels - low) * (255 / (high - low)), 0, 255)
+
+
+def _placed_like_mnist(pixels: np.ndarray) -> bool:
+    """Whether a 28x28 digit is already placed as MNIST's are: its ink within 20x20, its centre of mass within a
+    pixel of the centre (MNIST's own test digits: within half a pixel, and at most 20 wide)."""
+    ink = pixels > 0.2 * pixels.max()
+    if not ink.any():
+        return True
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    total = pixels.sum()
+    cy = (pixels.sum(axis=1) * np.arange(28)).sum() / total
+    cx = (pixels.sum(axis=0) * np.arange(28)).sum() / total
+    return rows[-1] - rows[0] < 20 + 1 and cols[-1] - cols[0] < 20 + 1 and abs(cy - 14) <= 1 and abs(cx - 14) <= 1
 
 
 def background_is_light(pixels: np.ndarray) -> bool:
@@ -476,8 +509,7 @@ def background_is_light(pixels: np.ndarray) -> bool:
     19% of Fashion-MNIST's test images the wrong way round; this one turns none of MNIST's or Fashion-MNIST's test
     images, and 2 of Fashion-MNIST's 60,000 training images. A digit cropped so tightly that its strokes fill the
     edges can still be taken the wrong way round.)"""
-    edges = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    return bool(np.median(edges) > 127)
+    return bool(np.median(_edges(pixels)) > 127)
 
 
 def _eight_bit(image, name: str):

@@ -316,6 +316,12 @@ class LoadedRelease:
     def classes(self) -> list:
         return self.meta["classes"]
 
+    @property
+    def of_digits(self) -> bool:
+        """Whether it classifies digits (MNIST's, the sample's), whose images are prepared as MNIST's were; not
+        Fashion-MNIST's garments (data.image_as_digit)."""
+        return self.meta.get("dataset") != "fashion-mnist"
+
     def log_probabilities_of(self, digits: torch.Tensor) -> torch.Tensor:
         """uint8 digits [N, 28, 28] (as data.image_as_digit gives them) -> log-probabilities [N, 10]."""
         with torch.inference_mode():
@@ -552,7 +558,7 @@ def answer(release: LoadedRelease, log_probabilities: torch.Tensor, digits: torc
 def predict(release_path: Path, image_paths: list) -> list:
     """Classify image files with a release of any format: [{path, label, class, probability, blank}], fp32, CPU."""
     release = open_release(release_path)
-    digits = torch.stack([data.image_as_digit(path) for path in image_paths])
+    digits = torch.stack([data.image_as_digit(path, digits=release.of_digits) for path in image_paths])
     results = answer(release, release.log_probabilities_of(digits), digits)
     return [{"path": str(path), **{k: r[k] for k in ("label", "class", "probability", "blank")}}
             for path, r in zip(image_paths, results)]

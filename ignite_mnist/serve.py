@@ -183,14 +183,14 @@ async def _uploads(request: Request, body: bytes, max_files: int) -> list:
 DECODING = threading.BoundedSemaphore(min(4, os.cpu_count() or 1))
 
 
-def _decode(uploads: list, max_pixels: int) -> torch.Tensor:
+def _decode(uploads: list, max_pixels: int, digits_release: bool = True) -> torch.Tensor:
     """The uploads as uint8 digits [k, 28, 28], by the preprocessing of `predict`; UserError names a bad one."""
     digits = []
     for name, content in uploads:
         if not content:
             raise UserError(f"{name} is empty: send an image file (PNG, JPEG, ...)")
         with DECODING:
-            digits.append(data.image_as_digit(content, name=name, max_pixels=max_pixels))
+            digits.append(data.image_as_digit(content, name=name, max_pixels=max_pixels, digits=digits_release))
     return torch.stack(digits)
 
 
@@ -215,7 +215,7 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
         else:
             uploads = [("the body", body)]
         try:
-            digits = await run_in_threadpool(_decode, uploads, max_pixels)
+            digits = await run_in_threadpool(_decode, uploads, max_pixels, release.of_digits)
         except UserError as e:
             return _error(400, str(e))
         except MemoryError:  # the server's trouble, not the request's: it may well pass later

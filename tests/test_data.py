@@ -299,10 +299,10 @@ def test_a_different_dataset_than_the_split_was_drawn_from_is_refused(workdir, t
 def test_light_things_filling_a_dark_image_are_not_turned_around(tmp_path, sample):
     garment = np.zeros((28, 28), np.uint8)
     garment[2:27, 4:24] = 200  # a light coat filling most of a dark image, as in Fashion-MNIST
-    Image.fromarray(garment).save(tmp_path / "coat.png")
-    assert torch.equal(data.image_as_digit(tmp_path / "coat.png"), torch.from_numpy(garment))
+    Image.fromarray(garment).save(tmp_path / "coat.png")  # (a Fashion-MNIST release's: not placed as a digit)
+    assert torch.equal(data.image_as_digit(tmp_path / "coat.png", digits=False), torch.from_numpy(garment))
     Image.fromarray(255 - garment).save(tmp_path / "inverted.png")  # a dark coat on white paper: turned around
-    assert torch.equal(data.image_as_digit(tmp_path / "inverted.png"), torch.from_numpy(garment))
+    assert torch.equal(data.image_as_digit(tmp_path / "inverted.png", digits=False), torch.from_numpy(garment))
     for digit in sample["test"][0][:100]:  # MNIST's own digits stay as they are
         Image.fromarray(digit.numpy()).save(tmp_path / "d.png")
         assert torch.equal(data.image_as_digit(tmp_path / "d.png"), digit)
@@ -336,3 +336,35 @@ def test_images_of_more_than_eight_bits_are_scaled_not_clipped(tmp_path, sample)
     Image.fromarray(broken).save(tmp_path / "nan.tiff")
     with pytest.raises(UserError, match="holds pixel values that are not numbers"):
         data.image_as_digit(tmp_path / "nan.tiff")
+
+
+def test_a_28x28_digit_placed_otherwise_than_mnist_s_is_prepared_as_any_other_size(tmp_path, sample):
+    """A digit drawn small in a corner of a 28x28 canvas: centred and sized as MNIST's, as the same drawing on a
+    29x29 canvas is (it had been taken as it was, and misread); MNIST's own 28x28 digits stay exactly as they are."""
+    for digit in sample["test"][0][:20]:
+        small = np.asarray(Image.fromarray(digit.numpy()).resize((14, 14), Image.Resampling.LANCZOS))
+        for side in (28, 29):
+            canvas = np.zeros((side, side), np.uint8)
+            canvas[1:15, 1:15] = small
+            Image.fromarray(canvas).save(tmp_path / f"corner{side}.png")
+        placed = data.image_as_digit(tmp_path / "corner28.png")
+        assert torch.equal(placed, data.image_as_digit(tmp_path / "corner29.png"))
+        assert data._placed_like_mnist(placed.numpy().astype(np.float32))
+        Image.fromarray(digit.numpy()).save(tmp_path / "d.png")
+        assert torch.equal(data.image_as_digit(tmp_path / "d.png"), digit)
+    assert not data._placed_like_mnist(np.pad(small, ((1, 13), (1, 13))).astype(np.float32))
+
+
+@pytest.mark.parametrize("kind", ["faint", "grey background", "pencil on paper"])
+def test_a_low_contrast_digit_is_stretched_to_mnist_s_range(tmp_path, sample, kind):
+    """Strokes that are faint, on grey, or pencil on paper: the background to 0, the strokes to 255, as MNIST's
+    ink (they had been read at 15-20% confidence, or wrongly); a Fashion-MNIST release's images are left so."""
+    digit = sample["test"][0][3].numpy().astype(np.float32)
+    image = {"faint": digit * 40 / 255, "grey background": 100 + digit * 40 / 255,
+             "pencil on paper": 230 - digit * 80 / 255}[kind]
+    Image.fromarray(image.round().astype(np.uint8)).save(tmp_path / "low.png")
+    prepared = data.image_as_digit(tmp_path / "low.png").int()
+    assert prepared.max() == 255 and prepared[0].max() == 0
+    assert (prepared - torch.from_numpy(digit).int()).abs().max() <= 255 / 40 + 1  # the digit, to rounding
+    if kind == "faint":
+        assert data.image_as_digit(tmp_path / "low.png", digits=False).max() <= 40
