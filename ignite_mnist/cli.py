@@ -233,9 +233,15 @@ def predict(
         print(json_text(results))
     else:
         for r in results:
-            name = f" ({r['class']})" if r["class"] != str(r["label"]) else ""
-            blank = " (a blank image: no strokes to read)" if r["blank"] else ""
-            print(f"{r['path']}: {r['label']}{name} {100 * r['probability']:.1f}%{blank}")
+            if "error" not in r:
+                name = f" ({r['class']})" if r["class"] != str(r["label"]) else ""
+                blank = " (a blank image: no strokes to read)" if r["blank"] else ""
+                print(f"{r['path']}: {r['label']}{name} {100 * r['probability']:.1f}%{blank}")
+    errors = [r["error"] for r in results if "error" in r]  # one line each, after the files that could be read
+    for error in errors[:-1]:
+        print(f"error: {error}", file=sys.stderr)
+    if errors:
+        raise UserError(errors[-1])
 
 
 @app.command()

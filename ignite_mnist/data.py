@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ignite_mnist.errors import UserError, exists, is_dir, is_file
+from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 DIGITS = [str(d) for d in range(10)]
@@ -462,8 +462,11 @@ def image_as_digit(source, name: str = None, max_pixels: int = None, digits: boo
         raise UserError(f"{name} does not exist") from None
     except Image.DecompressionBombError as e:  # Pillow's own check, on opening (over twice its limit)
         raise UserError(f"{name} has too many pixels ({str(e).split(',')[0]}): a decompression bomb?") from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f"{name} is not an image file that can be read (no image format recognised)") from None
     except Exception as e:  # whatever a malformed file makes a decoder raise: OSError, SyntaxError, ValueError...
-        raise UserError(f"{name} is not an image file that can be read ({type(e).__name__})") from None
+        reason = f"{type(e).__name__}: {error_text(e, 150)}" if str(e).strip() else type(e).__name__
+        raise UserError(f"{name} is not an image file that can be read ({reason})") from None
     pixels = np.asarray(image, dtype=np.float32)
     if pixels.max() - pixels.min() < BLANK_RANGE:  # one colour, give or take noise: no strokes to read
         return torch.zeros((28, 28), dtype=torch.uint8)

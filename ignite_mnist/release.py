@@ -556,9 +556,18 @@ def answer(release: LoadedRelease, log_probabilities: torch.Tensor, digits: torc
 
 
 def predict(release_path: Path, image_paths: list) -> list:
-    """Classify image files with a release of any format: [{path, label, class, probability, blank}], fp32, CPU."""
+    """Classify image files with a release of any format: [{path, label, class, probability, blank}], fp32, CPU;
+    {path, error} for a file that is not an image that can be read (the others are classified all the same)."""
     release = open_release(release_path)
-    digits = torch.stack([data.image_as_digit(path, digits=release.of_digits) for path in image_paths])
-    results = answer(release, release.log_probabilities_of(digits), digits)
-    return [{"path": str(path), **{k: r[k] for k in ("label", "class", "probability", "blank")}}
-            for path, r in zip(image_paths, results)]
+    digits, errors = {}, {}
+    for i, path in enumerate(image_paths):
+        try:
+            digits[i] = data.image_as_digit(path, digits=release.of_digits)
+        except UserError as e:
+            errors[i] = str(e)
+    if digits:
+        stacked = torch.stack(list(digits.values()))
+        answers = dict(zip(digits, answer(release, release.log_probabilities_of(stacked), stacked)))
+    return [{"path": str(path), "error": errors[i]} if i in errors else
+            {"path": str(path), **{k: answers[i][k] for k in ("label", "class", "probability", "blank")}}
+            for i, path in enumerate(image_paths)]

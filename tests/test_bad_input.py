@@ -336,6 +336,27 @@ def test_bad_predict_inputs(copy, capsys, release, image, message):
     assert_refused(capsys, copy, ["predict", "--release", release, "digit.png", image], 2, message)
 
 
+def test_predict_classifies_the_images_it_can_read_and_names_each_one_it_cannot(copy, capsys):
+    """One bad file among many: the others are classified, each bad one has its line (the first had stopped it
+    all, naming only itself), exit 2; --json gives {path, error} in its place."""
+    release = "experiments/exp/releases/release_epoch_2.pt"
+    (copy / "text.png").write_text("hello")
+    (copy / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)  # a PNG's signature, then junk
+    files = ["digit.png", "text.png", "digit.png", "broken.png", "nothing.png"]
+    code, out, err = invoke(capsys, "predict", "--release", release, *files)
+    assert code == 2 and [line.split(":")[0] for line in out.splitlines()] == ["digit.png", "digit.png"], out
+    lines = err.strip().splitlines()
+    assert len(lines) == 3 and all(line.startswith("error: ") for line in lines), err
+    assert lines[0] == "error: text.png is not an image file that can be read (no image format recognised)"
+    assert lines[1].startswith("error: broken.png is not an image file that can be read (") and "Error" in lines[1]
+    assert lines[2] == "error: nothing.png does not exist"
+    code, out, err = invoke(capsys, "predict", "--release", release, *files, "--json")
+    results = json.loads(out)
+    assert code == 2 and [sorted(r) for r in results[:2]] == [["blank", "class", "label", "path", "probability"],
+                                                              ["error", "path"]], out
+    assert results[4] == {"path": "nothing.png", "error": "nothing.png does not exist"}
+
+
 def test_predict_needs_images(copy, capsys):
     assert_refused(capsys, copy, ["predict", "--release", "experiments/exp/releases/release_epoch_2.pt"], 2,
                    "Missing argument")
