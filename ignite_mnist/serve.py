@@ -43,6 +43,7 @@ MAX_PIXELS = 25_000_000  # of one image, checked before it is decoded (400 above
 MAX_FILES = 64  # files in one multipart upload
 MAX_BATCH = 64  # images in one forward pass
 MAX_WAIT_MS = 2.0  # how long the first request of a batch waits for others
+BODY_TIMEOUT = 30.0  # seconds for a request's whole body to come (408 after)
 
 
 class Batcher:
@@ -135,8 +136,9 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or HTTPException 413 as soon as it is known to be over `limit` bytes."""
+async def _read_body(request: Request, limit: int, timeout: float = BODY_TIMEOUT) -> bytes:
+    """The whole body, or HTTPException 413 as soon as it is known to be over `limit` bytes, 408 where it has not
+    all come within `timeout` seconds (a stalled upload would hold its connection for ever)."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -144,15 +146,35 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if int(declared) > limit:
             raise HTTPException(413, f"the body is {int(declared)} bytes, over the limit of {limit} bytes")
     chunks, size = [], 0
-    try:
+
+    async def read():
+        nonlocal size
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise HTTPException(413, f"the body is over the limit of {limit} bytes")
             chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout)
     except ClientDisconnect:  # the client's doing, not an internal error to log with a traceback
         raise HTTPException(400, "the client disconnected before the body was whole") from None
+    except asyncio.TimeoutError:
+        raise HTTPException(408, f"the body did not all come within {timeout:g} s ({size} bytes came)") from None
     return b"".join(chunks)
+
+
+class _ShutdownNotes(logging.Filter):
+    """uvicorn's words on a stop that cuts requests off (a stalled upload, past the 5 s of grace): one line of ours,
+    not its error and the traceback of each request cancelled."""
+
+    def filter(self, record) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
+        if record.msg == "Cancel %s running task(s), timeout graceful shutdown exceeded":
+            log.warning(f"stopping: {record.args[0]} request(s) still under way after 5 s cut off")
+            return False
+        return True
 
 
 async def _uploads(request: Request, body: bytes, max_files: int) -> list:
@@ -195,7 +217,8 @@ def _decode(uploads: list, max_pixels: int, digits_release: bool = True) -> torc
 
 
 def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
-               max_body: int = MAX_BODY, max_pixels: int = MAX_PIXELS, max_files: int = MAX_FILES) -> Starlette:
+               max_body: int = MAX_BODY, max_pixels: int = MAX_PIXELS, max_files: int = MAX_FILES,
+               body_timeout: float = BODY_TIMEOUT) -> Starlette:
     """The ASGI app serving `release`; app.state.batcher is its Batcher."""
     batcher = Batcher(release, max_batch, max_wait_ms / 1000)
     logging.getLogger("python_multipart").setLevel(logging.ERROR)  # a malformed upload is the client's 400, not a log line
@@ -206,7 +229,7 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
                        "max_pixels": max_pixels, "max_files": max_files}}
 
     async def predict(request: Request):
-        body = await _read_body(request, max_body)
+        body = await _read_body(request, max_body, body_timeout)
         many = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
         if many:
             uploads = await _uploads(request, body, max_files)
@@ -310,6 +333,8 @@ def serve(release_path: Path, host: str = "127.0.0.1", port: int = 8000, max_bat
              f"{release.meta.get('dataset')}) on http://{shown}:{bound_port}/ (Ctrl-C to stop)")
     sys.stderr.flush()
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    for name in ("uvicorn.error", "uvicorn"):
+        logging.getLogger(name).addFilter(_ShutdownNotes())
     # SIGINT and SIGTERM are the normal way to stop a server: uvicorn shuts down gracefully (answering the
     # requests under way), then raises the signal again, which these handlers absorb: exit status 0
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -525,6 +526,42 @@ def test_the_serve_command_binds_localhost_answers_and_stops_cleanly(releases, d
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert process.stderr.read().strip() == "stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _stalled_upload(url: str) -> socket.socket:
+    """A connection that announces a 1,000-byte body and sends 3 bytes of it."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=30)
+    connection.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n"
+                       b"\r\nabc")
+    return connection
+
+
+def test_a_stalled_upload_is_answered_408_not_held_for_ever(releases):
+    s = Server(serving.create_app(release.open_release(releases["pt"]), body_timeout=0.5))
+    try:
+        with _stalled_upload(s.url) as connection:
+            answer = connection.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "the body did not all come within 0.5 s (3 bytes came)" in answer
+    finally:
+        s.stop()
+
+
+def test_stopping_with_an_upload_under_way_says_so_in_one_line(releases):
+    process = subprocess.Popen([sys.executable, "-m", "ignite_mnist", "serve", "--release", releases["pt"],
+                                "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        url = process.stderr.readline().split(" on ")[1].split()[0].rstrip("/")
+        with _stalled_upload(url):
+            time.sleep(0.5)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+        assert process.stderr.read().strip().splitlines() == [
+            "stopping: 1 request(s) still under way after 5 s cut off", "stopped"]  # no traceback
     finally:
         if process.poll() is None:
             process.kill()
