@@ -447,6 +447,8 @@ def tensorboard(
     import importlib.util
 
     g: Globals = ctx.obj
+    if not 1 <= port <= 65535:  # before the experiments are looked through (each left out would say so first)
+        raise UserError(f"--port must be between 1 and 65535, not {port}")
     if g.experiment_name is not None:
         experiments = [_open(ctx, log_to_file=False)]
     else:

@@ -334,12 +334,18 @@ class Experiment:
                             f"(recorded in {self.meta_file}), is not there now: give its new place with --data-path")
         return self.own_data_path
 
-    def check_folders(self, *folders: Path) -> None:
+    def check_folders(self, *folders: Path, writable: bool = False) -> None:
         """The folders the experiment writes in (default: all) are folders where they exist: a file in the way is
-        named before a training starts, not after its first epoch."""
+        named before a training starts, not after its first epoch; so is, with `writable`, a folder that cannot be
+        written in (read-only, immutable), tried with a file made and removed at once."""
         for folder in folders or (self.checkpoints_dir, self.releases_dir, self.tensorboard_dir):
             if (exists(folder) or folder.is_symlink()) and not is_dir(folder):
                 raise UserError(f"{folder} is not a folder: the experiment keeps its {folder.name} there; move it away")
+            if writable and is_dir(folder):
+                try:
+                    tempfile.TemporaryFile(dir=folder).close()
+                except OSError as e:
+                    raise UserError(f"cannot write in {folder}: {e.strerror}") from None
 
     def load_split(self) -> dict:
         """{"train": [...], "validation": [...]}: indexes into the dataset's training set, as init drew them."""

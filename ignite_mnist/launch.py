@@ -72,6 +72,7 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
                 _release_if_missing(experiment, data_path)
         return {}
 
+    experiment.check_folders(writable=True)  # a folder that cannot be written in: named now, not after an epoch
     job = {"experiment": experiment, "data_path": data_path, "device": str(device), "max_epochs": max_epochs,
            "log_period": log_period, "verbose": verbose, "spawned": world_size > 1 and not launched,
            "progress_bar": sys.stderr.isatty(), "trial": trial}

@@ -383,8 +383,20 @@ def test_read_only_experiments_folder(copy, capsys, tiny_data, immutable):
     immutable(copy / "experiments")
     assert_refused(capsys, copy, [*g(copy, "new", tiny_data), "init", "--config-path", make_config(copy.parent)], 2,
                    f"cannot create the experiment in {copy / 'experiments'}")
-    for command in (["train", "--max-epochs", "3", "--device", "cpu"], ["test", "--epoch", "2"], ["export-release"]):
+    for command in (["train", "--max-epochs", "3", "--device", "cpu"], ["export-release"]):
         assert_refused(capsys, copy, [*g(copy, data=tiny_data), *command], 2, "cannot write")
+    code, out, err = invoke(capsys, *g(copy, data=tiny_data), "test", "--epoch", "2")  # testing only reads
+    assert code == 0 and "test of epoch 2: accuracy" in out + err, err
+    assert f"cannot write {copy / 'experiments' / 'exp' / 'verbose.log'} (Operation not permitted)" in err, err
+
+
+def test_a_checkpoints_folder_that_cannot_be_written_is_named_before_an_epoch_is_trained(copy, capsys, tiny_data,
+                                                                                          immutable):
+    checkpoints = copy / "experiments" / "exp" / "checkpoints"
+    immutable(checkpoints)
+    line = assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2,
+                          f"cannot write in {checkpoints}: Operation not permitted")
+    assert line == f"error: cannot write in {checkpoints}: Operation not permitted"
 
 
 def test_a_full_disk_while_saving_a_checkpoint(copy, tiny_data):
@@ -417,6 +429,10 @@ def test_ctrl_c_outside_training_says_interrupted(copy, capsys, monkeypatch):
 @pytest.mark.parametrize("port", ["0", "70000", "-1"])
 def test_tensorboard_ports_out_of_range(copy, capsys, port):
     assert_refused(capsys, copy, [*g(copy), "tensorboard", "--port", port], 2, "--port must be between 1 and 65535")
+    (copy / "experiments" / "broken").mkdir()  # left out, with a line of its own: not before a bad port's error
+    (copy / "experiments" / "broken" / "experiment.json").write_text("{oops")
+    code, _, err = invoke(capsys, "--experiments-path", copy / "experiments", "tensorboard", "--port", port)
+    assert code == 2 and err.strip().splitlines() == [f"error: --port must be between 1 and 65535, not {port}"], err
 
 
 def test_tensorboard_on_a_busy_port(copy, capsys):
