@@ -99,7 +99,7 @@ def test_torch_s_loggers_are_taken_only_with_a_verbose_log_and_given_back(tmp_pa
         setup_logging(types.SimpleNamespace(log_file=tmp_path / "verbose.log"), verbose=True)  # --verbose: the console
         assert (dynamo.handlers, dynamo.propagate) == before
         setup_logging(types.SimpleNamespace(log_file=tmp_path / "verbose.log"))
-        assert [type(h).__name__ for h in dynamo.handlers] == ["NullHandler", "FileHandler"]
+        assert [type(h).__name__ for h in dynamo.handlers] == ["NullHandler", "LogFileHandler"]
         dynamo.warning("noted")
         assert "WARNING torch._dynamo: noted" in (tmp_path / "verbose.log").read_text()
         setup_logging(None)
