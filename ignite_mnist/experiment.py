@@ -77,7 +77,10 @@ def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES, allow_nan:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {what} {path}: {getattr(e, 'strerror', None) or e}") from None
     try:
-        return json.loads(text, parse_constant=None if allow_nan else _not_json)
+        return json.loads(text, parse_constant=None if allow_nan else _not_json, object_pairs_hook=_no_key_twice)
+    except _KeyTwice as e:
+        raise UserError(f"{what} {path} gives the key {json.dumps(e.args[0])} twice in one object: which one is "
+                        "meant? Keep one") from None
     except json.JSONDecodeError as e:
         message = e.msg.removesuffix(" at")  # ("Invalid control character at": json's own "at" before the place)
         raise UserError(f"{what} {path} is not valid JSON: {message} at line {e.lineno} column {e.colno}") from None
@@ -85,6 +88,20 @@ def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES, allow_nan:
         raise UserError(f"{what} {path} is not valid JSON: {e}") from None
     except RecursionError:
         raise UserError(f"{what} {path} is not JSON that ignite-mnist reads: it is nested too deeply") from None
+
+
+class _KeyTwice(ValueError):
+    pass
+
+
+def _no_key_twice(pairs: list) -> dict:
+    """A JSON object of distinct keys: Python's json keeps the last of two, silently (a config or space edited by
+    hand with a key pasted twice would run with one of them, unsaid)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        raise _KeyTwice(next(key for key, _ in pairs if key in seen or seen.add(key)))
+    return obj
 
 
 def _not_json(constant: str):
@@ -487,6 +504,8 @@ class Experiment:
             return best
         if not re.fullmatch(r"-?[0-9]+", str(spec)):  # int() would also take "2_0" (20) and other scripts' digits
             raise UserError(f"--epoch takes an epoch number, best or last, not {spec!r}")
+        if int(spec) < 1:
+            raise UserError(f"--epoch takes an epoch number from 1 (epochs count from 1), best or last, not {spec}")
         return int(spec)
 
     def remove_unretained_checkpoints(self) -> None:
@@ -534,7 +553,7 @@ class Experiment:
         """[{"epoch", "format", "path"}] of the release files (pt, pt2, onnx), by epoch."""
         if not is_dir(self.releases_dir):
             return []
-        found = ((_RELEASE.fullmatch(p.name), p) for p in self.releases_dir.iterdir())
+        found = ((_RELEASE.fullmatch(p.name), p) for p in self.releases_dir.iterdir() if is_file(p))
         return [{"epoch": int(m.group(1)), "format": m.group(2), "path": str(p)}
                 for m, p in sorted(((m, p) for m, p in found if m), key=lambda mp: (int(mp[0].group(1)), mp[1].name))]
 

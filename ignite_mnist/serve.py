@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from ignite_mnist import data
@@ -287,7 +287,7 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
 
     app = Starlette(
         routes=[Route("/", index), Route("/predict", predict, methods=["POST"]), Route("/health", health),
-                Route("/info", get_info)],
+                Route("/info", get_info), Route("/favicon.ico", lambda request: Response(status_code=204))],
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )

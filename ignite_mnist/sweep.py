@@ -61,6 +61,12 @@ def load_space(path: Path, config_path: Path) -> dict:
         if kind != "choice" and distribution.get("log") and "step" in distribution:
             raise UserError(f"search space {path}: {key}: log and step do not go together (Optuna samples one or the "
                             "other)")
+        if kind != "choice" and "step" in distribution:  # else Optuna moves the high bound, with a warning
+            steps = (values[1] - values[0]) / distribution["step"]
+            if not math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9):
+                high = values[0] + math.floor(steps) * distribution["step"]
+                raise UserError(f"search space {path}: {key}: {values[0]} to {values[1]} is not a whole number of "
+                                f"steps of {distribution['step']}: end it at {round(high, 12):g}, say")
         if kind == "float" and values[0] < values[1] and "step" not in distribution:  # it draws non-integers too
             drawn = values[0] + (values[1] - values[0]) / math.pi
             if validate_config(apply_overrides(base, [f"{key}={drawn}"]))[1] and \
@@ -346,7 +352,9 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
         except UserError as e:
             raise TrialRefused(f"trial {trial.number} ({' '.join(overrides)}): {e}", e.exit_code) from None
         setup_logging(experiment, verbose)
-        log.info(f"sweep {name}: trial {trial.number} of {trials}, experiment {experiment_name}: {' '.join(overrides)}")
+        finished = len([t for t in ahead if t.state != TrialState.RUNNING])  # (trial numbers count failed ones too)
+        log.info(f"sweep {name}: trial {trial.number} ({finished} of {trials} finished before it), experiment "
+                 f"{experiment_name}: {' '.join(overrides)}")
         try:
             run_training(experiment, experiment.data_path(), max_epochs, device, verbose=verbose, trial=trial)
         except optuna.TrialPruned:
@@ -367,12 +375,15 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     check_space_against_study(study, space, space_path, name)
     check_setup_against_study(study, {"config": config, "max_epochs": max_epochs, "seed": seed}, space, name)
     heartbeat = "://" in url  # RDB storages beat (open_storage); a journal file does not
-    waiting = False
+    waiting, ran = False, False
     while True:
         fail_dead_trials(study, experiments_path)
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if len(done) >= trials:
+            if not ran:  # (a space changed since is not run either)
+                log.info(f"sweep {name} has {len(done)} finished trial{'s' * (len(done) != 1)} already, for --trials "
+                         f"{trials}: nothing to run (a larger --trials runs more)")
             break
         if len(done) + len(running) >= trials:
             if not heartbeat:  # a journal file: no heartbeat tells a dead worker elsewhere from a slow one
@@ -383,7 +394,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
             waiting = True
             time.sleep(HEARTBEAT_SECONDS / 2)
             continue
-        waiting = False
+        waiting, ran = False, True
         try:
             study.optimize(objective, n_trials=1)
         except NotNeeded:

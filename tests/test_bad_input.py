@@ -91,11 +91,24 @@ def test_init_of_an_existing_experiment_leaves_it_untouched(copy, capsys, tiny_d
                    f"experiment 'exp' already exists in {copy / 'experiments'}")
 
 
-@pytest.mark.parametrize("epoch", ["3", "0", "-1", "99"])
+@pytest.mark.parametrize("epoch", ["3", "99"])
 @pytest.mark.parametrize("command", ["test", "export-release"])
 def test_epochs_that_do_not_exist_are_named_with_those_that_do(copy, capsys, command, epoch):
     assert_refused(capsys, copy, [*g(copy), command, "--epoch", epoch], 2,
                    f"experiment exp has no checkpoint of epoch {epoch}; epochs with a checkpoint: 1-2")
+
+
+@pytest.mark.parametrize("epoch", ["0", "-1"])
+@pytest.mark.parametrize("command", ["test", "export-release"])
+def test_epochs_below_1_are_no_epochs(copy, capsys, command, epoch):
+    assert_refused(capsys, copy, [*g(copy), command, "--epoch", epoch], 2,
+                   f"--epoch takes an epoch number from 1 (epochs count from 1), best or last, not {epoch}")
+
+
+def test_info_lists_release_files_only(copy, capsys):
+    (copy / "experiments" / "exp" / "releases" / "release_epoch_1.onnx").mkdir()  # a folder of that name
+    code, out, _ = invoke(capsys, *g(copy), "info", "--json")
+    assert code == 0 and [r["format"] for r in json.loads(out)["releases"]] == ["pt"], out
 
 
 def test_test_and_release_before_any_training(copy, capsys, tiny_data):

@@ -69,6 +69,7 @@ def test_every_violation_is_listed(workdir, tiny_data, capsys):
     ("", "is not valid JSON"),
     ('{"a": "one\ntwo"}', "is not valid JSON: Invalid control character at line 1 column 11"),  # (not "at at")
     ("[1, 2]", "is not of type 'object'"),
+    ('{"training": {"lr": 0.5, "lr": 2.0}}', 'gives the key "lr" twice in one object: which one is meant? Keep one'),
 ])
 def test_malformed_json(workdir, tiny_data, capsys, text, expected):
     path = workdir / "bad.json"

@@ -298,6 +298,7 @@ def test_health_and_info(server, releases):
     assert info["classes"] == [str(d) for d in range(10)] and info["epoch"] == 2 and info["dataset"] == "mnist"
     assert info["file_format"] == "pt" and info["file"] == str(releases["pt"]) and info["format"] == release.FORMAT
     assert info["server"]["max_body_bytes"] == 1_000_000 and "test_accuracy" in info["metrics"]
+    assert server.client.get("/favicon.ico").status_code == 204  # (a browser asks for it: no error in its console)
     assert "model" not in info
 
 

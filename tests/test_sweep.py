@@ -170,6 +170,10 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
     ({"training.batch_size": {"int": [16.5, 32]}}, "$['training.batch_size'].int[0]: 16.5 is not of type 'integer'"),
     ({"training.batch_size": {"float": [16, 64]}}, 'training.batch_size takes whole numbers, which a float '
                                                    'distribution does not draw: write {"int": [16, 64]}'),
+    ({"training.lr": {"float": [0.5, 2.0], "step": 0.4}}, "training.lr: 0.5 to 2.0 is not a whole number of steps of "
+                                                          "0.4: end it at 1.7, say"),
+    ({"training.batch_size": {"int": [16, 70], "step": 16}}, "training.batch_size: 16 to 70 is not a whole number of "
+                                                             "steps of 16: end it at 64, say"),
 ])
 def test_bad_search_spaces_are_refused_in_one_line(workdir, tiny_data, capsys, space, message):
     args = sweep_args(workdir, tiny_data, "bad", 2, 1, space)
@@ -378,3 +382,13 @@ def test_a_drawn_distribution_is_named_as_the_space_writes_it(distribution):
     from ignite_mnist.sweep import optuna_distribution, space_distribution
 
     assert space_distribution(optuna_distribution(distribution)) == distribution
+
+
+def test_a_rerun_says_what_it_runs_and_when_there_is_nothing_to_run(workdir, tiny_data, capsys):
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 1, 1))
+    assert code == 0 and "sweep r: trial 0 (0 of 1 finished before it), experiment r-0: " in err, err
+    code, out, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 1, 1))
+    assert code == 0 and ("sweep r has 1 finished trial already, for --trials 1: nothing to run (a larger --trials "
+                          "runs more)") in err.splitlines(), err
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 2, 1))
+    assert code == 0 and "sweep r: trial 1 (1 of 2 finished before it), experiment r-1: " in err, err
