@@ -199,6 +199,8 @@ def _write_pt(release: dict, model: Net, path: Path) -> None:
 def _write_pt2(release: dict, model: Net, path: Path) -> None:
     batch = torch.export.Dim("batch", min=1)
     program = torch.export.export(_graph(release, model), (_example_batch(),), dynamic_shapes={"x": {0: batch}})
+    for node in program.graph.nodes:  # the model alone: not the source paths of the machine that exported it
+        node.meta.pop("stack_trace", None)
     extra = {METADATA_KEY + ".json": json.dumps(exported_metadata(release, "pt2"))}
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files=extra)
@@ -212,6 +214,8 @@ def _write_onnx(release: dict, model: Net, path: Path) -> None:
         program = torch.onnx.export(_graph(release, model), (_example_batch(),), dynamo=True,
                                     input_names=["x"], output_names=["log_probabilities"],
                                     dynamic_shapes={"x": {0: "N"}})
+    for node in program.model.graph.all_nodes():  # the model alone: not the exporting machine's source paths
+        node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
     program.model.metadata_props.update({
         METADATA_KEY: json.dumps(meta),
         "classes": json.dumps(meta["classes"]),

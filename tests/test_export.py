@@ -313,3 +313,14 @@ def test_the_readme_snippets_for_pt2_and_onnx_run_without_ignite_mnist(releases,
         assert r.returncode == 0, r.stderr
         printed = eval(r.stdout.strip().splitlines()[-1])
         assert len(printed) == 5 and all(label in [str(d) for d in range(10)] for label in printed)
+
+
+def test_portable_releases_hold_no_source_path_of_the_exporting_machine(releases):
+    """torch.export and torch.onnx record each node's stack trace, with the exporting machine's absolute paths
+    (a user's home, a build folder): a release holds the model alone."""
+    import zipfile
+
+    source = str(Path(__file__).resolve().parents[1]).encode()  # this checkout, where ignite_mnist's files are
+    assert source not in releases["onnx"].read_bytes()
+    with zipfile.ZipFile(releases["pt2"]) as archive:
+        assert not [name for name in archive.namelist() if source in archive.read(name)]
