@@ -299,7 +299,8 @@ def info(
         print(json_text(summary, indent=2))
         return
     print(f"experiment {experiment.name} ({experiment.root}), created {meta.get('created')}, seed {experiment.seed}")
-    print(f"split: {json.dumps(meta.get('split'))}")
+    sizes = meta.get("split")
+    print(f"split: {json.dumps({k: v for k, v in sizes.items() if k != 'digest'} if isinstance(sizes, dict) else sizes)}")
     if experiment.config["data"]["dataset"] != "mnist-sample":  # (the bundled sample is read from the package)
         print(f"data: {meta.get('data_path', 'not recorded (./data, or --data-path)')}")
     print(f"config: {json.dumps(experiment.config)}")

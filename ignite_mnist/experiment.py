@@ -20,6 +20,7 @@ import datetime
 import difflib
 import functools
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -375,6 +376,8 @@ class Experiment:
             raise UserError(f"experiment file {self.meta_file} is malformed: its 'split' needs the 'train' and "
                             "'validation' sizes")
         problem = _split_problem(split["train"], split["validation"], sizes)
+        if not problem and "digest" in sizes and split_digest(split) != sizes["digest"]:
+            problem = "its indexes are not those `init` drew (their SHA-256 differs from experiment.json's)"
         if problem:  # redrawing it would not give back the images the checkpoints were trained and chosen on
             raise UserError(f"split file {self.split_file} is damaged: {problem}; the experiment's split cannot be "
                             "redrawn safely (its checkpoints and scores depend on it): restore split.json from a "
@@ -756,6 +759,13 @@ def _split_problem(train: list, validation: list, sizes: dict):
     return None
 
 
+def split_digest(split: dict) -> str:
+    """SHA-256 of a split's two lists of indexes, in order: experiment.json keeps it, so that split.json edited by hand
+    (two indexes swapped between training and validation) is told from the split the checkpoints were trained on."""
+    text = json.dumps([split["train"], split["validation"]], separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def draw_split(train_size: int, val_split: float, seed: int) -> dict:
     """Hold out round(val_split * n) training images for validation, chosen at random from the seed."""
     indexes = list(range(train_size))
@@ -795,7 +805,8 @@ def create_experiment(experiments_path: Path, name: str, config: dict, seed: int
         "config": config,
         "overrides": list(overrides),
         **(extra or {}),
-        "split": {"train": len(split["train"]), "validation": len(split["validation"]), "test": sizes["test"]},
+        "split": {"train": len(split["train"]), "validation": len(split["validation"]), "test": sizes["test"],
+                  "digest": split_digest(split)},
         "versions": package_versions(),
     }
     try:

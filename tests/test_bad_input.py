@@ -270,6 +270,10 @@ def test_info_reports_a_corrupt_checkpoint_and_goes_on(copy, capsys):
      "is malformed: its data_digests must map 'train' and 'test' to SHA-256 digests, not {\"train\": "),
     ("split.json", "[1, 2]", "is malformed: it needs 'train' and 'validation' lists"),
     ("split.json", '{"train": [1, 2', "is not valid JSON"),
+    ("split.json", lambda text: json.dumps((lambda split: {"train": [split["validation"][0], *split["train"][1:]],
+                                                           "validation": [split["train"][0], *split["validation"][1:]]})(
+        json.loads(text))), "is damaged: its indexes are not those `init` drew (their SHA-256 differs from "
+                            "experiment.json's)"),  # one training image and one validation image swapped by hand
 ])
 def test_corrupt_experiment_files(copy, capsys, tiny_data, file, content, message):
     path = copy / "experiments" / "exp" / file
