@@ -349,7 +349,8 @@ class Experiment:
         recorded = self.meta.get("data_path")
         if recorded and self.config["data"]["dataset"] != "mnist-sample" and not is_dir(recorded):
             raise UserError(f"the data folder {recorded}, where `init` found {self.config['data']['dataset']} "
-                            f"(recorded in {self.meta_file}), is not there now: give its new place with --data-path")
+                            f"(recorded in {self.meta_file}), is not there now: give its new place with --data-path"
+                            + (" (`train` records it)" if self.data_digests else ""))
         return self.own_data_path
 
     def check_folders(self, *folders: Path, writable: bool = False) -> None:
@@ -464,6 +465,19 @@ class Experiment:
 
     def write_history(self, history: dict) -> None:
         write_json(self.metrics_file, history)
+
+    def moved_data_path(self, given) -> bool:
+        """Whether `given` (--data-path) is the new place of the data `init` recorded: the recorded folder is gone, and
+        digests were recorded (the data read from `given` was checked against them: the same data)."""
+        recorded = self.meta.get("data_path")
+        return bool(given is not None and recorded and self.data_digests and not is_dir(recorded)
+                    and os.path.abspath(given) != recorded)
+
+    def record_data_path(self, data_path) -> None:
+        """experiment.json's data_path set to the folder's new place (atomically; the rest as it is)."""
+        meta = read_json(self.meta_file, "experiment file")
+        meta["data_path"] = self.meta["data_path"] = os.path.abspath(data_path)
+        write_json(self.meta_file, meta)
 
     def publish_history(self, history: dict) -> None:
         """After a checkpoint is whole on disk: mirror its history in metrics.json, then apply retention."""

@@ -174,11 +174,18 @@ def test_a_recorded_data_folder_that_moved_is_named_and_another_can_be_given(tmp
         r = run_cli(*options, *command, cwd=tmp_path)
         assert r.returncode == 2 and r.stderr.strip() == (
             f"error: the data folder {data}, where `init` found mnist (recorded in {meta}), is not there now: give "
-            "its new place with --data-path"), r.stderr
+            "its new place with --data-path (`train` records it)"), r.stderr
     assert not data.exists()  # nothing downloaded into the old place
     r = run_cli(*options, "export-release", cwd=tmp_path)  # a pt release reads no data
     assert r.returncode == 0, r.stderr
     r = run_cli(*options, "--data-path", tmp_path / "data-moved", "test", "--epoch", 1, "--json", cwd=tmp_path)
+    assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["total"] == 100, r.stderr
+    assert json.loads(meta.read_text())["data_path"] == str(data)  # test records nothing
+    r = run_cli(*options, "--data-path", "data-moved", "train", "--max-epochs", 2, "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0 and (f"the data of experiment exp is now read from {tmp_path / 'data-moved'} (recorded "
+                                  f"in {meta}): its old folder is gone") in r.stderr.splitlines(), r.stderr
+    assert json.loads(meta.read_text())["data_path"] == str(tmp_path / "data-moved")
+    r = run_cli(*options, "test", "--epoch", 2, "--json", cwd=tmp_path / "data-moved")  # no --data-path needed now
     assert r.returncode == 0 and json.loads(r.stdout.splitlines()[-1])["total"] == 100, r.stderr
 
 
