@@ -29,5 +29,6 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 part step-graph 120 "$PYTHON" scripts/gpu_step_graph.py --data-path "$DATA"
 part workflow 150 env PYTHON="$PYTHON" scripts/gpu_check.sh cuda:0 fashion-mnist "$DATA"
 part cuda-tests 60 "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_resume.py -k cuda
+part engine-host 40 "$PYTHON" scripts/bench_engine_host.py --device cuda --epochs 4 --rounds 2
 part bench 200 "$PYTHON" scripts/bench.py --device cuda --data-path "$DATA" --repeats 1 --process-repeats 2
 exit $failed

@@ -41,6 +41,16 @@ def test_the_engine_is_measured_in_blocks_inside_a_real_training(tmp_path):
     assert not any((tmp_path / "experiments").iterdir())  # its experiment removed
 
 
+def test_the_engine_host_bench_times_train_s_own_run_against_a_plain_loop():
+    out = subprocess.run([sys.executable, "scripts/bench_engine_host.py", "--epochs", "2", "--rounds", "1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["us_per_iteration"]["engine"] > result["us_per_iteration"]["bare"] > 0
+    assert result["engine_added_us"] == result["us_per_iteration"]["engine"] - result["us_per_iteration"]["bare"]
+    assert "release of epoch 2 written: " in out.stderr  # train's own run, every handler attached, to its end
+
+
 def test_the_progress_bar_bench_times_the_bar_train_attaches():
     out = subprocess.run([sys.executable, "scripts/bench_progress_bar.py", "--iterations", "300", "--epochs", "1",
                           "--rounds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
