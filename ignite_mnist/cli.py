@@ -348,8 +348,7 @@ def list_experiments(
         if "broken" in r:
             continue
         flat = flatten(r["config"])
-        epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "") \
-            + (" (pruned)" if isinstance(r["sweep"], dict) and r["sweep"].get("state") == "PRUNED" else "")
+        epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "") + _trial_mark(r)
         table.append([r["name"], r["dataset"], epochs, "-" if r["best_epoch"] is None else str(r["best_epoch"]),
                       _percent(r["best_val_accuracy"]), _percent(r["test_accuracy"]),
                       *(_shown(flat.get(k)) for k in differing),
@@ -594,6 +593,16 @@ def _main(argv: Optional[List[str]]) -> None:
     if code == 130:  # typer turns a Ctrl-C (or our SIGTERM) outside our own handling into exit 130, silently
         _fail_stopped()
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
+
+
+def _trial_mark(row: dict) -> str:
+    """What `list` says of a sweep's trial beside its epochs: pruned (at which epoch, where it was trained on since),
+    or failed (stopped, or its worker gone: its epochs are not all the sweep asked)."""
+    record = row["sweep"] if isinstance(row["sweep"], dict) else {}
+    if record.get("state") == "PRUNED":
+        at = record.get("pruned_at_epoch")
+        return f" (pruned at {at})" if isinstance(at, int) and row["epochs"] > at else " (pruned)"
+    return " (trial failed)" if record.get("state") == "FAIL" else ""
 
 
 def _shown(value) -> str:

@@ -150,6 +150,16 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
     code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert " 1 (pruned) " in rows["p-1"] and "pruned" not in rows["p-0"], out
+    code, _, err = invoke(capsys, "--experiments-path", workdir / "experiments", "--data-path", tiny_data, "-e", "p-1",
+                          "train", "--max-epochs", 2, "--device", "cpu")  # trained on by hand since
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert " 2 (pruned at 1) " in rows["p-1"], out
+    meta = workdir / "experiments" / "p-0" / "experiment.json"  # as a trial stopped by a signal is recorded
+    meta.write_text(meta.read_text().replace('"state": "COMPLETE"', '"state": "FAIL"'))
+    code, out, _ = invoke(capsys, "--experiments-path", workdir / "experiments", "list")
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert " 2 (trial failed) " in rows["p-0"], out
 
 
 @pytest.mark.parametrize("space, message", [
