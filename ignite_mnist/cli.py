@@ -406,8 +406,10 @@ def sweep(
         result = sweeps.run_sweep(name, space, trials, max_epochs, g.experiments_path, g.data_path, storage,
                                   config_path, device, seed, pruner.value, pruner_startup_trials,
                                   pruner_warmup_epochs, g.verbose)
+    best, epoch, release = _best_trial_release(g.experiments_path, result)
     if as_json:
-        print(json_text({"trials": result["trials"], "best": result["best"]}))
+        print(json_text({"study": result["study"], "storage": result["storage"], "trials": result["trials"],
+                         "best": result["best"], "best_release": release}))
         return
     finished = sum(t["state"] in ("COMPLETE", "PRUNED") for t in result["trials"])
     print(f"sweep {name} ({result['storage']}): {finished} finished trial{'s' * (finished != 1)}")
@@ -416,16 +418,8 @@ def sweep(
         print(f"  trial {t['number']}: {t['state']:<8} {t['experiment'] or '-'}  best epoch "
               f"{t['best_epoch'] if t['best_epoch'] is not None else '-'}  validation {_percent(t['best_val_accuracy'])}"
               f"  {params}")
-    if result["best"] is not None:
-        best = next(t for t in result["trials"] if t["number"] == result["best"])
+    if best is not None:
         if is_file(Path(ctx.obj.experiments_path) / best["experiment"] / "experiment.json"):
-            try:
-                experiment = open_experiment(g.experiments_path, best["experiment"])
-                epoch = experiment.best_epoch()
-                release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")),
-                               None)
-            except UserError:  # damaged since: the advice below names it again when followed
-                release = None
             if release:  # train released it at its end
                 print(f"best: trial {best['number']}; its best epoch, {epoch}, is released: {release} (in another "
                       "format: " + command_line(g.experiments_path, best["experiment"],
@@ -436,6 +430,21 @@ def sweep(
         else:
             print(f"best: trial {best['number']}; its experiment {best['experiment']} is no longer in "
                   f"{ctx.obj.experiments_path}")
+
+
+def _best_trial_release(experiments_path: Path, result: dict) -> tuple:
+    """(the best trial's row, its experiment's best epoch, the path of that epoch's pt release) of a sweep's status;
+    None for what is not there (no best trial, its experiment gone or damaged since, no release)."""
+    if result["best"] is None:
+        return None, None, None
+    best = next(t for t in result["trials"] if t["number"] == result["best"])
+    try:
+        experiment = open_experiment(experiments_path, best["experiment"])
+        epoch = experiment.best_epoch()
+    except UserError:  # gone or damaged since: the advice printed names it again when followed
+        return best, None, None
+    release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")), None)
+    return best, epoch, release
 
 
 @app.command()

@@ -66,6 +66,8 @@ def test_a_sweep_of_three_trials_and_its_best_trial_is_lists_best(workdir, tiny_
     assert out.strip().splitlines()[-1] == (f"best: trial {result['best']}; its best epoch, {best.best_epoch()}, is "
                                             f"released: {released} (in another format: {advice})")
     assert released.exists()
+    assert (result["study"], result["best_release"]) == ("s", str(released))  # --json: what the lines say
+    assert result["storage"] == f"sqlite:///{(workdir / 'experiments' / 's.sweep.db').resolve()}"
     code, _, err = invoke(capsys, *shlex.split(advice)[1:])  # the advice, run as printed, works
     assert code == 0 and released.with_suffix(".onnx").exists(), err
     released.unlink()  # without the release, the advice is to make it
