@@ -134,6 +134,12 @@ def check_space_against_study(study, space: dict, space_path: Path, name: str) -
                 raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
                                 f"trials of sweep {name}, which drew it from {drew}: use another --name for another "
                                 "space") from None
+    new, gone = [key for key in space if drawn and key not in drawn], [key for key in drawn if key not in space]
+    if new or gone:  # allowed (a space may grow), but the trials then differ in more than their draws: said
+        log.info(f"sweep {name}: the space changed since its earlier trials: "
+                 + "; ".join(part for part in (f"{', '.join(new)} drawn from now on (they ran with the base config's)"
+                                               if new else "", f"{', '.join(gone)} no longer drawn (the base "
+                                               "config's from now on)" if gone else "") if part))
 
 
 def check_setup_against_study(study, setup: dict, space: dict, name: str) -> None:

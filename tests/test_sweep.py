@@ -383,7 +383,11 @@ def test_a_space_that_does_not_fit_the_study_is_refused_before_a_trial(workdir, 
     assert database.read_bytes() == before
     assert [t["state"] for t in status(capsys, workdir, "d")["trials"]] == ["COMPLETE"]
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 2, 1, {"training.lr": {"choice": [0.5, 1.0]}}))
-    assert code == 0, err  # the same space goes on
+    assert code == 0 and "the space changed" not in err, err  # the same space goes on
+    grown = {"training.lr": {"choice": [0.5, 1.0]}, "training.lr_gamma": {"choice": [0.5, 0.7]}}
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 3, 1, grown))
+    assert code == 0 and ("sweep d: the space changed since its earlier trials: training.lr_gamma drawn from now on "
+                          "(they ran with the base config's)") in err.splitlines(), err
 
 
 @pytest.mark.parametrize("distribution", [{"choice": [0.5, 1.0]}, {"choice": ["auto", "fp32"]},
