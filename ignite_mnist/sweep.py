@@ -21,9 +21,8 @@ from pathlib import Path
 from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_DATA_PATH, DEFAULT_SCHEMA, MAX_CONFIG_BYTES,
                                      Experiment, apply_overrides, best_first, check_config_key, check_seed, flatten,
-                                     init_experiment,
-                                     load_config, log, read_json, schema_violations, setup_logging, validate_config,
-                                     validate_name, write_json)
+                                     init_experiment, load_config, log, open_experiment, read_json, schema_violations,
+                                     setup_logging, validate_config, validate_name, write_json)
 
 SPACE_SCHEMA = CONFIG_DIR / "space.schema.json"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # RDB storages: a trial without a heartbeat for a minute has died
@@ -486,6 +485,17 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     rows = [{"number": t.number, "state": t.state.name, "params": t.params, "experiment": t.user_attrs.get("experiment"),
              "best_epoch": t.user_attrs.get("best_epoch"), "best_val_accuracy": t.user_attrs.get("best_val_accuracy")}
             for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("not_needed")]
+    for row in rows:  # a failed (stopped) trial's epochs so far, from its experiment: the study scores none
+        if row["state"] == "FAIL" and row["best_epoch"] is None and row["experiment"]:
+            try:
+                experiment = open_experiment(experiments_path, row["experiment"])
+                history = experiment.history()
+            except UserError:  # never made (refused), or gone since
+                continue
+            best = experiment.best_epoch(history)
+            if best is not None:
+                row["best_epoch"] = best
+                row["best_val_accuracy"] = next(e["validation_accuracy"] for e in history["epochs"] if e["epoch"] == best)
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
     rows.sort(key=lambda r: (order.get(r["state"], 5), *best_first(r["best_val_accuracy"]), r["number"]))
     best = rows[0]["number"] if rows and rows[0]["state"] == "COMPLETE" else None

@@ -384,3 +384,25 @@ def test_a_signal_after_a_trial_s_last_epoch_completes_it_and_stops_the_sweep(wo
     no_more_signals()
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "z", 2, 1))
     assert code == 0 and [t["state"] for t in status(capsys, workdir, "z")["trials"]] == ["COMPLETE", "COMPLETE"], err
+
+
+def test_a_trial_stopped_mid_way_shows_its_epochs_so_far_in_the_status(workdir, tiny_data, capsys, monkeypatch):
+    from ignite.engine import Events
+
+    from conftest import invoke
+    from ignite_mnist import engines
+    from test_sweep import status, sweep_args
+
+    attach_handlers = engines.attach_handlers
+
+    def attach(trainer, *args, **kwargs):  # as a SIGINT in epoch 2, epoch 1 saved
+        attach_handlers(trainer, *args, **kwargs)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: setattr(engines.STOP, "signum", signal.SIGINT))
+
+    monkeypatch.setattr(engines, "attach_handlers", attach)
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "f", 1, 2))
+    assert code == 130, err
+    (trial,) = status(capsys, workdir, "f")["trials"]
+    history = json.loads((workdir / "experiments" / "f-0" / "metrics.json").read_text())["epochs"]
+    assert (trial["state"], trial["best_epoch"]) == ("FAIL", 1)
+    assert trial["best_val_accuracy"] == history[0]["validation_accuracy"]
