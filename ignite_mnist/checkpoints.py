@@ -85,10 +85,6 @@ class History:
         self.epochs, self.stopped_early = [dict(e) for e in state["epochs"]], state["stopped_early"]
 
 
-class CheckpointUnreadable(UserError):
-    """A checkpoint (or release) file that is damaged or not one of ours."""
-
-
 def _corrupt_checkpoint_advice(path) -> str:
     """What to do with a damaged checkpoint: the last one moved away, `train` resumes from the one before (or starts
     again); an earlier one is lost to `test` and `export-release` (its release, if written, is whole)."""
@@ -128,8 +124,8 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     except UserError:
         raise
     except Exception as e:
-        raise CheckpointUnreadable(f"{what} {path} is corrupt or not an ignite-mnist {what} ({error_text(e)})"
-                                   + (_corrupt_checkpoint_advice(path) if what == "checkpoint" else "")) from None
+        raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({error_text(e)})"
+                        + (_corrupt_checkpoint_advice(path) if what == "checkpoint" else "")) from None
     if not isinstance(loaded, dict):
         raise UserError(f"{what} {path} is not an ignite-mnist {what} (it holds a {type(loaded).__name__})")
     return loaded

@@ -386,10 +386,6 @@ def _training(local_rank: int, job: dict) -> None:
     with idist.one_rank_first(local=True):  # one process per node downloads, if anything must be
         sets = data.tensor_sets(experiment.config["data"]["dataset"], job["data_path"], experiment.load_split(),
                                 device, experiment.data_digests)
-    if rank == 0 and experiment.moved_data_path(job["data_path"]):  # the same data (its digests), moved: recorded
-        experiment.record_data_path(job["data_path"])
-        log.info(f"the data of experiment {experiment.name} is now read from {experiment.meta['data_path']} "
-                 f"(recorded in {experiment.meta_file}): its old folder is gone")
     net = Net().to(device, memory_format=torch.channels_last)
     model = idist.auto_model(net) if world_size > 1 else net  # DDP trains; evaluators and checkpoints use net
     compiled = cfg["compile_optimizer"] and device.type == "cpu" and inductor_can_compile()

@@ -33,6 +33,7 @@ import socket
 import stat
 import sys
 import tempfile
+import time
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -273,6 +274,21 @@ def _dead_writer(name: str) -> bool:
     return False
 
 
+def _stale_partial(path: Path, in_releases: bool) -> bool:
+    """A temporary file whose writer cannot be asked: another host's (a container's name changes with each run) a day
+    old, or, in releases/, one that an earlier ignite-mnist named tmp and 8 characters, an hour old. No export runs so
+    long."""
+    match = _PARTIAL.fullmatch(path.name)
+    old_style = in_releases and re.fullmatch(r"tmp[a-z0-9_]{8}\.(pt|pt2|onnx)", path.name)
+    if not (match or old_style):
+        return False
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return False
+    return age > (86400 if match else 3600)
+
+
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically: a reader sees the old file or the new one, never a part."""
     path = Path(path)
@@ -471,7 +487,7 @@ class Experiment:
         digests were recorded (the data read from `given` was checked against them: the same data)."""
         recorded = self.meta.get("data_path")
         return bool(given is not None and recorded and self.data_digests and not is_dir(recorded)
-                    and os.path.abspath(given) != recorded)
+                    and os.path.abspath(given) != recorded and self.config["data"]["dataset"] != "mnist-sample")
 
     def record_data_path(self, data_path) -> None:
         """experiment.json's data_path set to the folder's new place (atomically; the rest as it is)."""
@@ -560,7 +576,7 @@ class Experiment:
         for folder in (self.checkpoints_dir, self.releases_dir, self.root):
             for path in folder.iterdir() if is_dir(folder) else ():
                 if (folder == self.checkpoints_dir and re.fullmatch(r"tmp[a-z0-9_]{8}", path.name)) or \
-                        _dead_writer(path.name):
+                        _dead_writer(path.name) or _stale_partial(path, folder == self.releases_dir):
                     path.unlink(missing_ok=True)
 
     def release_path(self, epoch: int) -> Path:
@@ -921,9 +937,12 @@ class LogFileHandler(logging.FileHandler):
             super().emit(record)
 
     def handleError(self, record) -> None:
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):  # a message that could not be formatted: logging's own report
+            return super().handleError(record)
         if not self.failed:
             self.failed = True
-            _say_log_unwritable(self.baseFilename, sys.exc_info()[1])
+            _say_log_unwritable(self.baseFilename, error)
 
     def close(self) -> None:  # what is still buffered would not reach the file either
         try:
@@ -970,6 +989,13 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
     # matplotlib's (a cache folder it could not write) and torch's too (torch.compile's notes when
     # training.compile_optimizer is on): torch gives each of its loggers a console handler when it is imported
     # (those named with "__" are its trace files, left alone); ranks > 0 keep them, having no verbose.log
+    file_handler = None
+    if experiment is not None:
+        try:
+            file_handler = LogFileHandler(experiment.log_file, encoding="utf-8", errors=TEXT_AS_GIVEN)
+        except OSError as e:  # a read-only experiment: `test` and `info` still work; `train` cannot, and says so
+            _say_log_unwritable(experiment.log_file, e)
+            experiment = None  # (the libraries' loggers then keep their own handlers)
     for name, (handlers, propagate) in _LIBRARY_LOGS.items():  # as they were before an earlier call took them
         logging.getLogger(name).handlers, logging.getLogger(name).propagate = handlers, propagate
     _LIBRARY_LOGS.clear()
@@ -981,12 +1007,7 @@ def setup_logging(experiment: Experiment = None, verbose: bool = False, to_conso
     for library_log in library_logs:
         _LIBRARY_LOGS[library_log.name] = (list(library_log.handlers), library_log.propagate)
         library_log.handlers, library_log.propagate = [logging.NullHandler()], False
-    if experiment is not None:
-        try:
-            file_handler = LogFileHandler(experiment.log_file, encoding="utf-8", errors=TEXT_AS_GIVEN)
-        except OSError as e:  # a read-only experiment: `test` and `info` still work; `train` cannot, and says so
-            _say_log_unwritable(experiment.log_file, e)
-            return
+    if file_handler is not None:
         file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         file_handler.setLevel(logging.DEBUG)
         log.addHandler(file_handler)

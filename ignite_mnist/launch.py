@@ -31,6 +31,8 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     """
     device = resolve_device(device_name)
     experiment.check_folders()
+    if experiment.moved_data_path(data_path) and int(os.environ.get("RANK", "0")) == 0:
+        _record_moved_data(experiment, data_path)
     done = max(experiment.checkpoints(), default=0)
     if max_epochs < 1:
         raise UserError(f"--max-epochs must be at least 1, not {max_epochs}")
@@ -127,6 +129,19 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         raise UserError(f"training ended at epoch {done}, before epoch {max_epochs}: a process was stopped; "
                         f"{resume}", exit_code=1)
     return history["epochs"][-1] if done else {}
+
+
+def _record_moved_data(experiment: Experiment, data_path) -> None:
+    """--data-path is the new place of the experiment's data, its recorded folder gone: recorded in experiment.json
+    where both splits prove the same (their digests), so that later commands find it without the option (even with
+    nothing left to train); other data is left to the training's own check to refuse."""
+    from ignite_mnist import data
+
+    loaded = data.load(experiment.config["data"]["dataset"], data_path)
+    if all(data.digest(*loaded[split]) == experiment.data_digests.get(split) for split in ("train", "test")):
+        experiment.record_data_path(data_path)
+        log.info(f"the data of experiment {experiment.name} is now read from {experiment.meta['data_path']} "
+                 f"(recorded in {experiment.meta_file}): its old folder is gone")
 
 
 def _release_if_missing(experiment: Experiment, data_path) -> None:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from ignite_mnist import data
-from ignite_mnist.checkpoints import CheckpointUnreadable, check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
+from ignite_mnist.checkpoints import check_checkpoint, check_crcs, epoch_metrics, read_checkpoint
 from ignite_mnist.errors import UserError, error_text, exists, is_file
 from ignite_mnist.experiment import (CHECKPOINT_NAME, Experiment, command_line, log, package_versions,
                                      partial_prefix)
@@ -63,11 +63,13 @@ def release_finished_training(experiment: Experiment, epoch: int, data_path: Pat
         log.warning(f"no release written: the checkpoint of epoch {epoch}, which the release would hold, is missing "
                     "(deleted or moved away); `export-release --epoch N` writes another epoch's")
         return None
-    try:
-        return export_release(experiment, epoch, "pt", data_path)
-    except CheckpointUnreadable as e:
+    path = experiment.checkpoint(epoch)
+    try:  # read and checked here first: a damaged checkpoint is said, and the training stays done
+        check_checkpoint(path, read_checkpoint(path, "cpu"), epoch, experiment.owner)
+    except UserError as e:  # (the release's own writing, below, fails as any command's: a full disk is an error)
         log.warning(f"no release written: {e}")
         return None
+    return export_release(experiment, epoch, "pt", data_path)
 
 
 def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = None) -> Path:

@@ -64,8 +64,9 @@ def load_space(path: Path, config_path: Path) -> dict:
             steps = (values[1] - values[0]) / distribution["step"]
             if not math.isclose(steps, round(steps), rel_tol=0, abs_tol=1e-9):
                 high = values[0] + math.floor(steps) * distribution["step"]
+                high = high if isinstance(high, int) else round(high, 12)  # (0.5 + 3 * 0.4: 1.7, not 1.7000000000000002)
                 raise UserError(f"search space {path}: {key}: {values[0]} to {values[1]} is not a whole number of "
-                                f"steps of {distribution['step']}: end it at {round(high, 12):g}, say")
+                                f"steps of {distribution['step']}: end it at {high}, say")
         if kind == "float" and values[0] < values[1] and "step" not in distribution:  # it draws non-integers too
             drawn = values[0] + (values[1] - values[0]) / math.pi
             if validate_config(apply_overrides(base, [f"{key}={drawn}"]))[1] and \
@@ -309,7 +310,8 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     if trials < 1 or max_epochs < 1:
         raise UserError(f"--trials and --max-epochs must be at least 1, not {trials} and {max_epochs}")
     config = load_config(config_path)
-    if config["data"]["val_split"] == 0 and "data.val_split" not in read_json(space_path, "search space", MAX_CONFIG_BYTES):
+    swept = read_json(space_path, "search space", MAX_CONFIG_BYTES)  # (its form: checked by load_space below)
+    if config["data"]["val_split"] == 0 and not (isinstance(swept, dict) and "data.val_split" in swept):
         raise UserError(f"config {config_path} has data.val_split 0: a sweep scores trials on validation accuracy, "
                         "so it needs a validation set")
     space = load_space(space_path, config_path)

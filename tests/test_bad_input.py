@@ -765,6 +765,28 @@ def test_a_verbose_log_that_cannot_be_written_is_said_once_and_the_command_goes_
     assert (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_3.pt").is_file()
 
 
+def test_a_message_that_cannot_be_formatted_does_not_stop_the_log(tmp_path, capsys):
+    """Only a failed write shuts verbose.log for the command: a library's record with a bad format is logging's own
+    report, and the next messages reach the file."""
+    import logging
+
+    from ignite_mnist.experiment import LogFileHandler
+
+    handler = LogFileHandler(tmp_path / "verbose.log", encoding="utf-8")
+    logger = logging.getLogger("ignite_mnist.test_format")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("bad %d", "x")  # (a library's mistake)
+        logger.warning("after it")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert "cannot write" not in err and "--- Logging error ---" in err
+    assert (tmp_path / "verbose.log").read_text().strip().endswith("after it")
+
+
 def test_a_full_disk_under_the_training_lock_is_one_line(copy, capsys, tiny_data, monkeypatch):
     real_pwrite = os.pwrite
 

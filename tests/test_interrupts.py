@@ -338,9 +338,14 @@ def test_train_removes_dead_writers_partial_files_and_nothing_of_the_user_s(copy
     kept = [root / f".metrics.json.partial-{host}-{os.getpid()}-abcd_123",  # its writer (this test) is alive
             root / "releases" / f".release_epoch_1.pt.partial-another-host-{dead_pid}-abcdefgh.pt",  # not ours to judge
             root / ".experiment.json.swp", root / ".metrics.json.original", root / "releases" / "tmp_candidate.onnx",
-            root / "checkpoints" / "tmp_keep.pt", root / "notes.json.txt"]
-    for path in removed + kept:
+            root / "checkpoints" / "tmp_keep.pt", root / "notes.json.txt", root / "releases" / "tmpabcd1234.onnx"]
+    stale = [root / "releases" / f".release_epoch_2.pt.partial-another-host-{dead_pid}-abcdefgh.pt",  # a day old
+             root / "releases" / "tmpq1w2e3r4.pt2"]  # an earlier version's name, an hour old
+    for path in removed + kept + stale:
         path.write_text("x")
+    for path, age in zip(stale, (86400 + 60, 3600 + 60)):
+        os.utime(path, (time.time() - age, time.time() - age))
+    removed += stale
     code, _, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", 3, "--device", "cpu")
     assert code == 0, err
     assert [p for p in removed if p.exists()] == [] and [p for p in kept if not p.exists()] == []
