@@ -300,7 +300,8 @@ def unlike(dataset: str, images: torch.Tensor):
     and its file names, so nothing else tells the one from the other."""
     if not len(images):
         return None
-    mean, expected = images.sum(dtype=torch.int64).item() / images.numel() / 255, DATASETS[dataset]["mean"]
+    total = int(images.contiguous().numpy().sum(dtype=np.uint64))  # (14 ms for Fashion-MNIST's; torch's int64 sum: 156)
+    mean, expected = total / images.numel() / 255, DATASETS[dataset]["mean"]
     if abs(mean - expected) < 0.05:
         return None
     near = [name for name, spec in DATASETS.items() if abs(spec["mean"] - mean) < 0.02 and spec["folder"]]
