@@ -24,12 +24,11 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:
     from click import exceptions as click_exceptions
 
-from ignite_mnist import experiment as experiment_module
 from ignite_mnist.errors import UserError, is_dir, is_file
 from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, check_experiments_folder,
-                                     command_line, console_shows_any_text, flatten, init_experiment, log,
-                                     open_experiment, report_log, setup_logging, summarize_experiments,
-                                     tensorboard_runs)
+                                     command_line, console_shows_any_text, flatten, forget_unwritable_logs,
+                                     init_experiment, log, open_experiment, report_log, setup_logging,
+                                     summarize_experiments, tensorboard_runs)
 
 app = typer.Typer(
     add_completion=False,
@@ -144,7 +143,7 @@ def train(
 
         history = experiment.history()
         best = experiment.best_epoch(history)
-        released = ", released" if any(r["epoch"] == best and r["format"] == "pt" for r in experiment.releases()) else ""
+        released = ", released" if any((r["epoch"], r["format"]) == (best, "pt") for r in experiment.releases()) else ""
         released = "" if best in (None, record["epoch"]) else \
             f"; its best epoch{released}, is {best}" + scores(next(e for e in history["epochs"] if e["epoch"] == best))
         log.info(f"trained {experiment.name} to epoch {record['epoch']}{scores(record)}{released}")
@@ -300,7 +299,8 @@ def info(
         return
     print(f"experiment {experiment.name} ({experiment.root}), created {meta.get('created')}, seed {experiment.seed}")
     sizes = meta.get("split")
-    print(f"split: {json.dumps({k: v for k, v in sizes.items() if k != 'digest'} if isinstance(sizes, dict) else sizes)}")
+    sizes = {k: v for k, v in sizes.items() if k != "digest"} if isinstance(sizes, dict) else sizes
+    print(f"split: {json.dumps(sizes)}")
     if experiment.config["data"]["dataset"] != "mnist-sample":  # (the bundled sample is read from the package)
         print(f"data: {meta.get('data_path', 'not recorded (./data, or --data-path)')}")
     print(f"config: {json.dumps(experiment.config)}")
@@ -517,7 +517,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """The command line; argv None: this process is the command (console script, python -m ignite_mnist)."""
     if argv is None:
         console_shows_any_text()
-    experiment_module._UNWRITABLE_LOGS.clear()  # (a command run in-process after another)
+    forget_unwritable_logs()  # (a command run in-process after another)
     try:
         _main(argv)
     except SystemExit as e:

@@ -483,8 +483,8 @@ class Experiment:
         write_json(self.metrics_file, history)
 
     def moved_data_path(self, given) -> bool:
-        """Whether `given` (--data-path) is the new place of the data `init` recorded: the recorded folder is gone, and
-        digests were recorded (the data read from `given` was checked against them: the same data)."""
+        """Whether `given` (--data-path) may be the new place of the data `init` recorded: the recorded folder is gone,
+        and digests were recorded to tell whether the data there is the same (launch checks them before recording)."""
         recorded = self.meta.get("data_path")
         return bool(given is not None and recorded and self.data_digests and not is_dir(recorded)
                     and os.path.abspath(given) != recorded and self.config["data"]["dataset"] != "mnist-sample")
@@ -953,7 +953,12 @@ class LogFileHandler(logging.FileHandler):
                 _say_log_unwritable(self.baseFilename, e)
 
 
-_UNWRITABLE_LOGS = set()  # said once a command (train sets the log up twice): cli.main empties it
+_UNWRITABLE_LOGS = set()  # said once a command (train sets the log up twice)
+
+
+def forget_unwritable_logs() -> None:
+    """A new command (cli.main; the tests run several in one process): an unwritable log is said again."""
+    _UNWRITABLE_LOGS.clear()
 
 
 def _say_log_unwritable(path, error) -> None:
