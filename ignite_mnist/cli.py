@@ -143,9 +143,9 @@ def train(
 
         history = experiment.history()
         best = experiment.best_epoch(history)
-        released = ", released" if any((r["epoch"], r["format"]) == (best, "pt") for r in experiment.releases()) else ""
         released = "" if best in (None, record["epoch"]) else \
-            f"; its best epoch{released}, is {best}" + scores(next(e for e in history["epochs"] if e["epoch"] == best))
+            f"; its best epoch{', released,' if experiment.release_of(best) else ''} is {best}" \
+            + scores(next(e for e in history["epochs"] if e["epoch"] == best))
         log.info(f"trained {experiment.name} to epoch {record['epoch']}{scores(record)}{released}")
 
 
@@ -443,8 +443,7 @@ def _best_trial_release(experiments_path: Path, result: dict) -> tuple:
         epoch = experiment.best_epoch()
     except UserError:  # gone or damaged since: the advice printed names it again when followed
         return best, None, None
-    release = next((r["path"] for r in experiment.releases() if (r["epoch"], r["format"]) == (epoch, "pt")), None)
-    return best, epoch, release
+    return best, epoch, experiment.release_of(epoch)
 
 
 @app.command()
@@ -456,8 +455,7 @@ def tensorboard(
     import importlib.util
 
     g: Globals = ctx.obj
-    if not 1 <= port <= 65535:  # before the experiments are looked through (each left out would say so first)
-        raise UserError(f"--port must be between 1 and 65535, not {port}")
+    check_port_free(port)  # before the experiments are looked through (each left out would say so first)
     if g.experiment_name is not None:
         experiments = [_open(ctx, log_to_file=False)]
     else:
@@ -476,7 +474,6 @@ def tensorboard(
         raise UserError(f"experiment {g.experiment_name} has no TensorBoard logs yet: run `train` first"
                         if g.experiment_name else
                         f"no experiment in {g.experiments_path} has TensorBoard logs yet: run `train` first")
-    check_port_free(port)
     runs = tensorboard_runs(g.experiments_path, experiments, g.experiment_name or "_all")
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(runs), "--port", str(port)]
     log.info(f"TensorBoard on {', '.join(e.name for e in experiments)}: http://localhost:{port}/ (Ctrl-C to stop)")

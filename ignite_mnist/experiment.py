@@ -528,12 +528,13 @@ class Experiment:
                 raise UserError(f"experiment {self.name} has no validation metrics in its checkpoints")
             checkpoints = self.checkpoints()
             if best not in checkpoints:  # deleted by hand (retention keeps it): the best of those left, named
-                left = [e for e in history["epochs"] if e["epoch"] in checkpoints and "validation_accuracy" in e]
-                others = max(left, key=lambda e: (e["validation_accuracy"], -e["epoch"])) if left else None
+                left = [e for e in history["epochs"] if e["epoch"] in checkpoints]
+                other = self.best_epoch({"epochs": left})
+                accuracy = next((e["validation_accuracy"] for e in left if e["epoch"] == other), None)
                 raise UserError(
                     f"the best epoch of experiment {self.name}, {best}, has no checkpoint: it was deleted or moved "
-                    "away" + (f"; the best of the epochs with one is {others['epoch']} (validation accuracy "
-                              f"{others['validation_accuracy']:.2f}%): use --epoch {others['epoch']}" if others else ""))
+                    "away" + (f"; the best of the epochs with one is {other} (validation accuracy {accuracy:.2f}%): "
+                              f"use --epoch {other}" if other is not None else ""))
             return best
         if not re.fullmatch(r"-?[0-9]+", str(spec)):  # int() would also take "2_0" (20) and other scripts' digits
             raise UserError(f"--epoch takes an epoch number, best or last, not {spec!r}")
@@ -581,6 +582,10 @@ class Experiment:
 
     def release_path(self, epoch: int) -> Path:
         return self.releases_dir / f"release_epoch_{epoch}.pt"
+
+    def release_of(self, epoch, fmt: str = "pt"):
+        """The path (a str) of the release of `epoch` in format `fmt`, or None where there is none."""
+        return next((r["path"] for r in self.releases() if (r["epoch"], r["format"]) == (epoch, fmt)), None)
 
     def releases(self) -> list:
         """[{"epoch", "format", "path"}] of the release files (pt, pt2, onnx), by epoch."""

@@ -147,7 +147,7 @@ def _record_moved_data(experiment: Experiment, data_path) -> None:
 def _release_if_missing(experiment: Experiment, data_path) -> None:
     """The release a finished training writes, if a kill or a signal came before it: training is done."""
     epoch = experiment.best_epoch() or max(experiment.checkpoints())
-    if not any(r["epoch"] == epoch and r["format"] == "pt" for r in experiment.releases()):
+    if not experiment.release_of(epoch):
         from ignite_mnist import release
 
         path = release.release_finished_training(experiment, epoch, data_path)

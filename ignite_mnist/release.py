@@ -63,26 +63,33 @@ def release_finished_training(experiment: Experiment, epoch: int, data_path: Pat
         log.warning(f"no release written: the checkpoint of epoch {epoch}, which the release would hold, is missing "
                     "(deleted or moved away); `export-release --epoch N` writes another epoch's")
         return None
-    path = experiment.checkpoint(epoch)
-    try:  # read and checked here first: a damaged checkpoint is said, and the training stays done
-        check_checkpoint(path, read_checkpoint(path, "cpu"), epoch, experiment.owner)
-    except UserError as e:  # (the release's own writing, below, fails as any command's: a full disk is an error)
+    try:  # a damaged checkpoint is said, and the training stays done
+        checkpoint = _read_checked(experiment, epoch)
+    except UserError as e:  # (the release's own writing fails as any command's: a full disk is an error)
         log.warning(f"no release written: {e}")
         return None
-    return export_release(experiment, epoch, "pt", data_path)
+    return export_release(experiment, epoch, "pt", data_path, checkpoint)
 
 
-def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = None) -> Path:
+def _read_checked(experiment: Experiment, epoch: int) -> dict:
+    path = experiment.checkpoint(epoch)
+    checkpoint = read_checkpoint(path, "cpu")
+    check_checkpoint(path, checkpoint, epoch, experiment.owner)
+    return checkpoint
+
+
+def export_release(experiment: Experiment, epoch: int = None, fmt: str = "pt", data_path: Path = None,
+                   checkpoint: dict = None) -> Path:
     """Write the release of `epoch` (default: the last checkpoint) in format `fmt`, verified, and return its path.
-    data_path: --data-path, if given (Experiment.data_path); a pt release reads no data."""
+    data_path: --data-path, if given (Experiment.data_path); a pt release reads no data. checkpoint: that epoch's,
+    already read and checked (_read_checked), else read here."""
     if fmt not in SUFFIXES:
         raise UserError(f"unknown release format {fmt!r}: use pt, pt2 or onnx")
     _check_export_packages(fmt)
     experiment.check_folders(experiment.releases_dir)
     path = experiment.checkpoint(epoch)
     epoch = epoch if epoch is not None else max(experiment.checkpoints())
-    checkpoint = read_checkpoint(path, "cpu")
-    check_checkpoint(path, checkpoint, epoch, experiment.owner)
+    checkpoint = checkpoint or _read_checked(experiment, epoch)
     model = Net()
     try:
         model.load_state_dict(checkpoint["model"])

@@ -49,6 +49,9 @@ def load_space(path: Path, config_path: Path) -> dict:
         n = len(violations)
         raise UserError(f"invalid search space {path} ({n} problem{'s' * (n > 1)}): " + "; ".join(violations))
     base = load_config(config_path)  # a problem of the base config is named as such, not blamed on the space
+    if base["data"]["val_split"] == 0 and "data.val_split" not in space:
+        raise UserError(f"config {config_path} has data.val_split 0: a sweep scores trials on validation accuracy, "
+                        "so it needs a validation set")
     for key, distribution in space.items():
         check_config_key(key, f"search space {path}: ")
         kind = next(k for k in ("float", "int", "choice") if k in distribution)
@@ -309,12 +312,8 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
                         f"{name}-<trial number>, in at most 100 characters; use at most 94") from None
     if trials < 1 or max_epochs < 1:
         raise UserError(f"--trials and --max-epochs must be at least 1, not {trials} and {max_epochs}")
-    config = load_config(config_path)
-    swept = read_json(space_path, "search space", MAX_CONFIG_BYTES)  # (its form: checked by load_space below)
-    if config["data"]["val_split"] == 0 and not (isinstance(swept, dict) and "data.val_split" in swept):
-        raise UserError(f"config {config_path} has data.val_split 0: a sweep scores trials on validation accuracy, "
-                        "so it needs a validation set")
     space = load_space(space_path, config_path)
+    config = load_config(config_path)
     check_seed(seed)
     resolve_device(device)  # an unavailable device is refused before the study is opened or a trial made
     from ignite_mnist import data
@@ -447,11 +446,16 @@ def trial_number(experiment_name: str, name: str):
     return int(suffix) if suffix.isascii() and suffix.isdigit() else None
 
 
-def _score(trial, experiment: Experiment, **record) -> float:
-    """Best validation accuracy so far (the trial's score): into the study's trial and the experiment."""
+def _best_so_far(experiment: Experiment) -> tuple:
+    """(best epoch, its validation accuracy) of a trial's experiment so far; (None, None) before any."""
     history = experiment.history()
     best = experiment.best_epoch(history)
-    score = next((e["validation_accuracy"] for e in history["epochs"] if e["epoch"] == best), None)
+    return best, next((e["validation_accuracy"] for e in history["epochs"] if e["epoch"] == best), None)
+
+
+def _score(trial, experiment: Experiment, **record) -> float:
+    """Best validation accuracy so far (the trial's score): into the study's trial and the experiment."""
+    best, score = _best_so_far(experiment)
     trial.set_user_attr("best_epoch", best)
     trial.set_user_attr("best_val_accuracy", score)
     record_in_experiment(experiment.root.parent, experiment.name, best_epoch=best, score=score, **record)
@@ -490,14 +494,10 @@ def sweep_status(name: str, experiments_path: Path, storage=None) -> dict:
     for row in rows:  # a failed (stopped) trial's epochs so far, from its experiment: the study scores none
         if row["state"] == "FAIL" and row["best_epoch"] is None and row["experiment"]:
             try:
-                experiment = open_experiment(experiments_path, row["experiment"])
-                history = experiment.history()
+                row["best_epoch"], row["best_val_accuracy"] = _best_so_far(open_experiment(experiments_path,
+                                                                                           row["experiment"]))
             except UserError:  # never made (refused), or gone since
                 continue
-            best = experiment.best_epoch(history)
-            if best is not None:
-                row["best_epoch"] = best
-                row["best_val_accuracy"] = next(e["validation_accuracy"] for e in history["epochs"] if e["epoch"] == best)
     order = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "WAITING": 3, "FAIL": 4}
     rows.sort(key=lambda r: (order.get(r["state"], 5), *best_first(r["best_val_accuracy"]), r["number"]))
     best = rows[0]["number"] if rows and rows[0]["state"] == "COMPLETE" else None

@@ -340,7 +340,7 @@ def test_a_base_config_without_validation_is_named_as_such(workdir, tiny_data, c
                                          "validation accuracy, so it needs a validation set"), err
     Path(args[args.index("--space") + 1]).write_text("5")  # a space that is no object: its own one line
     code, _, err = invoke(capsys, *args)
-    assert code == 2 and err.count("\n") == 1 and "config" in err and "Traceback" not in err, err
+    assert code == 2 and err.count("\n") == 1 and "invalid search space" in err and "Traceback" not in err, err
 
 
 def test_a_study_s_trials_share_their_base_config_and_epochs(workdir, tiny_data, capsys):
