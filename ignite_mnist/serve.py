@@ -333,8 +333,7 @@ def serve(release_path: Path, host: str = "127.0.0.1", port: int = 8000, max_bat
              f"{release.meta.get('dataset')}) on http://{shown}:{bound_port}/ (Ctrl-C to stop)")
     sys.stderr.flush()
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-    for name in ("uvicorn.error", "uvicorn"):
-        logging.getLogger(name).addFilter(_ShutdownNotes())
+    logging.getLogger("uvicorn.error").addFilter(_ShutdownNotes())  # (where uvicorn's server logs both)
     # SIGINT and SIGTERM are the normal way to stop a server: uvicorn shuts down gracefully (answering the
     # requests under way), then raises the signal again, which these handlers absorb: exit status 0
     for sig in (signal.SIGINT, signal.SIGTERM):
