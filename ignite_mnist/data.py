@@ -423,8 +423,8 @@ def image_as_digit(source, name: str = None, max_pixels: int = None, digits: boo
     (`digits`), its contrast is then stretched (a grey background to black, faint strokes to white:
     _full_contrast), and it is prepared as MNIST's digits were, the ink cropped, scaled to fit 20x20 and centred
     by its centre of mass in 28x28, unless it is a 28x28 image already so (an MNIST digit: taken as it is, the
-    test set's own pixels). Otherwise (Fashion-MNIST's garments fill their 28x28 frame) a 28x28 image is taken as
-    it is, and any other size prepared so. A blank image (one colour, give or take noise) is an all-dark
+    test set's own pixels). Otherwise (a Fashion-MNIST release) a 28x28 image is taken as it is, and any other
+    size prepared as Fashion-MNIST's were: trimmed to the thing, its longer side scaled to 28, centred in 28x28. A blank image (one colour, give or take noise) is an all-dark
     digit. An image of more than `max_pixels` pixels (default: Pillow's Image.MAX_IMAGE_PIXELS) is refused
     before it is decoded: a decompression bomb costs nothing.
     """
@@ -477,8 +477,10 @@ def image_as_digit(source, name: str = None, max_pixels: int = None, digits: boo
         pixels = 255 - pixels
     if digits:
         pixels = _full_contrast(pixels)
-    if pixels.shape != (28, 28) or (digits and not _placed_like_mnist(pixels)):
+    if digits and (pixels.shape != (28, 28) or not _placed_like_mnist(pixels)):
         pixels = _center_like_mnist(pixels)
+    elif pixels.shape != (28, 28):
+        pixels = _fitted_like_fashion_mnist(pixels)
     return torch.from_numpy(np.clip(pixels, 0, 255).round().astype(np.uint8))
 
 
@@ -576,17 +578,36 @@ def _on_contrasting_background(image):
     return Image.alpha_composite(Image.new("RGBA", image.size, "black" if light else "white"), image)
 
 
-def _center_like_mnist(pixels: np.ndarray) -> np.ndarray:
+def _ink_scaled(pixels: np.ndarray, ink_above: float, longer_side: int):
+    """The box around the pixels brighter than `ink_above` of the brightest, its longer side scaled to
+    `longer_side` (Lanczos); None where there is no ink."""
     from PIL import Image
 
-    ink = pixels > 0.2 * pixels.max() if pixels.max() > 0 else np.zeros_like(pixels, dtype=bool)
+    ink = pixels > ink_above * pixels.max() if pixels.max() > 0 else np.zeros_like(pixels, dtype=bool)
     if not ink.any():
-        return np.zeros((28, 28), np.float32)
+        return None
     rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
     crop = pixels[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    scale = 20 / max(crop.shape)
+    scale = longer_side / max(crop.shape)
     size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
-    digit = np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 255)
+    return np.asarray(Image.fromarray(crop).resize(size, Image.Resampling.LANCZOS), dtype=np.float32).clip(0, 255)
+
+
+def _fitted_like_fashion_mnist(pixels: np.ndarray) -> np.ndarray:
+    """As Fashion-MNIST's images were made from product photos: trimmed to the thing (any pixel above the
+    background), the longer side scaled to 28, the shorter one centred."""
+    thing = _ink_scaled(pixels, 0.05, 28)
+    canvas = np.zeros((28, 28), np.float32)
+    if thing is not None:
+        top, left = (28 - thing.shape[0]) // 2, (28 - thing.shape[1]) // 2
+        canvas[top:top + thing.shape[0], left:left + thing.shape[1]] = thing
+    return canvas
+
+
+def _center_like_mnist(pixels: np.ndarray) -> np.ndarray:
+    digit = _ink_scaled(pixels, 0.2, 20)
+    if digit is None:
+        return np.zeros((28, 28), np.float32)
     total = digit.sum() or 1.0
     cy = (digit.sum(axis=1) * np.arange(digit.shape[0])).sum() / total
     cx = (digit.sum(axis=0) * np.arange(digit.shape[1])).sum() / total

@@ -308,6 +308,21 @@ def test_light_things_filling_a_dark_image_are_not_turned_around(tmp_path, sampl
         assert torch.equal(data.image_as_digit(tmp_path / "d.png"), digit)
 
 
+def test_a_garment_of_another_size_is_fitted_as_fashion_mnist_made_its_images(tmp_path):
+    garment = np.zeros((28, 28), np.uint8)
+    garment[0:28, 6:22] = 180  # a dress: as tall as the frame, as Fashion-MNIST's longer side always is
+    garment[3:25, 9:19] = 240
+    Image.fromarray(garment).resize((84, 84), Image.Resampling.NEAREST).save(tmp_path / "dress84.png")
+    fitted = data.image_as_digit(tmp_path / "dress84.png", digits=False).int()
+    assert (fitted - torch.from_numpy(garment).int()).abs().float().mean() < 3  # not shrunk into 20x20 as a digit
+    photo = np.full((120, 90), 255, np.uint8)  # a smaller dark garment off-centre on a white page
+    photo[10:70, 5:35] = 40
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    rows, cols = np.nonzero(data.image_as_digit(tmp_path / "photo.png", digits=False).numpy() > 100)
+    assert (rows.min(), rows.max()) == (0, 27) and abs((cols.min() + cols.max()) / 2 - 13.5) <= 1
+    assert cols.max() - cols.min() + 1 == 14  # 30x60 scaled to 14x28, centred
+
+
 def test_images_of_more_than_eight_bits_are_scaled_not_clipped(tmp_path, sample):
     digit = sample["test"][0][0]
     wide = digit.numpy().astype(np.uint16) * 257  # 16-bit: 0-65535
