@@ -121,22 +121,20 @@ def suggest(trial, key: str, distribution: dict):
 
 
 def check_space_against_study(study, space: dict, space_path: Path, name: str) -> None:
-    """A key that the study's trials drew from another kind of distribution (or other choices) is refused now:
-    Optuna would fail the next trial on it, and record that failure."""
-    from optuna.distributions import check_distribution_compatibility
-
+    """A key that the study's trials drew from another distribution (another kind, other bounds, choices, step
+    or log scale) is refused now: Optuna would fail the next trial on another kind and record that failure,
+    and would silently take other bounds, making the trials' draws a mix of two searches."""
     drawn = {}
     for trial in study.get_trials(deepcopy=False):
-        drawn.update(trial.distributions)
+        for key, distribution in trial.distributions.items():
+            drawn.setdefault(key, {}).setdefault(json.dumps(space_distribution(distribution)), trial.number)
     for key, distribution in space.items():
-        if key in drawn:
-            try:
-                check_distribution_compatibility(drawn[key], optuna_distribution(distribution))
-            except ValueError:  # (Optuna's reason names its own classes, not what the space says)
-                drew = json.dumps(space_distribution(drawn[key]))
-                raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
-                                f"trials of sweep {name}, which drew it from {drew}: use another --name for another "
-                                "space") from None
+        ours = json.dumps(space_distribution(optuna_distribution(distribution)))  # (as Optuna holds it: 1 == 1.0)
+        others = [written for written in drawn.get(key, {}) if written != ours]
+        if others:
+            raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
+                            f"trials of sweep {name}, which drew it from {others[0]} (trial {drawn[key][others[0]]})"
+                            ": use another --name for another space") from None
     new, gone = [key for key in space if drawn and key not in drawn], [key for key in drawn if key not in space]
     if new or gone:  # allowed (a space may grow), but the trials then differ in more than their draws: said
         log.info(f"sweep {name}: the space changed since its earlier trials: "

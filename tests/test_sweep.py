@@ -374,6 +374,22 @@ def test_a_clash_with_a_new_sweep_leaves_no_database(workdir, tiny_data, capsys)
     assert sorted(p.name for p in experiments.iterdir()) == ["y-0"]
 
 
+def test_a_range_narrowed_or_widened_since_the_study_s_trials_is_refused(workdir, tiny_data, capsys):
+    """Optuna itself takes other bounds of the same kind without a word: the study's draws would mix two searches."""
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 1, 1, {"training.lr": {"float": [0.5, 1]}}))
+    assert code == 0, err
+    database = workdir / "experiments" / "r.sweep.db"
+    before = database.read_bytes()
+    for other in ({"float": [0.5, 0.8]}, {"float": [0.1, 1.0]}, {"float": [0.5, 1.0], "log": True},
+                  {"float": [0.5, 1.0], "step": 0.25}):
+        code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 2, 1, {"training.lr": other}))
+        assert code == 2 and err.count("\n") == 1 and err.strip().endswith(
+            'which drew it from {"float": [0.5, 1.0]} (trial 0): use another --name for another space'), err
+        assert database.read_bytes() == before
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 2, 1, {"training.lr": {"float": [0.5, 1.0]}}))
+    assert code == 0, err  # the same bounds, written 1 or 1.0
+
+
 def test_a_space_that_does_not_fit_the_study_is_refused_before_a_trial(workdir, tiny_data, capsys):
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 1, 1, {"training.lr": {"choice": [0.5, 1.0]}}))
     assert code == 0, err
@@ -382,8 +398,11 @@ def test_a_space_that_does_not_fit_the_study_is_refused_before_a_trial(workdir, 
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 2, 1, {"training.lr": {"float": [0.5, 1.0]}}))
     assert code == 2 and err.count("\n") == 1, err
     assert err.strip().endswith('training.lr = {"float": [0.5, 1.0]} does not fit the trials of sweep d, which drew it '
-                                'from {"choice": [0.5, 1.0]}: use another --name for another space'), err
+                                'from {"choice": [0.5, 1.0]} (trial 0): use another --name for another space'), err
     assert database.read_bytes() == before
+    for other in ({"choice": [0.5, 1.0, 2.0]}, {"choice": [1.0, 0.5]}):  # other choices, or in another order
+        code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 2, 1, {"training.lr": other}))
+        assert code == 2 and "does not fit the trials of sweep d" in err and database.read_bytes() == before, err
     assert [t["state"] for t in status(capsys, workdir, "d")["trials"]] == ["COMPLETE"]
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "d", 2, 1, {"training.lr": {"choice": [0.5, 1.0]}}))
     assert code == 0 and "the space changed" not in err, err  # the same space goes on
