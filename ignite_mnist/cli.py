@@ -566,6 +566,10 @@ def _main(argv: Optional[List[str]]) -> None:
         signal.signal(signal.SIGTERM, _terminate)
     try:
         code = app(args=args, prog_name="ignite-mnist", standalone_mode=False)
+    except SystemExit as e:
+        if e.code == 1 and type(sys.stdout).__name__ == "PacifyFlushWrapper":  # click's answer to a reader that
+            sys.exit(141)  # closed the pipe (`| head`): the code a Unix tool stopped by SIGPIPE gives, not 1 (failed)
+        raise
     except click_exceptions.ClickException as e:  # usage errors: click's own message, made one line
         if type(e).__name__ == "NoArgsIsHelpError":  # no command: the help, once (typer's rich help printed
             help_text = e.format_message()                # itself when the error was made; click's is the message)

@@ -799,3 +799,19 @@ def test_a_full_disk_under_the_training_lock_is_one_line(copy, capsys, tiny_data
     lock = copy / "experiments" / "exp" / "train.lock"
     assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2,
                    f"cannot write {lock}: No space left on device")
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_141_as_from_a_unix_tool_not_a_failure(trained):
+    """`ignite-mnist info | head -1`: click answered a closed stdout with a silent exit 1, which reads as a failed
+    run; 141 is what any Unix tool stopped by SIGPIPE gives. Nothing on stderr either way."""
+    reader, writer = os.pipe()
+    os.close(reader)  # the reader is gone before the first line is written: every write meets EPIPE
+    try:
+        for command in (["info"], ["info", "--json"]):
+            out = subprocess.run([sys.executable, "-m", "ignite_mnist", *map(str, g(trained)), *command],
+                                 stdout=writer, stderr=subprocess.PIPE, text=True, timeout=120)
+            assert out.returncode == 141 and out.stderr == "", (command, out.returncode, out.stderr)
+    finally:
+        os.close(writer)
+    out = run_cli(*g(trained), "info")  # (a reader that stays: 0)
+    assert out.returncode == 0 and out.stdout.startswith("experiment exp")
