@@ -145,7 +145,26 @@ def _violation_lines(error) -> list:
         if len(meant) == 1:
             return [line for sub in meant[0] for line in _violation_lines(sub)]
         return [f"{error.json_path}: {json.dumps(error.instance)} has none of the allowed forms"]
-    return [f"{error.json_path}: {error.message}"]
+    return [f"{error.json_path}: {_json_message(error)}"]
+
+
+def _json_message(error) -> str:
+    """jsonschema's message in JSON's notation, the config's own (true, "fp32", {"patience": 1}), not Python's
+    (True, 'fp32', {'patience': 1})."""
+    value = json.dumps(error.instance)
+    if error.validator == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return f"{value} is not of type {' or '.join(types)}"
+    if error.validator == "enum":
+        return f"{value} is not one of {json.dumps(error.validator_value)}"
+    if error.validator == "const":
+        return f"{value} is not {json.dumps(error.validator_value)}"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        extra = [key for key in error.instance if key not in error.schema.get("properties", {})]
+        return f"unknown key{'s' * (len(extra) > 1)} {', '.join(map(json.dumps, extra))}"
+    if error.message.startswith(repr(error.instance)):  # minimum, maximum, ...: the value first, then the rule
+        return value + error.message[len(repr(error.instance)):]
+    return error.message
 
 
 def _with_defaults(config: dict, schema: dict) -> dict:
@@ -179,8 +198,11 @@ def builtin_schema() -> dict:
 def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA, overrides=()) -> dict:
     """Read a config, apply `overrides` ("training.lr=0.5", as `init --set` takes them) and validate the
     result: every violation is reported, each with its JSON path."""
-    config, violations = validate_config(apply_overrides(read_json(path, "config", MAX_CONFIG_BYTES), overrides),
+    unknown = [unknown_key(o.partition("=")[0].strip(), "--set ") if "=" in o else None for o in overrides]
+    known = [o for o, problem in zip(overrides, unknown) if not problem]  # the others' problems are said with the rest
+    config, violations = validate_config(apply_overrides(read_json(path, "config", MAX_CONFIG_BYTES), known),
                                          schema_path)
+    violations = [problem for problem in unknown if problem] + violations
     if violations:
         n = len(violations)
         given = f" with --set {' '.join(overrides)}" if overrides else ""
@@ -213,12 +235,20 @@ def config_keys(schema: dict, prefix: str = "") -> list:
     return keys
 
 
-def check_config_key(key: str, where: str) -> None:
-    """A dotted key that the config does not have: a UserError that names the nearest one it has."""
+def unknown_key(key: str, where: str):
+    """What is wrong with a dotted key that the config does not have (naming the nearest one it has); None if it has it."""
     keys = config_keys(builtin_schema())
     if key not in keys:
         nearest = difflib.get_close_matches(key, [k for k in keys if "." in k], n=1, cutoff=0)  # not a section
-        raise UserError(f"{where}{key}: the config has no such key" + (f"; the nearest is {nearest[0]}" if nearest else ""))
+        return f"{where}{key}: the config has no such key" + (f"; the nearest is {nearest[0]}" if nearest else "")
+    return None
+
+
+def check_config_key(key: str, where: str) -> None:
+    """A dotted key that the config does not have: a UserError that names the nearest one it has."""
+    problem = unknown_key(key, where)
+    if problem:
+        raise UserError(problem)
 
 
 def apply_overrides(config, overrides):

@@ -52,19 +52,23 @@ def test_set_defaults_to_the_packaged_config(workdir, tiny_data, capsys):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("training.learning_rate=0.5", "error: --set training.learning_rate: the config has no such key; the nearest is "
+    ("training.learning_rate=0.5", "(1 problem): --set training.learning_rate: the config has no such key; the nearest is "
                                    "training.lr"),
-    ("trainig.lr=0.5", "error: --set trainig.lr: the config has no such key; the nearest is training.lr"),
+    ("trainig.lr=0.5", "(1 problem): --set trainig.lr: the config has no such key; the nearest is training.lr"),
+    (("training.lr=-1", "training.foo=3", "training.batch_size=abc"), "(3 problems): --set training.foo: the config has no "
+     'such key; the nearest is training.lr; $.training.batch_size: "abc" is not of type integer; $.training.lr: -1 is '
+     "less than or equal to the minimum of 0"),  # every problem at once, not one a run
     ("training.lr=-1", "(1 problem): $.training.lr: -1 is less than or equal to the minimum of 0"),
-    ("training.lr=fast", "(1 problem): $.training.lr: 'fast' is not of type 'number'"),
-    ("data.dataset=cifar", "$.data.dataset: 'cifar' is not one of ['mnist', 'mnist-sample', 'fashion-mnist']"),
+    ("training.lr=fast", '(1 problem): $.training.lr: "fast" is not of type number'),
+    ("data.dataset=cifar", '$.data.dataset: "cifar" is not one of ["mnist", "mnist-sample", "fashion-mnist"]'),
     ("training.lr", "error: --set takes KEY=VALUE with a dotted key into the config (training.lr=0.5), not "
                     "'training.lr'"),
 ])
 def test_set_refuses_unknown_keys_and_bad_values(workdir, tiny_data, capsys, override, message):
     config = make_config(workdir)
     before = snapshot(workdir)
-    code, _, err = new(capsys, workdir, "bad", tiny_data, override, config=config)
+    code, _, err = new(capsys, workdir, "bad", tiny_data, *(override if isinstance(override, tuple) else [override]),
+                       config=config)
     assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (workdir / "experiments" / "bad").exists() and snapshot(workdir) == before
 

@@ -28,15 +28,15 @@ def test_optional_fields_take_the_schema_defaults(tmp_path):
 
 BAD_CONFIGS = [
     # (what to change, the message's expected parts)
-    ({"training": {"batch_size": "64", "lr": 1.0, "lr_gamma": 0.7}}, ["$.training.batch_size", "is not of type 'integer'"]),
+    ({"training": {"batch_size": "64", "lr": 1.0, "lr_gamma": 0.7}}, ["$.training.batch_size", '"64" is not of type integer']),
     ({"training": {"batch_size": 0, "lr": 1.0, "lr_gamma": 0.7}}, ["$.training.batch_size", "less than the minimum"]),
     ({"training": {"batch_size": 64, "lr": -1, "lr_gamma": 0.7}}, ["$.training.lr", "less than or equal to the minimum"]),
     ({"training": {"batch_size": 64, "lr": 1.0, "lr_gamma": 2}}, ["$.training.lr_gamma", "greater than the maximum"]),
     ({"training": {"batch_size": 64, "lr": 1.0}}, ["$.training", "'lr_gamma' is a required property"]),
     ({"data": {"val_split": 1.0}}, ["$.data.val_split", "greater than or equal to the maximum"]),
-    ({"data": {"val_split": 0.2, "dataset": "cifar"}}, ["$.data.dataset", "'cifar' is not one of"]),
-    ({"trainig": {"batch_size": 64}}, ["$", "'trainig' was unexpected"]),
-    ({"training": {"batch_size": 64, "lr": 1.0, "lr_gamma": 0.7, "precison": "bf16"}}, ["'precison' was unexpected"]),
+    ({"data": {"val_split": 0.2, "dataset": "cifar"}}, ["$.data.dataset", '"cifar" is not one of']),
+    ({"trainig": {"batch_size": 64}}, ["$", 'unknown key "trainig"']),
+    ({"training": {"batch_size": 64, "lr": 1.0, "lr_gamma": 0.7, "precison": "bf16"}}, ['$.training: unknown key "precison"']),
     ({"training": {"batch_size": 64, "lr": 1.0, "lr_gamma": 0.7, "precision": "fp16"}}, ["$.training.precision"]),
 ]
 
@@ -61,14 +61,14 @@ def test_every_violation_is_listed(workdir, tiny_data, capsys):
     path.write_text(json.dumps({"data": {"val_split": -1, "extra": 1}, "training": {"batch_size": 0, "lr": 1, "lr_gamma": 0.5}}))
     code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", path)
     assert code == 2 and "(3 problems)" in err
-    assert "$.data.val_split" in err and "'extra' was unexpected" in err and "$.training.batch_size" in err
+    assert "$.data.val_split" in err and 'unknown key "extra"' in err and "$.training.batch_size" in err
 
 
 @pytest.mark.parametrize("text, expected", [
     ("{not json", "is not valid JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
     ("", "is not valid JSON"),
     ('{"a": "one\ntwo"}', "is not valid JSON: Invalid control character at line 1 column 11"),  # (not "at at")
-    ("[1, 2]", "is not of type 'object'"),
+    ("[1, 2]", "[1, 2] is not of type object"),
     ('{"training": {"lr": 0.5, "lr": 2.0}}', 'gives the key "lr" twice in one object: which one is meant? Keep one'),
 ])
 def test_malformed_json(workdir, tiny_data, capsys, text, expected):
@@ -104,4 +104,4 @@ def test_a_custom_schema_is_applied_and_cannot_let_unknown_fields_through(workdi
     config = make_config(workdir, **{"training.momentum": 0.9})
     code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", config,
                           "--config-schema-path", workdir / "lax.json")
-    assert code == 2 and "'momentum' was unexpected" in err
+    assert code == 2 and 'unknown key "momentum"' in err

@@ -179,7 +179,7 @@ def test_a_pruned_trial_is_marked_pruned_in_the_study_and_its_experiment(workdir
                                                                           "together"),
     ({"data.val_split": {"choice": [0, 0.2]}}, "data.val_split = 0 is refused by the config schema: a sweep scores its "
                                                "trials on validation accuracy: it needs data.val_split above 0"),
-    ({"training.batch_size": {"int": [16.5, 32]}}, "$['training.batch_size'].int[0]: 16.5 is not of type 'integer'"),
+    ({"training.batch_size": {"int": [16.5, 32]}}, "$['training.batch_size'].int[0]: 16.5 is not of type integer"),
     ({"training.batch_size": {"float": [16, 64]}}, 'training.batch_size takes whole numbers, which a float '
                                                    'distribution does not draw: write {"int": [16, 64]}'),
     ({"training.lr": {"float": [0.5, 2.0], "step": 0.4}}, "training.lr: 0.5 to 2.0 is not a whole number of steps of "
