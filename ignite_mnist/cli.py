@@ -393,7 +393,7 @@ def sweep(
         import optuna  # noqa: F401  (imported here to say what is missing; sweep.py uses them)
         import optuna_integration  # noqa: F401
     except ImportError:
-        raise UserError("sweeps need Optuna: pip install 'ignite-mnist[sweep]' (optuna, optuna-integration)") from None
+        raise UserError("sweeps need Optuna: pip install -e '.[sweep]' (optuna, optuna-integration)") from None
     from ignite_mnist import sweep as sweeps
 
     if status:

@@ -302,7 +302,10 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     from ignite_mnist.engines import STOP
     from ignite_mnist.launch import run_training
 
-    validate_name(name)
+    try:
+        validate_name(name)
+    except UserError as e:  # (its trials' experiments are named after it: the same rules)
+        raise UserError(str(e).replace("invalid experiment name", "invalid sweep name", 1)) from None
     try:  # the trials' experiments, NAME-<trial number>: failed trials take numbers too, so room for 99,999 of them
         validate_name(f"{name}-99999")
     except UserError:

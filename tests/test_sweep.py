@@ -296,7 +296,7 @@ def test_storage_files_of_something_else_are_left_alone(workdir, tiny_data, caps
 
 
 @pytest.mark.parametrize("option, message", [(("--device", "cuda:7"), "cuda:7"), (("--seed", "-5"), "--seed must be"),
-                                             (("--name", "a/b"), "'a/b'"),
+                                             (("--name", "a/b"), "invalid sweep name 'a/b'"),
                                              (("--name", "n" * 95), "is too long: its trials' experiments are named "
                                                                     "after it, " + "n" * 95 + "-<trial number>, in at "
                                                                     "most 100 characters; use at most 94")])
