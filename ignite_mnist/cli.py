@@ -348,7 +348,8 @@ def list_experiments(
         if "broken" in r:
             continue
         flat = flatten(r["config"])
-        epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "") + _trial_mark(r)
+        epochs = f"{r['epochs']}" + (" (stopped early)" if r["stopped_early"] else "") + _trial_mark(r) \
+            + (" (training)" if r["training"] else "")
         table.append([r["name"], r["dataset"], epochs, "-" if r["best_epoch"] is None else str(r["best_epoch"]),
                       _percent(r["best_val_accuracy"]), _percent(r["test_accuracy"]),
                       *(_shown(flat.get(k)) for k in differing),

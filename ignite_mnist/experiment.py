@@ -290,18 +290,21 @@ def partial_prefix(target: Path) -> str:
 _PARTIAL = re.compile(r"\..+\.partial-(.+)-(\d+)-[a-z0-9_]{8}(\.[a-z0-9]+)?")  # partial_prefix's, mkstemp's 8
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that pid runs on this host (another user's too)."""
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process, alive
+        return True
+    except (OSError, OverflowError, ValueError):  # none of that pid
+        return False
+    return True
+
+
 def _dead_writer(name: str) -> bool:
     """Whether `name` is a temporary file of partial_prefix whose writer, on this host, is gone."""
     match = _PARTIAL.fullmatch(name)
-    if not match or match.group(1) != socket.gethostname():
-        return False
-    try:
-        os.kill(int(match.group(2)), 0)
-    except PermissionError:  # another user's process, alive
-        return False
-    except (OSError, OverflowError):  # none of that pid
-        return True
-    return False
+    return bool(match) and match.group(1) == socket.gethostname() and not pid_alive(int(match.group(2)))
 
 
 def _stale_partial(path: Path, in_releases: bool) -> bool:
@@ -625,6 +628,16 @@ class Experiment:
         return [{"epoch": int(m.group(1)), "format": m.group(2), "path": str(p)}
                 for m, p in sorted(((m, p) for m, p in found if m), key=lambda mp: (int(mp[0].group(1)), mp[1].name))]
 
+    def trainer_pid(self):
+        """The pid of the `train` that holds this experiment now (on this host), from its lock file; None if none
+        does (an empty file, or the pid of a dead one: the lock is the kernel's, the pid only a note)."""
+        try:
+            with open(self.lock_file, "rb") as f:
+                pid = int(f.read(32).decode().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        return pid if pid > 0 and pid_alive(pid) else None
+
     @contextmanager
     def training_lock(self):
         """Hold the experiment for one `train` at a time.
@@ -753,8 +766,9 @@ def summarize_experiments(experiments_path: Path) -> list:
     """One summary per experiment folder under experiments_path, best validation accuracy first:
     {name, dataset, epochs, best_epoch, best_val_accuracy, test_accuracy (at the best epoch; without validation
     at the last, the epoch train releases),
-    stopped_early, sweep (a sweep's trial: its study, number, state...), config, releases}; a folder that cannot
-    be read is {name, broken: why}, last.
+    stopped_early, sweep (a sweep's trial: its study, number, state...), training (a `train` holds it now), config,
+    releases}; a folder that cannot be read is {name, broken: why}, last. Without validation accuracy: the trained
+    ones first.
 
     Reads experiment.json and metrics.json only (the checkpoints only if metrics.json lags behind them)."""
     folder = Path(experiments_path)
@@ -775,14 +789,16 @@ def summarize_experiments(experiments_path: Path) -> list:
                 "name": experiment.name, "dataset": experiment.config["data"]["dataset"], "epochs": last,
                 "best_epoch": best, "best_val_accuracy": at_best.get("validation_accuracy"),
                 "test_accuracy": at_best.get("test_accuracy"), "stopped_early": history["stopped_early"],
-                "sweep": experiment.meta.get("sweep"), "config": experiment.config,
+                "sweep": experiment.meta.get("sweep"), "training": experiment.trainer_pid() is not None,
+                "config": experiment.config,
                 "releases": [{"epoch": r["epoch"], "format": r["format"]} for r in experiment.releases()],
             })
         except UserError as e:
             rows.append({"name": root.name, "broken": str(e)})
         except (OSError, ValueError, TypeError, KeyError) as e:  # unreadable, or metrics.json edited by hand
             rows.append({"name": root.name, "broken": f"{type(e).__name__}: {e}"})
-    return sorted(rows, key=lambda row: ("broken" in row, *best_first(row.get("best_val_accuracy")), row["name"]))
+    return sorted(rows, key=lambda row: ("broken" in row, *best_first(row.get("best_val_accuracy")),
+                                         not row.get("epochs"), row["name"]))  # trained ones before the others
 
 
 def best_first(accuracy) -> tuple:

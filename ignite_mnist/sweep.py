@@ -21,8 +21,8 @@ from pathlib import Path
 from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
 from ignite_mnist.experiment import (CONFIG_DIR, DEFAULT_CONFIG, DEFAULT_DATA_PATH, DEFAULT_SCHEMA, MAX_CONFIG_BYTES,
                                      Experiment, apply_overrides, best_first, check_config_key, check_seed, flatten,
-                                     init_experiment, load_config, log, open_experiment, read_json, schema_violations,
-                                     setup_logging, validate_config, validate_name, write_json)
+                                     init_experiment, load_config, log, open_experiment, pid_alive, read_json,
+                                     schema_violations, setup_logging, validate_config, validate_name, write_json)
 
 SPACE_SCHEMA = CONFIG_DIR / "space.schema.json"
 HEARTBEAT_SECONDS, GRACE_SECONDS = 10, 60  # RDB storages: a trial without a heartbeat for a minute has died
@@ -254,16 +254,6 @@ def sqlite_tables(path: Path) -> str:
         return (str(e) or type(e).__name__) if damaged else f"busy: {e}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def record_in_experiment(experiments_path: Path, name: str, **values) -> None:
     """Update the trial's record ("sweep") in its experiment's experiment.json."""
     path = Path(experiments_path) / name / "experiment.json"
@@ -284,7 +274,7 @@ def fail_dead_trials(study, experiments_path: Path) -> None:
     optuna.storages.fail_stale_trials(study)  # RDB storages; their callback marks the experiments
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = trial.user_attrs
-        if attrs.get("host") == HOST and attrs.get("pid") and not _pid_alive(attrs["pid"]):
+        if attrs.get("host") == HOST and attrs.get("pid") and not pid_alive(attrs["pid"]):
             study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
             record_in_experiment(experiments_path, attrs.get("experiment", ""), state="FAIL")
             log.info(f"trial {trial.number} ({attrs.get('experiment')}) lost its worker (pid {attrs['pid']}): "

@@ -107,7 +107,8 @@ def test_list_compares_the_experiments_best_first_and_shows_a_broken_one(compare
         history = json.loads((compared / "experiments" / row["name"] / "metrics.json").read_text())
         best = max(history["epochs"], key=lambda e: (e["validation_accuracy"], -e["epoch"]))
         assert set(row) == {"name", "dataset", "epochs", "best_epoch", "best_val_accuracy", "test_accuracy",
-                            "stopped_early", "sweep", "config", "releases"} and row["sweep"] is None
+                            "stopped_early", "sweep", "training", "config", "releases"} and row["sweep"] is None
+        assert row["training"] is False
         assert (row["epochs"], row["best_epoch"], row["best_val_accuracy"], row["test_accuracy"]) == \
             (2, best["epoch"], best["validation_accuracy"], best["test_accuracy"])
         assert row["releases"] == [{"epoch": best["epoch"], "format": "pt"}] and row["dataset"] == "mnist"
@@ -149,6 +150,27 @@ def test_list_shows_the_dataset_once_and_the_released_epoch_s_test_accuracy_with
     header, *lines = out.strip().splitlines()
     assert "data.dataset" not in header and "data.val_split" in header, header  # the dataset column says it
     assert f"{tested:.2f}%" in next(line for line in lines if line.startswith("without"))
+    assert [line.split()[0] for line in lines] == ["without", "with"]  # without validation: the trained one first
+
+
+def test_list_marks_an_experiment_that_a_train_holds_now(workdir, tiny_data, capsys):
+    from ignite_mnist.experiment import open_experiment
+
+    assert new(capsys, workdir, "busy", tiny_data)[0] == 0
+    assert new(capsys, workdir, "idle", tiny_data)[0] == 0
+    experiments = workdir / "experiments"
+    with open_experiment(experiments, "busy").training_lock():  # as a running train holds it (this pid, alive)
+        code, out, err = invoke(capsys, "--experiments-path", experiments, "list")
+        assert code == 0 and [line.split()[:3] for line in out.splitlines()[1:]] == [["busy", "mnist", "0"],
+                                                                                      ["idle", "mnist", "0"]], out
+        assert "0 (training)" in out.splitlines()[1] and "(training)" not in out.splitlines()[2]
+        code, out, err = invoke(capsys, "--experiments-path", experiments, "list", "--json")
+        assert {r["name"]: r["training"] for r in json.loads(out)} == {"busy": True, "idle": False}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (experiments / "idle" / "train.lock").write_text(f"{dead.pid}\n")  # what a killed train leaves: its pid, gone
+    code, out, err = invoke(capsys, "--experiments-path", experiments, "list", "--json")
+    assert {r["name"]: r["training"] for r in json.loads(out)} == {"busy": False, "idle": False}
 
 
 def test_list_shows_strings_as_they_are_and_quotes_only_those_that_would_read_as_another_value(workdir, tiny_data,
