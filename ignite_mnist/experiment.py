@@ -600,6 +600,8 @@ class Experiment:
 
     def early_stopping_rule(self) -> str:
         rule = self.config["training"]["early_stopping"]
+        if not rule:  # set to null by hand after the stop: the stop stands (its checkpoints end there)
+            return "by the rule it was trained with (training.early_stopping is null in experiment.json now)"
         return (f"validation accuracy did not improve by more than {rule['min_delta']:g} points "
                 f"for {rule['patience']} epoch{'s' * (rule['patience'] > 1)}")
 

@@ -154,6 +154,16 @@ def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workd
         "for 2 epochs; nothing to do")
     assert snapshot(experiment.checkpoints_dir) == before
 
+    meta = json.loads((experiment.root / "experiment.json").read_text())  # early stopping turned off by hand since:
+    meta["config"]["training"]["early_stopping"] = None                   # the stop stands, said, not a TypeError
+    (experiment.root / "experiment.json").write_text(json.dumps(meta))
+    rule = "by the rule it was trained with (training.early_stopping is null in experiment.json now)"
+    code, out, err = invoke(capsys, *opts, "info")
+    assert code == 0 and f"stopped early at epoch 3: {rule}" in out, err
+    code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "20", "--device", "cpu")
+    assert code == 0 and err.strip().splitlines()[-1] == f"experiment es stopped early at epoch 3: {rule}; nothing to do"
+    assert snapshot(experiment.checkpoints_dir) == before
+
 
 def test_train_s_last_line_names_the_released_epoch_where_it_is_not_the_last(workdir, tiny_data, capsys, monkeypatch):
     from ignite_mnist.experiment import Experiment
