@@ -562,7 +562,7 @@ def _fail_stopped() -> None:
 
 def _main(argv: Optional[List[str]]) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
-    verbose = "--verbose" in args
+    verbose = _verbose_given(args)
     if argv is None and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -604,6 +604,25 @@ def _main(argv: Optional[List[str]]) -> None:
     if code == 130:  # typer turns a Ctrl-C (or our SIGTERM) outside our own handling into exit 130, silently
         _fail_stopped()
     sys.exit(code if isinstance(code, int) else 0)  # --help returns 0
+
+
+GLOBAL_VALUE_OPTIONS = ("-e", "--experiment-name", "--experiments-path", "--data-path")
+
+
+def _verbose_given(args: list) -> bool:
+    """Whether --verbose is among the global options (before the command), known before click parses them (a
+    parse error then has its traceback); not where it is an option's value (`-e --verbose`)."""
+    values_next = False
+    for arg in args:
+        if values_next:
+            values_next = False
+        elif arg == "--verbose":
+            return True
+        elif arg in GLOBAL_VALUE_OPTIONS:
+            values_next = True
+        elif not arg.startswith("-"):  # the command: what follows is its own
+            return False
+    return False
 
 
 def _trial_mark(row: dict) -> str:

@@ -815,3 +815,13 @@ def test_a_reader_that_closes_the_pipe_early_gets_141_as_from_a_unix_tool_not_a_
         os.close(writer)
     out = run_cli(*g(trained), "info")  # (a reader that stays: 0)
     assert out.returncode == 0 and out.stdout.startswith("experiment exp")
+
+
+@pytest.mark.parametrize("args", [["-e", "--verbose", "info"], ["-e", "x", "init", "--config-path", "--verbose"],
+                                  ["--experiments-path", "--verbose", "list"]])
+def test_verbose_as_an_option_s_value_turns_no_traceback_on(workdir, capsys, args):
+    """--verbose is a global option only before the command, and not where it is the value of one."""
+    code, _, err = invoke(capsys, *args)
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
+    code, _, err = invoke(capsys, "--verbose", "-e", "nothing-here", "info")
+    assert code == 2 and "Traceback" in err  # (given as a global option: the traceback, as asked)
