@@ -37,6 +37,10 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     if max_epochs < 1:
         raise UserError(f"--max-epochs must be at least 1, not {max_epochs}")
     if max_epochs < done:
+        from ignite_mnist.checkpoints import check_checkpoint, read_checkpoint
+
+        path = experiment.checkpoints()[done]  # a stray or damaged last checkpoint is said as such, not obeyed
+        check_checkpoint(path, read_checkpoint(path, "cpu", mmap=True), done, experiment.owner)
         raise UserError(f"experiment {experiment.name} is already at epoch {done}: --max-epochs is the epoch to "
                         f"train until, so it must be at least {done}")
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun (or another launcher)

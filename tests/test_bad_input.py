@@ -134,6 +134,15 @@ def test_bad_train_requests(copy, capsys, args, message):
     assert_refused(capsys, copy, [*g(copy), "train", *args], 2, message)
 
 
+def test_a_stray_damaged_last_checkpoint_is_named_not_taken_for_the_epoch_trained_to(copy, capsys):
+    (copy / "experiments" / "exp" / "checkpoints" / "checkpoint_99.pt").write_bytes(b"garbage")
+    line = assert_refused(capsys, copy, [*g(copy), "train", "--max-epochs", "7"], 2, "checkpoint_99.pt is corrupt")
+    assert "already at epoch" not in line  # (it had said: already at epoch 99, so --max-epochs at least 99)
+    shutil.copy(copy / "experiments" / "exp" / "checkpoints" / "checkpoint_2.pt",
+                copy / "experiments" / "exp" / "checkpoints" / "checkpoint_99.pt")  # whole, but of epoch 2
+    assert_refused(capsys, copy, [*g(copy), "train", "--max-epochs", "7"], 2, "holds epoch 2, not 99: move it away")
+
+
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:7"])
 @pytest.mark.parametrize("command", [["train", "--max-epochs", "3"], ["test", "--epoch", "2"]])
 def test_devices_this_machine_does_not_have(copy, capsys, command, device):
