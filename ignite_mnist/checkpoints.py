@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from ignite.handlers import Checkpoint
 
-from ignite_mnist.errors import UserError, error_text, exists, is_file
+from ignite_mnist.errors import CheckpointGone, UserError, error_text, exists, is_file
 
 FILENAME_PATTERN = "{name}_{global_step}.{ext}"  # checkpoint_<epoch>.pt: Experiment.checkpoints() reads these
 
@@ -124,6 +124,8 @@ def read_checkpoint(path, device, what: str = "checkpoint", mmap: bool = False) 
     except UserError:
         raise
     except Exception as e:
+        if not os.path.lexists(path):  # removed while being read (a running training's retention)
+            raise CheckpointGone(f"{what} {path} no longer exists (removed while it was being read)") from None
         raise UserError(f"{what} {path} is corrupt or not an ignite-mnist {what} ({error_text(e)})"
                         + (_corrupt_checkpoint_advice(path) if what == "checkpoint" else "")) from None
     if not isinstance(loaded, dict):

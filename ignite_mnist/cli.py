@@ -24,7 +24,7 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:
     from click import exceptions as click_exceptions
 
-from ignite_mnist.errors import UserError, is_dir, is_file
+from ignite_mnist.errors import CheckpointGone, UserError, is_dir, is_file
 from ignite_mnist.experiment import (DEFAULT_CONFIG, DEFAULT_SCHEMA, Experiment, check_experiments_folder,
                                      command_line, console_shows_any_text, flatten, forget_unwritable_logs,
                                      init_experiment, log, open_experiment, report_log, setup_logging,
@@ -163,8 +163,7 @@ def test(
 ):
     """Restore the model of an epoch and measure it on the test set: accuracy, per class, confusion matrix."""
     experiment = _open(ctx)
-    epoch = experiment.resolve_epoch(epoch)
-    experiment.checkpoint(epoch)  # a missing epoch is named before torch is even imported
+    _on_epoch(experiment, epoch, experiment.checkpoint)  # a missing epoch is named before torch is even imported
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot writes a PNG file: give a name ending in .png, not {plot.name!r}")
     written = Path(os.path.realpath(plot)) if plot is not None else None  # a symlink is written through
@@ -174,7 +173,8 @@ def test(
         raise UserError(f"--plot {plot} is a folder: give a file name ending in .png")
     from ignite_mnist.engines import evaluate_checkpoint
 
-    result = evaluate_checkpoint(experiment, experiment.data_path(ctx.obj.data_path), epoch, device, plot)
+    epoch, result = _on_epoch(experiment, epoch, lambda n: evaluate_checkpoint(
+        experiment, experiment.data_path(ctx.obj.data_path), n, device, plot))
     width = max(4, *(len(str(n)) + 1 for row in result["confusion_matrix"] for n in row))
     report = [f"test of epoch {epoch}: accuracy {result['accuracy']:.2f}% ({result['correct']}/{result['total']}), "
               f"loss {result['loss']:.4f}",
@@ -196,6 +196,19 @@ def test(
         print(json_text(result))
 
 
+def _on_epoch(experiment: Experiment, spec: str, work) -> tuple:
+    """(epoch, work(epoch)) for --epoch `spec`. For last and best, chosen again where the chosen epoch's checkpoint
+    went before it was read: a training running meanwhile removes older ones (training.keep_checkpoints)."""
+    for attempt in range(3):
+        epoch = experiment.resolve_epoch(spec)
+        try:
+            return epoch, work(epoch)
+        except CheckpointGone:
+            if spec not in ("last", "best") or attempt == 2:
+                raise
+            log.debug(f"the checkpoint of epoch {epoch} went before it was read: --epoch {spec} chosen again")
+
+
 @app.command("export-release")
 def export_release(
     ctx: typer.Context,
@@ -206,11 +219,11 @@ def export_release(
     """Write a release of an epoch: the model alone, for inference, verified (pt: its weights read back bitwise;
     pt2, onnx: its predictions on the test set against the checkpoint's). Prints its path last."""
     experiment = _open(ctx)
-    epoch = experiment.resolve_epoch(epoch)
-    experiment.checkpoint(epoch)
+    _on_epoch(experiment, epoch, experiment.checkpoint)
     from ignite_mnist import release
 
-    path = release.export_release(experiment, epoch, release_format.value, ctx.obj.data_path)
+    _, path = _on_epoch(experiment, epoch, lambda n: release.export_release(experiment, n, release_format.value,
+                                                                            ctx.obj.data_path))
     log.info(f"release written: {path}")
     print(path)
 

@@ -18,6 +18,11 @@ class UserError(Exception):
         self.exit_code = exit_code
 
 
+class CheckpointGone(UserError):
+    """The checkpoint of an epoch is not there (any more): for --epoch last or best, a running training's retention
+    may have removed the one chosen a moment before, and the choice is made again."""
+
+
 def error_text(error: BaseException, limit: int = 200, whole: bool = False) -> str:
     """An exception's message for a one-line UserError: its first line (libraries put their details, often a
     traceback of their own, on the next ones), or with whole=True all its lines joined (torch's load_state_dict

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ignite_mnist.errors import UserError, error_text, exists, is_dir, is_file
+from ignite_mnist.errors import CheckpointGone, UserError, error_text, exists, is_dir, is_file
 
 CONFIG_DIR = Path(__file__).resolve().parent / "config"
 DEFAULT_CONFIG = CONFIG_DIR / "config.default.json"
@@ -455,7 +455,7 @@ class Experiment:
             keep_last = self.config["training"]["keep_checkpoints"]
             why = "" if epoch not in trained else "it was deleted or moved away" if epoch in self.retained(history) \
                 else f"it was removed by retention (training.keep_checkpoints {keep_last})"
-            raise UserError(
+            raise CheckpointGone(
                 f"experiment {self.name} has no checkpoint of epoch {epoch}" + (f": {why}" if why else "")
                 + f"; epochs with a checkpoint: {_ranges(list(checkpoints))}"
             )

@@ -2,6 +2,7 @@
 checkpoint retention, and the release that training writes when it completes."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -309,3 +310,40 @@ def test_a_damaged_last_checkpoint_s_advice_fits_what_is_left(copy, capsys, tiny
     assert code == 0 and ("experiment exp has no checkpoint left of the epochs its metrics.json records: training "
                           "starts again from epoch 1, and replaces it") in err.splitlines(), err
     assert len(json.loads((copy / "experiments" / "exp" / "metrics.json").read_text())["epochs"]) == 3
+
+
+@pytest.mark.parametrize("when", ["after the choice", "as it is read"])
+@pytest.mark.parametrize("command", ["test", "export-release"])
+def test_last_is_chosen_again_when_a_running_train_removes_the_chosen_checkpoint(copy, tiny_data, capsys, monkeypatch,
+                                                                              command, when):
+    """A training with keep_checkpoints removes older checkpoints as it goes: the one --epoch last (or best) chose
+    may go before it is read. Simulated: the chosen checkpoint goes right after the choice, or as torch.load
+    opens it, once."""
+    from ignite_mnist.experiment import Experiment
+
+    checkpoints = copy / "experiments" / "exp" / "checkpoints"
+    choose, load, gone = Experiment.resolve_epoch, torch.load, []
+
+    def racing(self, spec):
+        epoch = choose(self, spec)
+        if not gone and len(self.checkpoints()) > 1 and when == "after the choice":
+            gone.append(epoch)
+            (checkpoints / f"checkpoint_{epoch}.pt").rename(copy / "aside.pt")
+        return epoch
+
+    def racing_load(path, *args, **kwargs):
+        if not gone and when == "as it is read" and str(path).endswith("checkpoint_2.pt"):
+            gone.append(2)
+            Path(path).rename(copy / "aside.pt")
+        return load(path, *args, **kwargs)
+
+    monkeypatch.setattr(Experiment, "resolve_epoch", racing)
+    monkeypatch.setattr(torch, "load", racing_load)
+    code, out, err = invoke(capsys, *g(copy, data=tiny_data), command, "--epoch", "last")
+    assert code == 0 and gone == [2], err
+    assert ("test of epoch 1:" in out) if command == "test" else out.strip().endswith("release_epoch_1.pt"), out
+    (copy / "aside.pt").rename(checkpoints / "checkpoint_2.pt")
+    gone.clear()
+    code, _, err = invoke(capsys, *g(copy, data=tiny_data), command, "--epoch", "2")  # a number is the user's own choice: an error
+    assert code == 2 and ("has no checkpoint of epoch 2" if when == "after the choice" else
+                          "checkpoint_2.pt no longer exists (removed while it was being read)") in err, err
