@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 from ignite_mnist import lazy_imports  # noqa: F401, I001  (before Ignite: see there)
 import ignite.distributed as idist
@@ -34,6 +35,12 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
     if experiment.moved_data_path(data_path) and int(os.environ.get("RANK", "0")) == 0:
         _record_moved_data(experiment, data_path)
     done = max(experiment.checkpoints(), default=0)
+    releases = experiment.releases() if not done else []
+    if releases:  # every checkpoint deleted by hand: training again from epoch 1 would overwrite them, one by one
+        names = ", ".join(Path(r["path"]).name for r in releases[:3]) + ", ..." * (len(releases) > 3)
+        raise UserError(f"experiment {experiment.name} has no checkpoints, but releases of the epochs trained before "
+                        f"({names}): training again from epoch 1 would replace them; move {experiment.releases_dir} "
+                        "away first (or init another experiment)")
     if max_epochs < 1:
         raise UserError(f"--max-epochs must be at least 1, not {max_epochs}")
     if max_epochs < done:

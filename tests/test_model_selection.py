@@ -306,6 +306,14 @@ def test_a_damaged_last_checkpoint_s_advice_fits_what_is_left(copy, capsys, tiny
     assert code == 2 and err.strip().endswith(": move it away to train again from epoch 1 (it is the only "
                                               "checkpoint)"), err
     (checkpoints / "checkpoint_2.pt").unlink()
+    releases = copy / "experiments" / "exp" / "releases"
+    before = snapshot(releases)
+    code, out, err = invoke(capsys, *train)  # the releases of the epochs trained before would be replaced
+    assert code == 2 and err.strip().endswith("has no checkpoints, but releases of the epochs trained before "
+                                              f"(release_epoch_2.pt): training again from epoch 1 would replace them; "
+                                              f"move {releases} away first (or init another experiment)"), err
+    assert snapshot(releases) == before and not list(checkpoints.glob("*.pt"))
+    releases.rename(copy / "old-releases")
     code, out, err = invoke(capsys, *train)
     assert code == 0 and ("experiment exp has no checkpoint left of the epochs its metrics.json records: training "
                           "starts again from epoch 1, and replaces it") in err.splitlines(), err
