@@ -1,4 +1,4 @@
-"""What a model gets wrong: the worst-classified digits (an Ignite metric), and the figures that show them
+"""What a model gets wrong: the worst-classified test images (an Ignite metric), and the figures that show them
 with the confusion matrix (matplotlib, imported only when a figure is drawn)."""
 
 import math
@@ -93,21 +93,30 @@ def draw_confusion_matrix(ax, matrix, classes: list, title: str) -> None:
                         color="white" if math.log1p(count) > dark else "black")
 
 
+def things(classes: list) -> str:
+    """What the images are, for titles: digits, or (Fashion-MNIST's) images."""
+    return "digits" if [str(c) for c in classes] == [str(i) for i in range(10)] else "images"
+
+
 def draw_worst(ax, worst: list, images: torch.Tensor, classes: list, columns: int = 8, fontsize: float = 7) -> None:
-    """The digits tiled in one image, each captioned with its true and predicted class and the probability
-    of the true class (red: misclassified)."""
-    rows, cell = max(1, -(-len(worst) // columns)), 40  # a 28-pixel digit in a 40-pixel cell, room for captions
-    canvas = torch.zeros(rows * cell, columns * cell, dtype=torch.uint8)
+    """The images tiled in one image, each captioned with its true and predicted class and the probability
+    of the true class (red: misclassified). Class names longer than a digit's (Fashion-MNIST's) take two lines,
+    the true one above the predicted one, so that neighbouring captions do not run into each other."""
+    two_lines = any(len(str(c)) > 2 for c in classes)
+    rows, width = max(1, -(-len(worst) // columns)), 40  # a 28-pixel image in a 40-pixel cell, room for captions
+    height = 48 if two_lines else 40
+    canvas = torch.zeros(rows * height, columns * width, dtype=torch.uint8)
     for k, w in enumerate(worst):
-        top, left = (k // columns) * cell + 10, (k % columns) * cell + 6
+        top, left = (k // columns) * height + height - 30, (k % columns) * width + 6
         canvas[top:top + 28, left:left + 28] = images[w["index"]].cpu()
     ax.imshow(canvas.numpy(), cmap="gray", vmin=0, vmax=255)
     for k, w in enumerate(worst):
         p = w["probability"]
-        caption = f"{str(classes[w['label']])[:7]}>{str(classes[w['predicted']])[:7]} {p:.0%}" if p >= 0.1 else \
-            f"{str(classes[w['label']])[:7]}>{str(classes[w['predicted']])[:7]} {p:.1%}"
-        ax.text((k % columns) * cell + cell / 2, (k // columns) * cell + 1, caption, ha="center", va="top",
-                fontsize=fontsize, color="tomato" if w["label"] != w["predicted"] else "white")
+        true, predicted = (str(classes[w[key]])[:10] for key in ("label", "predicted"))
+        caption = f"{true}>{chr(10) if two_lines else ''}{predicted} {p:.0%}" if p >= 0.1 else \
+            f"{true}>{chr(10) if two_lines else ''}{predicted} {p:.1%}"
+        ax.text((k % columns) * width + width / 2, (k // columns) * height + 1, caption, ha="center", va="top",
+                fontsize=fontsize * (0.8 if two_lines else 1), linespacing=1.0, color="tomato" if w["label"] != w["predicted"] else "white")
     ax.axis("off")
 
 
@@ -134,7 +143,7 @@ def save_test_figure(path: Path, matrix, worst: list, images: torch.Tensor, clas
     left, right = figure.subplots(1, 2, width_ratios=[1, 1.45])
     draw_confusion_matrix(left, matrix, classes, "confusion matrix")
     draw_worst(right, worst, images, classes, columns=6, fontsize=10)
-    right.set_title("worst-classified test digits (true>predicted, probability of the true class)")
+    right.set_title(f"worst-classified test {things(classes)} (true>predicted, probability of the true class)")
     figure.suptitle(title)
     try:
         # the name cut short in the temporary one, which must fit the file system's 255 bytes as the target does

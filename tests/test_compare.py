@@ -342,3 +342,28 @@ def test_accuracy_is_an_exact_looking_percent():
         result = evaluate(evaluator, total, 128)
         assert result["correct"] == correct and result["accuracy"] == round(100 * correct / total, 10)
         assert repr(result["accuracy"]) in ("94.9", "57.0", "33.3333333333")
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_the_worst_images_captions_do_not_run_into_each_other(dataset):
+    """Fashion-MNIST's class names are long: 'Trouser>T-shirt 1.9%' had run into its neighbours' captions."""
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from ignite_mnist import analysis, data
+
+    classes = data.DATASETS[dataset]["classes"]
+    worst = [{"index": i, "label": i % 10, "predicted": (i * 7 + 3) % 10, "probability": 0.019} for i in range(24)]
+    images = torch.zeros(24, 28, 28, dtype=torch.uint8)
+    # test --plot's panel (13 inches, 1.45 of 2.45 parts of them) and TensorBoard's figure
+    for columns, figsize, dpi, fontsize in ((6, (13 * 1.45 / 2.45, 5.6), 100, 10), (8, (8, 5.6), 80, 7)):
+        figure = analysis._figure(figsize=figsize, dpi=dpi)
+        ax = figure.add_subplot()
+        analysis.draw_worst(ax, worst, images, classes, columns=columns, fontsize=fontsize)
+        renderer = FigureCanvasAgg(figure).get_renderer()
+        figure.draw(renderer)
+        boxes = [text.get_window_extent(renderer) for text in ax.texts]
+        assert len(boxes) == 24
+        overlapping = [(a, b) for a in range(24) for b in range(a + 1, 24) if boxes[a].overlaps(boxes[b])]
+        assert not overlapping, [(ax.texts[a].get_text(), ax.texts[b].get_text()) for a, b in overlapping[:3]]
+    assert analysis.things(classes) == ("digits" if dataset == "mnist" else "images")
