@@ -73,7 +73,7 @@ def read_json(path: Path, what: str, max_bytes: int = MAX_JSON_BYTES, allow_nan:
             raw = f.read(max_bytes + 1)
         if len(raw) > max_bytes:
             raise UserError(f"{what} {path} is larger than {max_bytes >> 20} MiB: is it the right file?")
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # (a byte-order mark, which some editors write, is no part of the JSON)
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -148,13 +148,26 @@ def _violation_lines(error) -> list:
     return [f"{error.json_path}: {_json_message(error)}"]
 
 
+def _reads_as_value(text) -> bool:
+    """A string that a person means as a number or a constant, not written as JSON writes it: .5, +1, True, None."""
+    if not isinstance(text, str):
+        return False
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return text.strip().lower() in ("true", "false", "none", "null")
+
+
 def _json_message(error) -> str:
     """jsonschema's message in JSON's notation, the config's own (true, "fp32", {"patience": 1}), not Python's
     (True, 'fp32', {'patience': 1})."""
     value = json.dumps(error.instance)
     if error.validator == "type":
         types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        return f"{value} is not of type {' or '.join(types)}"
+        hint = " (a string: JSON writes 0.5, not .5 or +1, and true, false, null in lower case)" \
+            if _reads_as_value(error.instance) and set(types) & {"number", "integer", "boolean", "null"} else ""
+        return f"{value} is not of type {' or '.join(types)}{hint}"
     if error.validator == "enum":
         return f"{value} is not one of {json.dumps(error.validator_value)}"
     if error.validator == "const":
@@ -262,7 +275,10 @@ def apply_overrides(config, overrides):
             raise UserError(f"--set takes KEY=VALUE with a dotted key into the config (training.lr=0.5), not {override!r}")
         check_config_key(key, "--set ")
         try:
-            value = json.loads(text, parse_constant=_not_json)
+            value = json.loads(text, parse_constant=_not_json, object_pairs_hook=_no_key_twice)
+        except _KeyTwice as e:
+            raise UserError(f"--set {key}: the value gives the key {json.dumps(e.args[0])} twice in one object: "
+                            "which one is meant? Keep one") from None
         except ValueError:
             value = text
         except RecursionError:

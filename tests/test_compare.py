@@ -60,6 +60,10 @@ def test_set_defaults_to_the_packaged_config(workdir, tiny_data, capsys):
      "less than or equal to the minimum of 0"),  # every problem at once, not one a run
     ("training.lr=-1", "(1 problem): $.training.lr: -1 is less than or equal to the minimum of 0"),
     ("training.lr=fast", '(1 problem): $.training.lr: "fast" is not of type number'),
+    ("training.lr=.5", '$.training.lr: ".5" is not of type number (a string: JSON writes 0.5, not .5 or +1, and '
+                       "true, false, null in lower case)"),
+    ('training.early_stopping={"patience": 1, "patience": 2}', 'error: --set training.early_stopping: the value gives '
+                                                               'the key "patience" twice in one object'),
     ("data.dataset=cifar", '$.data.dataset: "cifar" is not one of ["mnist", "mnist-sample", "fashion-mnist"]'),
     ("training.lr", "error: --set takes KEY=VALUE with a dotted key into the config (training.lr=0.5), not "
                     "'training.lr'"),

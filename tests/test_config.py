@@ -79,6 +79,15 @@ def test_malformed_json(workdir, tiny_data, capsys, text, expected):
     assert not (workdir / "experiments" / "exp").exists()
 
 
+def test_a_config_saved_with_a_byte_order_mark_is_read(workdir, tiny_data, capsys):
+    path = workdir / "bom.json"  # as some editors save UTF-8
+    path.write_bytes(b"\xef\xbb\xbf" + make_config(workdir).read_bytes())
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", path)
+    assert code == 0, err
+    assert json.loads((workdir / "experiments" / "exp" / "experiment.json").read_text())["config"]["training"]["lr"] \
+        == json.loads(make_config(workdir).read_text())["training"]["lr"]
+
+
 def test_missing_config_and_schema_files(workdir, tiny_data, capsys):
     code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--config-path", "nope.json")
     assert code == 2 and "config nope.json does not exist" in err
