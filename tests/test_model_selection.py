@@ -166,6 +166,19 @@ def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workd
     assert snapshot(experiment.checkpoints_dir) == before
 
 
+def test_early_stopping_set_by_hand_after_training_is_named_as_such(copy, tiny_data, capsys):
+    meta = json.loads((copy / "experiments" / "exp" / "experiment.json").read_text())
+    meta["config"]["training"]["early_stopping"] = {"patience": 2, "min_delta": 0}
+    (copy / "experiments" / "exp" / "experiment.json").write_text(json.dumps(meta))
+    code, _, err = invoke(capsys, *g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu")
+    assert code == 2 and err.strip().splitlines()[-1].endswith(
+        "checkpoint_2.pt holds no early-stopping state: it was trained without early stopping, and "
+        "training.early_stopping was set in experiment.json since; set it back to null, or init another experiment "
+        "with it"), err
+    assert sorted(p.name for p in (copy / "experiments" / "exp" / "checkpoints").iterdir()) == \
+        ["checkpoint_1.pt", "checkpoint_2.pt"]
+
+
 def test_train_s_last_line_names_the_released_epoch_where_it_is_not_the_last(workdir, tiny_data, capsys, monkeypatch):
     from ignite_mnist.experiment import Experiment
 
