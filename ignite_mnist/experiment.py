@@ -640,6 +640,7 @@ class Experiment:
 
     def releases(self) -> list:
         """[{"epoch", "format", "path"}] of the release files (pt, pt2, onnx), by epoch."""
+        self.check_folders(self.releases_dir)  # a file in its place is named, not taken for "none yet"
         if not is_dir(self.releases_dir):
             return []
         found = ((_RELEASE.fullmatch(p.name), p) for p in self.releases_dir.iterdir() if is_file(p))

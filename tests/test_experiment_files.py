@@ -232,6 +232,10 @@ def test_a_file_in_place_of_a_folder_is_named_before_training(copy, capsys, tiny
     assert_refused(capsys, copy, [*g(copy, data=tiny_data), "train", "--max-epochs", "3", "--device", "cpu"], 2, message)
     if folder == "releases":
         assert_refused(capsys, copy, [*g(copy, data=tiny_data), "export-release"], 2, message)
+    if folder != "tensorboard":  # info and list say so too, not "none yet"
+        assert_refused(capsys, copy, [*g(copy, data=tiny_data), "info"], 2, message)
+        code, out, err = invoke(capsys, "--experiments-path", copy / "experiments", "list", "--json")
+        assert code == 0 and json.loads(out) == [{"name": "exp", "broken": message}], out
 
 
 def test_a_validation_split_of_a_one_image_dataset_is_refused_saying_why():
