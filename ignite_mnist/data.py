@@ -5,12 +5,12 @@ Each split becomes one uint8 tensor kept on the training device; a batch is a te
 or a slice (evaluation), and normalisation happens per batch on the device: no per-image Python work.
 """
 
-import glob
 import gzip
 import hashlib
 import math
 import os
 import socket
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +45,7 @@ _IMAGES_MAGIC, _LABELS_MAGIC = 2051, 2049
 # ---- reading ------------------------------------------------------------------------------------
 
 
+CACHE_UNUSED_DAYS = 30  # a decoded array not read for this long goes when another one is written
 CACHE_FROM_BYTES = 1 << 20  # a compressed file this large or larger is decoded once: 0.3 s for Fashion-MNIST's
 
 
@@ -89,8 +90,7 @@ def decoded_cache(path: Path):
         root = cache_root()
     except (OSError, RuntimeError):  # unreadable (decoding says why), or no home directory
         return None
-    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
-    return root / f"{path.name[:-3]}-{key}-{digest}-{trailer}.npy"
+    return root / f"{path.name[:-3]}-{digest}-{trailer}.npy"  # by content: copies of a file in other folders share it
 
 
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -112,16 +112,20 @@ def _read_cached(cached: Path):
                     or (header + count) % 2**32 != uncompressed
                     or os.fstat(f.fileno()).st_size != f.tell() + count):
                 return None
-            return np.fromfile(f, dtype=np.uint8, count=count).reshape(shape)
+            array = np.fromfile(f, dtype=np.uint8, count=count).reshape(shape)
     except (OSError, ValueError, EOFError):
         return None
+    try:
+        os.utime(cached)  # used now: what _write_cached keeps
+    except OSError:  # (a cache this user may read, not write)
+        pass
+    return array
 
 
 def _write_cached(cached: Path, array: np.ndarray) -> None:
-    """Written whole or not at all (a temporary file, flushed to disk, then renamed), replacing the arrays
-    of earlier versions of the same file; a cache that cannot be written is skipped: the file is decoded
-    again next time."""
-    prefix = cached.name.rsplit("-", 2)[0]  # name and path: the same file, whatever its version
+    """Written whole or not at all (a temporary file, flushed to disk, then renamed); arrays not used for
+    CACHE_UNUSED_DAYS (earlier versions of a file, data since deleted) are removed then. A cache that cannot be
+    written is skipped: the file is decoded again next time."""
     temporary = cached.with_name(f".{cached.name}.{socket.gethostname()}.{os.getpid()}.tmp")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -130,8 +134,9 @@ def _write_cached(cached: Path, array: np.ndarray) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, cached)
-        for old in cached.parent.glob(f"{glob.escape(prefix)}-*.npy"):
-            if old != cached:
+        unused_since = time.time() - CACHE_UNUSED_DAYS * 86400
+        for old in cached.parent.glob("*.npy"):
+            if old != cached and old.stat().st_mtime < unused_since:
                 old.unlink(missing_ok=True)
     except OSError:
         try:

@@ -4,6 +4,7 @@ import gzip
 import math
 import os
 import shutil
+import time
 
 import numpy as np
 import pytest
@@ -53,13 +54,24 @@ def test_a_large_gz_file_is_decoded_once_and_read_from_the_cache_after(tmp_path,
         got = data.read_idx(path)
         assert np.array_equal(got, images) and got.flags.writeable  # no copy needed to make a tensor of it
 
+    # a copy in another folder shares the array: not decoded again, nothing more cached
+    (tmp_path / "copy").mkdir()
+    shutil.copy(path, tmp_path / "copy" / "images.gz")
+    with monkeypatch.context() as m:
+        m.setattr(data, "_decode_idx", no_decoding)
+        assert np.array_equal(data.read_idx(tmp_path / "copy" / "images.gz"), images)
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]
+
     # the file changes, with the same size and modification time (`cp -p`, `rsync -a`): decoded anew, by
-    # its gzip trailer (CRC-32), and the earlier version's array is removed
+    # its gzip trailer (CRC-32); an array unused for CACHE_UNUSED_DAYS goes when another is written
     stat = path.stat()
+    month_ago = time.time() - (data.CACHE_UNUSED_DAYS + 1) * 86400
     for version in (images, images[::-1]):
         header = b"".join(int(v).to_bytes(4, "big") for v in (2051, *version.shape))
         path.write_bytes(gzip.compress(header + version.tobytes(), compresslevel=0))  # stored: same size
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        for array in cached.parent.glob("*.npy"):
+            os.utime(array, (month_ago, month_ago))  # (reading one makes it recent again)
         assert np.array_equal(data.read_idx(path), version)
     assert [p.name for p in cached.parent.iterdir()] == [data.decoded_cache(path).name] != [cached.name]
 
