@@ -832,13 +832,22 @@ def tensorboard_runs(experiments_path: Path, experiments: list, view: str) -> Pa
     experiment's name, or _all (which no experiment can be named)."""
     folder = Path(experiments_path) / ".tensorboard" / view
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for link in folder.iterdir():
-            link.unlink()
-        for experiment in experiments:
-            (folder / experiment.name).symlink_to(os.path.relpath(experiment.tensorboard_dir.resolve(), folder.resolve()))
-    except OSError as e:
-        raise UserError(f"cannot write {folder}: {e.strerror}") from None
+        return _linked_runs(folder, experiments)
+    except OSError as e:  # experiments this user may only read (a shared or read-only folder): the links elsewhere
+        where = hashlib.sha256(str(Path(experiments_path).resolve()).encode()).hexdigest()[:16]
+        elsewhere = Path(tempfile.gettempdir()) / f"ignite-mnist-tensorboard-{os.getuid()}" / where / view
+        try:
+            return _linked_runs(elsewhere, experiments)
+        except OSError:
+            raise UserError(f"cannot write {folder}: {e.strerror}") from None
+
+
+def _linked_runs(folder: Path, experiments: list) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for link in folder.iterdir():
+        link.unlink()
+    for experiment in experiments:
+        (folder / experiment.name).symlink_to(os.path.relpath(experiment.tensorboard_dir.resolve(), folder.resolve()))
     return folder
 
 

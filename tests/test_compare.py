@@ -371,3 +371,24 @@ def test_the_worst_images_captions_do_not_run_into_each_other(dataset):
         overlapping = [(a, b) for a in range(24) for b in range(a + 1, 24) if boxes[a].overlaps(boxes[b])]
         assert not overlapping, [(ax.texts[a].get_text(), ax.texts[b].get_text()) for a, b in overlapping[:3]]
     assert analysis.things(classes) == ("digits" if dataset == "mnist" else "images")
+
+
+def test_tensorboard_s_run_links_go_elsewhere_where_the_experiments_folder_cannot_take_them(compared, tmp_path,
+                                                                                            monkeypatch):
+    """A read-only or shared experiments folder (stood for here by a file in the links' way): the links that name the
+    runs are made in the temporary folder instead, and TensorBoard is started on them."""
+    import shutil
+    import tempfile
+
+    from ignite_mnist.experiment import open_experiment, tensorboard_runs
+
+    experiments = tmp_path / "experiments"
+    shutil.copytree(compared / "experiments", experiments, ignore=shutil.ignore_patterns(".tensorboard"))
+    (experiments / ".tensorboard").write_text("in the way")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    opened = [open_experiment(experiments, name) for name in ("a-slow", "z-fast")]
+    runs = tensorboard_runs(experiments, opened, "_all")
+    assert runs.is_relative_to(tmp_path / "tmp") and sorted(p.name for p in runs.iterdir()) == ["a-slow", "z-fast"]
+    assert all((runs / e.name).resolve() == e.tensorboard_dir.resolve() for e in opened)
+    assert (experiments / ".tensorboard").read_text() == "in the way"
