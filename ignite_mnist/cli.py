@@ -306,11 +306,14 @@ def info(
                "seed": experiment.seed, "config": experiment.config, "data_path": meta.get("data_path"),
                "split": meta.get("split"),
                "versions": meta.get("versions"), "epochs": epochs, "best_epoch": best,
-               "stopped_early": history["stopped_early"], "releases": releases, "sweep": meta.get("sweep")}
+               "stopped_early": history["stopped_early"], "releases": releases, "sweep": meta.get("sweep"),
+               "training_pid": experiment.trainer_pid()}
     if as_json:
         print(json_text(summary, indent=2))
         return
     print(f"experiment {experiment.name} ({experiment.root}), created {meta.get('created')}, seed {experiment.seed}")
+    if summary["training_pid"]:
+        print(f"being trained now, by process {summary['training_pid']}: the epochs below are those finished so far")
     sizes = meta.get("split")
     sizes = {k: v for k, v in sizes.items() if k != "digest"} if isinstance(sizes, dict) else sizes
     print(f"split: {json.dumps(sizes)}")

@@ -2,6 +2,7 @@
 accuracy, hparams, pictures), and test's per-class accuracy, confusion matrix and --plot."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -170,6 +171,11 @@ def test_list_marks_an_experiment_that_a_train_holds_now(workdir, tiny_data, cap
         assert "0 (training)" in out.splitlines()[1] and "(training)" not in out.splitlines()[2]
         code, out, err = invoke(capsys, "--experiments-path", experiments, "list", "--json")
         assert {r["name"]: r["training"] for r in json.loads(out)} == {"busy": True, "idle": False}
+        code, out, err = invoke(capsys, "--experiments-path", experiments, "-e", "busy", "info")
+        assert code == 0 and out.splitlines()[1] == f"being trained now, by process {os.getpid()}: the epochs below " \
+            "are those finished so far", out
+        code, out, err = invoke(capsys, "--experiments-path", experiments, "-e", "idle", "info", "--json")
+        assert code == 0 and json.loads(out)["training_pid"] is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (experiments / "idle" / "train.lock").write_text(f"{dead.pid}\n")  # what a killed train leaves: its pid, gone
