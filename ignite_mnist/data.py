@@ -219,8 +219,9 @@ def _refusing_folder(folder: Path) -> Path:
     return folder
 
 
-def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
-    """{"train": (images, labels), "test": (images, labels)} paths of `dataset`.
+def locate(dataset: str, data_path: Path, download: bool = True, splits=("train", "test")) -> dict:
+    """{"train": (images, labels), "test": (images, labels)} paths of `dataset` (of `splits`: the test set alone is
+    enough to test).
 
     Looked for in torchvision's layout (DATA/MNIST/raw, DATA/FashionMNIST/raw) and directly in DATA
     (as Debian's dataset-fashion-mnist installs them); if absent, torchvision downloads them.
@@ -236,15 +237,15 @@ def locate(dataset: str, data_path: Path, download: bool = True) -> dict:
         except OSError as e:
             refused = refused or (_refusing_folder(folder), e.strerror)
             continue
-        if len(found) == len(STEMS):
-            return {split: (found[images], found[labels]) for split, (images, labels) in FILES.items()}
+        if all(stem in found for split in splits for stem in FILES[split]):
+            return {split: (found[FILES[split][0]], found[FILES[split][1]]) for split in splits}
     if refused:
         raise UserError(f"cannot look for the data in {refused[0]}: {refused[1]}")
     if spec["folder"] is None:
         raise UserError(f"the bundled sample is missing from {SAMPLE_DIR}: reinstall ignite-mnist")
     if download:
-        _download(dataset, Path(data_path))
-        return locate(dataset, data_path, download=False)
+        _download(dataset, Path(data_path), splits)
+        return locate(dataset, data_path, download=False, splits=splits)
     raise UserError(f"{dataset} is not in {data_path}")
 
 
@@ -252,7 +253,7 @@ class DatasetMissing(UserError):
     """The dataset is not where it was looked for, and could not be downloaded there."""
 
 
-def _download(dataset: str, data_path: Path) -> None:
+def _download(dataset: str, data_path: Path, splits=("train", "test")) -> None:
     import torchvision
 
     cls = torchvision.datasets.MNIST if dataset == "mnist" else torchvision.datasets.FashionMNIST
@@ -274,17 +275,19 @@ def _download(dataset: str, data_path: Path) -> None:
             except OSError:  # not empty (something else wrote there) or not ours to remove
                 pass
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        files = ", ".join(stem + "(.gz)" for stem in STEMS)
+        files = ", ".join(stem + "(.gz)" for split in splits for stem in FILES[split])
         raise DatasetMissing(
             f"{dataset} is not in {data_path} and could not be downloaded ({reason}): put {files} in "
             f"{data_path / DATASETS[dataset]['folder'] / 'raw'} or in {data_path}"
         ) from None
 
 
-def load(dataset: str, data_path: Path, fresh: bool = False) -> dict:
-    """{"train": (images, labels), "test": (images, labels)}: uint8 and int64 CPU tensors (fresh: read_idx's)."""
+def load(dataset: str, data_path: Path, fresh: bool = False, splits=("train", "test")) -> dict:
+    """{"train": (images, labels), "test": (images, labels)}: uint8 and int64 CPU tensors (fresh: read_idx's), of
+    `splits`."""
     num_classes = len(DATASETS[dataset]["classes"])
-    return {split: read_split(*paths, num_classes, fresh) for split, paths in locate(dataset, data_path).items()}
+    return {split: read_split(*paths, num_classes, fresh)
+            for split, paths in locate(dataset, data_path, splits=splits).items()}
 
 
 def dataset_sizes(dataset: str, data_path: Path) -> dict:
@@ -340,19 +343,19 @@ def tensor_sets(dataset: str, data_path: Path, split: dict, device, digests: dic
     persisted indexes into the training set); split {} gives the test set alone. digests: the experiment's record of
     its data ({"train": sha256, "test": sha256}, as digest() makes them), which the sets used must match."""
     spec = DATASETS[dataset]
-    loaded = load(dataset, data_path)
-    train_images, train_labels = loaded["train"]
+    splits = ("train", "test") if split else ("test",)  # (the test set alone: its files are enough)
+    loaded = load(dataset, data_path, splits=splits)
+    train_images, train_labels = loaded.get("train", (None, torch.zeros(0)))
     highest = max((max(v) for v in split.values() if v), default=-1)
     if highest >= len(train_labels):
         raise UserError(
             f"the experiment's split refers to training image {highest}, but {dataset} in {data_path} "
             f"has {len(train_labels)}: use the data the experiment was created with"
         )
-    differing = [name for name in (("train", "test") if split else ("test",))
-                 if digests and name in digests and digest(*loaded[name]) != digests[name]]
+    differing = [name for name in splits if digests and name in digests and digest(*loaded[name]) != digests[name]]
     if differing:  # the files' own bytes, not a damaged decoded cache? (decoded again, the cache then replaced)
-        loaded = load(dataset, data_path, fresh=True)
-        train_images, train_labels = loaded["train"]
+        loaded = load(dataset, data_path, fresh=True, splits=splits)
+        train_images, train_labels = loaded.get("train", (None, torch.zeros(0)))
     for name in differing:
         if digest(*loaded[name]) != digests[name]:
             raise UserError(f"the {'training' if name == 'train' else name} set of {dataset} in {data_path} is not "

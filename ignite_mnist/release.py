@@ -271,7 +271,7 @@ _WRITERS = {"pt": _write_pt, "pt2": _write_pt2, "onnx": _write_onnx}
 
 def _test_images(dataset: str, data_path: Path) -> torch.Tensor:
     """The experiment's test images, uint8 [n, 28, 28]."""
-    images_path, labels_path = data.locate(dataset, data_path)["test"]
+    images_path, labels_path = data.locate(dataset, data_path, splits=("test",))["test"]
     images, _ = data.read_split(images_path, labels_path, len(data.DATASETS[dataset]["classes"]))
     return images
 

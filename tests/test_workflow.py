@@ -454,3 +454,20 @@ def test_torch_dynamo_becomes_the_real_package_on_first_use(first_use):
     """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_test_needs_the_test_files_alone(copy, tiny_data, capsys, tmp_path):
+    """Testing an experiment on another machine takes the two t10k files, not the training set too."""
+    import shutil
+
+    test_only = tmp_path / "test-only"
+    test_only.mkdir()
+    for path in tiny_data.rglob("t10k-*"):
+        shutil.copy(path, test_only / path.name)
+    code, everything, err = invoke(capsys, *g(copy, data=tiny_data), "test", "--epoch", "2", "--json")
+    assert code == 0, err
+    code, alone, err = invoke(capsys, *g(copy, data=test_only), "test", "--epoch", "2", "--json")
+    assert code == 0, err
+    assert json.loads(alone) == json.loads(everything) and json.loads(alone)["total"] == 100
+    code, _, err = invoke(capsys, *g(copy, data=test_only), "train", "--max-epochs", "3", "--device", "cpu")
+    assert code == 2 and "mnist is not in" in err and "train-images-idx3-ubyte(.gz)" in err, err  # training: all four
