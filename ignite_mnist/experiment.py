@@ -148,15 +148,20 @@ def _violation_lines(error) -> list:
     return [f"{error.json_path}: {_json_message(error)}"]
 
 
-def _reads_as_value(text) -> bool:
-    """A string that a person means as a number or a constant, not written as JSON writes it: .5, +1, True, None."""
+def _string_hint(text) -> str:
+    """Why a string given where a number or a constant is wanted may be one: written in quotes ("0.5"), or not as JSON
+    writes it (.5, +1, True, None: `--set` takes what is not JSON as a string)."""
     if not isinstance(text, str):
-        return False
+        return ""
     try:
-        float(text)
-        return True
+        if not isinstance(json.loads(text, parse_constant=_not_json), (str, list, dict)):  # (not NaN: no JSON)
+            return " (a string: without its quotes it is one)"
     except ValueError:
-        return text.strip().lower() in ("true", "false", "none", "null")
+        pass
+    if re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text.strip()) or \
+            text.strip().lower() in ("true", "false", "none", "null"):
+        return " (a string: JSON writes 0.5, not .5 or +1, and true, false, null in lower case)"
+    return ""
 
 
 def _json_message(error) -> str:
@@ -165,8 +170,7 @@ def _json_message(error) -> str:
     value = json.dumps(error.instance)
     if error.validator == "type":
         types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        hint = " (a string: JSON writes 0.5, not .5 or +1, and true, false, null in lower case)" \
-            if _reads_as_value(error.instance) and set(types) & {"number", "integer", "boolean", "null"} else ""
+        hint = _string_hint(error.instance) if set(types) & {"number", "integer", "boolean", "null"} else ""
         return f"{value} is not of type {' or '.join(types)}{hint}"
     if error.validator == "enum":
         return f"{value} is not one of {json.dumps(error.validator_value)}"
@@ -211,7 +215,8 @@ def builtin_schema() -> dict:
 def load_config(path: Path, schema_path: Path = DEFAULT_SCHEMA, overrides=()) -> dict:
     """Read a config, apply `overrides` ("training.lr=0.5", as `init --set` takes them) and validate the
     result: every violation is reported, each with its JSON path."""
-    unknown = [unknown_key(o.partition("=")[0].strip(), "--set ") if "=" in o else None for o in overrides]
+    unknown = [unknown_key(o.partition("=")[0].strip(), "--set ") if o.partition("=")[0].strip() and "=" in o
+               else None for o in overrides]  # (a malformed one: apply_overrides says how to write it)
     known = [o for o, problem in zip(overrides, unknown) if not problem]  # the others' problems are said with the rest
     config, violations = validate_config(apply_overrides(read_json(path, "config", MAX_CONFIG_BYTES), known),
                                          schema_path)
@@ -315,6 +320,18 @@ def pid_alive(pid: int) -> bool:
     except (OSError, OverflowError, ValueError):  # none of that pid
         return False
     return True
+
+
+def _flock_held(st: os.stat_result) -> bool:
+    """Whether a process holds an flock on the file of `st` (Linux's /proc/locks; where it cannot be read: whether
+    nothing says otherwise, so False)."""
+    here = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            return any(fields[1] == "FLOCK" and fields[-3] == here
+                       for fields in (line.split() for line in locks) if len(fields) >= 8)
+    except OSError:
+        return False
 
 
 def _dead_writer(name: str) -> bool:
@@ -580,7 +597,7 @@ class Experiment:
                 left = [e for e in history["epochs"] if e["epoch"] in checkpoints]
                 other = self.best_epoch({"epochs": left})
                 accuracy = next((e["validation_accuracy"] for e in left if e["epoch"] == other), None)
-                raise UserError(
+                raise CheckpointGone(  # (or a running training's new best made this one go: chosen again)
                     f"the best epoch of experiment {self.name}, {best}, has no checkpoint: it was deleted or moved "
                     "away" + (f"; the best of the epochs with one is {other} (validation accuracy {accuracy:.2f}%): "
                               f"use --epoch {other}" if other is not None else ""))
@@ -648,14 +665,15 @@ class Experiment:
                 for m, p in sorted(((m, p) for m, p in found if m), key=lambda mp: (int(mp[0].group(1)), mp[1].name))]
 
     def trainer_pid(self):
-        """The pid of the `train` that holds this experiment now (on this host), from its lock file; None if none
-        does (an empty file, or the pid of a dead one: the lock is the kernel's, the pid only a note)."""
+        """The pid of the `train` that holds this experiment now, from its lock file, where the kernel says the file
+        is locked (/proc/locks: the pid a SIGKILLed train left may be another process's since); None if none is."""
         try:
             with open(self.lock_file, "rb") as f:
                 pid = int(f.read(32).decode().strip() or 0)
+                held = _flock_held(os.fstat(f.fileno()))
         except (OSError, ValueError):
             return None
-        return pid if pid > 0 and pid_alive(pid) else None
+        return pid if pid > 0 and held else None
 
     @contextmanager
     def training_lock(self):
@@ -833,11 +851,9 @@ def tensorboard_runs(experiments_path: Path, experiments: list, view: str) -> Pa
     folder = Path(experiments_path) / ".tensorboard" / view
     try:
         return _linked_runs(folder, experiments)
-    except OSError as e:  # experiments this user may only read (a shared or read-only folder): the links elsewhere
-        where = hashlib.sha256(str(Path(experiments_path).resolve()).encode()).hexdigest()[:16]
-        elsewhere = Path(tempfile.gettempdir()) / f"ignite-mnist-tensorboard-{os.getuid()}" / where / view
-        try:
-            return _linked_runs(elsewhere, experiments)
+    except OSError as e:  # experiments this user may only read (a shared or read-only folder): the links in a
+        try:              # folder of this process's own (mkdtemp: private, a name no one could have planted)
+            return _linked_runs(Path(tempfile.mkdtemp(prefix=f"ignite-mnist-tensorboard-{view}-")), experiments)
         except OSError:
             raise UserError(f"cannot write {folder}: {e.strerror}") from None
 

@@ -121,20 +121,18 @@ def suggest(trial, key: str, distribution: dict):
 
 
 def check_space_against_study(study, space: dict, space_path: Path, name: str) -> None:
-    """A key that the study's trials drew from another distribution (another kind, other bounds, choices, step
-    or log scale) is refused now: Optuna would fail the next trial on another kind and record that failure,
-    and would silently take other bounds, making the trials' draws a mix of two searches."""
-    drawn = {}
-    for trial in study.get_trials(deepcopy=False):
-        for key, distribution in trial.distributions.items():
-            drawn.setdefault(key, {}).setdefault(json.dumps(space_distribution(distribution)), trial.number)
+    """A key that the study's latest trial to draw it drew from another distribution (another kind, other bounds,
+    choices, step or log scale) is refused now: Optuna would fail the next trial on another kind and record that
+    failure, and would silently take other bounds, making the trials' draws a mix of two searches."""
+    latest = {}
+    for trial in study.get_trials(deepcopy=False):  # (by number: the latest last)
+        latest.update({key: (distribution, trial.number) for key, distribution in trial.distributions.items()})
+    drawn = {key: distribution for key, (distribution, _) in latest.items()}
     for key, distribution in space.items():
-        ours = json.dumps(space_distribution(optuna_distribution(distribution)))  # (as Optuna holds it: 1 == 1.0)
-        others = [written for written in drawn.get(key, {}) if written != ours]
-        if others:
+        if key in latest and latest[key][0] != optuna_distribution(distribution):  # (Optuna's ==: 1 and 1.0 alike)
             raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
-                            f"trials of sweep {name}, which drew it from {others[0]} (trial {drawn[key][others[0]]})"
-                            ": use another --name for another space") from None
+                            f"trials of sweep {name}, which drew it from {json.dumps(space_distribution(latest[key][0]))}"
+                            f" (trial {latest[key][1]}): use another --name for another space") from None
     new, gone = [key for key in space if drawn and key not in drawn], [key for key in drawn if key not in space]
     if new or gone:  # allowed (a space may grow), but the trials then differ in more than their draws: said
         log.info(f"sweep {name}: the space changed since its earlier trials: "
@@ -293,7 +291,7 @@ def run_sweep(name: str, space_path: Path, trials: int, max_epochs: int, experim
     from ignite_mnist.launch import run_training
 
     try:
-        validate_name(name)
+        validate_name(name[:94])  # (a name valid but for its length: said below, with the length it may have)
     except UserError as e:  # (its trials' experiments are named after it: the same rules)
         raise UserError(str(e).replace("invalid experiment name", "invalid sweep name", 1)) from None
     try:  # the trials' experiments, NAME-<trial number>: failed trials take numbers too, so room for 99,999 of them

@@ -834,3 +834,18 @@ def test_verbose_as_an_option_s_value_turns_no_traceback_on(workdir, capsys, arg
     assert code == 2 and "Traceback" not in err and err.count("\n") == 1 and err.startswith("error: "), err
     code, _, err = invoke(capsys, "--verbose", "-e", "nothing-here", "info")
     assert code == 2 and "Traceback" in err  # (given as a global option: the traceback, as asked)
+
+
+def test_the_global_options_that_take_a_value_are_those_verbose_given_skips():
+    import typer
+
+    from ignite_mnist import cli
+
+    taking_values = {o for p in typer.main.get_command(cli.app).params if not getattr(p, "is_flag", False)
+                     for o in p.opts + p.secondary_opts}
+    assert taking_values == set(cli.GLOBAL_VALUE_OPTIONS)
+
+
+def test_a_set_without_a_key_is_told_how_to_write_one(workdir, tiny_data, capsys):
+    code, _, err = invoke(capsys, *g(workdir, data=tiny_data), "init", "--set", "=5", "--set", "training.foo=1")
+    assert code == 2 and "--set takes KEY=VALUE with a dotted key into the config (training.lr=0.5), not '=5'" in err

@@ -63,6 +63,9 @@ def test_set_defaults_to_the_packaged_config(workdir, tiny_data, capsys):
     ("training.lr=fast", '(1 problem): $.training.lr: "fast" is not of type number'),
     ("training.lr=.5", '$.training.lr: ".5" is not of type number (a string: JSON writes 0.5, not .5 or +1, and '
                        "true, false, null in lower case)"),
+    ('training.lr="0.5"', '$.training.lr: "0.5" is not of type number (a string: without its quotes it is one)'),
+    ("training.lr=nan", '$.training.lr: "nan" is not of type number\n'),  # (no hint: JSON has no NaN)
+    ("training.batch_size=1_000", '$.training.batch_size: "1_000" is not of type integer\n'),
     ('training.early_stopping={"patience": 1, "patience": 2}', 'error: --set training.early_stopping: the value gives '
                                                                'the key "patience" twice in one object'),
     ("data.dataset=cifar", '$.data.dataset: "cifar" is not one of ["mnist", "mnist-sample", "fashion-mnist"]'),
@@ -178,9 +181,10 @@ def test_list_marks_an_experiment_that_a_train_holds_now(workdir, tiny_data, cap
         assert code == 0 and json.loads(out)["training_pid"] is None
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (experiments / "idle" / "train.lock").write_text(f"{dead.pid}\n")  # what a killed train leaves: its pid, gone
-    code, out, err = invoke(capsys, "--experiments-path", experiments, "list", "--json")
-    assert {r["name"]: r["training"] for r in json.loads(out)} == {"busy": False, "idle": False}
+    for pid in (dead.pid, 1, os.getpid()):  # what a killed train leaves: its pid, gone, or since another process's
+        (experiments / "idle" / "train.lock").write_text(f"{pid}\n")
+        code, out, err = invoke(capsys, "--experiments-path", experiments, "list", "--json")
+        assert {r["name"]: r["training"] for r in json.loads(out)} == {"busy": False, "idle": False}
 
 
 def test_list_shows_strings_as_they_are_and_quotes_only_those_that_would_read_as_another_value(workdir, tiny_data,

@@ -66,14 +66,21 @@ def test_a_large_gz_file_is_decoded_once_and_read_from_the_cache_after(tmp_path,
     # its gzip trailer (CRC-32); an array unused for CACHE_UNUSED_DAYS goes when another is written
     stat = path.stat()
     month_ago = time.time() - (data.CACHE_UNUSED_DAYS + 1) * 86400
+    other = tmp_path / "labels.gz"  # another file's array, read now and then: it stays
+    write_idx(other, sample["test"][1].numpy())
+    assert np.array_equal(data.read_idx(other), sample["test"][1].numpy())
     for version in (images, images[::-1]):
         header = b"".join(int(v).to_bytes(4, "big") for v in (2051, *version.shape))
         path.write_bytes(gzip.compress(header + version.tobytes(), compresslevel=0))  # stored: same size
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         for array in cached.parent.glob("*.npy"):
-            os.utime(array, (month_ago, month_ago))  # (reading one makes it recent again)
+            os.utime(array, (month_ago, month_ago))
+        assert np.array_equal(data.read_idx(other), sample["test"][1].numpy())  # read: recent again
+        assert data.decoded_cache(other).stat().st_mtime > month_ago + 86400
         assert np.array_equal(data.read_idx(path), version)
-    assert [p.name for p in cached.parent.iterdir()] == [data.decoded_cache(path).name] != [cached.name]
+    assert sorted(p.name for p in cached.parent.iterdir()) == sorted([data.decoded_cache(path).name,
+                                                                      data.decoded_cache(other).name])
+    assert cached.name not in [p.name for p in cached.parent.iterdir()]  # the unused version's went
 
     # damaged in place, its size, time and trailer kept: decoded anew, and found corrupt
     damaged = bytearray(path.read_bytes())

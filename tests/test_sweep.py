@@ -307,6 +307,12 @@ def test_a_refused_sweep_makes_nothing(workdir, tiny_data, capsys, option, messa
     assert not (workdir / "experiments").exists() or not list((workdir / "experiments").iterdir())
 
 
+def test_a_sweep_name_too_long_is_told_its_own_limit(workdir, tiny_data, capsys):
+    for name in ("n" * 95, "n" * 101):  # (over the experiments' 100 too: the sweep's limit, 94, is the one to tell)
+        code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, name, 1, 1))
+        assert code == 2 and "use at most 94" in err, err
+
+
 def test_a_sweep_without_its_data_makes_nothing(workdir, tiny_data, capsys, monkeypatch):
     import torchvision
 
@@ -388,6 +394,18 @@ def test_a_range_narrowed_or_widened_since_the_study_s_trials_is_refused(workdir
         assert database.read_bytes() == before
     code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 2, 1, {"training.lr": {"float": [0.5, 1.0]}}))
     assert code == 0, err  # the same bounds, written 1 or 1.0
+
+    # a study whose trials drew from two ranges (an earlier version took the second silently): its latest range goes on
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    study = optuna.load_study(study_name="r", storage=f"sqlite:///{database}")
+    study.add_trial(optuna.trial.create_trial(params={"training.lr": 0.6}, value=50.0,
+                                              distributions={"training.lr": FloatDistribution(0.5, 0.8)}))
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 2, 1, {"training.lr": {"float": [0.5, 1.0]}}))
+    assert code == 2 and 'which drew it from {"float": [0.5, 0.8]} (trial 2)' in err, err
+    code, _, err = invoke(capsys, *sweep_args(workdir, tiny_data, "r", 4, 1, {"training.lr": {"float": [0.5, 0.8]}}))
+    assert code == 0, err
 
 
 def test_a_space_that_does_not_fit_the_study_is_refused_before_a_trial(workdir, tiny_data, capsys):
