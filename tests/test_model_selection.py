@@ -370,14 +370,14 @@ def test_last_is_chosen_again_when_a_running_train_removes_the_chosen_checkpoint
                           "checkpoint_2.pt no longer exists (removed while it was being read)") in err, err
 
 
-def test_a_best_epoch_without_its_checkpoint_is_one_to_choose_again(copy):
+def test_a_best_epoch_without_its_checkpoint_is_one_to_choose_again(copy, monkeypatch):
     """The best epoch's checkpoint gone between reading the history and listing the checkpoints (a running training's
     new best made retention remove it) is CheckpointGone, which test and export-release choose again on."""
     from ignite_mnist.errors import CheckpointGone
 
     experiment = open_experiment(copy / "experiments", "exp")
     history, best = experiment.history(), experiment.best_epoch()
-    experiment.history = lambda: history  # read before the checkpoint went
+    monkeypatch.setattr(type(experiment), "history", lambda self: history)  # read before the checkpoint went
     experiment.checkpoint(best).rename(copy / "aside.pt")
     with pytest.raises(CheckpointGone, match=f"the best epoch of experiment exp, {best}, has no checkpoint"):
         experiment.resolve_epoch("best")
