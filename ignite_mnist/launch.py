@@ -69,8 +69,8 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
                             f"{torch.cuda.device_count()}")
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         if device.type == "cpu" and nproc_per_node > cores:  # each holds the data and torch: 64 would exhaust memory
-            raise UserError(f"--nproc-per-node {nproc_per_node} is more than the {cores} CPU cores this process may "
-                            "use: each process trains on at least one")
+            raise UserError(f"--nproc-per-node {nproc_per_node} is more than the {cores} CPU core{'s' * (cores > 1)} "
+                            "this process may use: each process trains on at least one")
     else:
         backend = None
     stopped = experiment.history()["stopped_early"] if done else None
@@ -98,6 +98,15 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         spawned_env["PYTHONWARNINGS"] = os.environ.get("PYTHONWARNINGS", "ignore:resource_tracker:UserWarning")
         if device.type == "cpu":
             spawned_env["CUDA_VISIBLE_DEVICES"] = ""  # --device cpu: spawned ranks must not pick a GPU
+    again = f"train --max-epochs {max_epochs}"  # with the run's options: resumed so, it goes on bit for bit
+    if device_name != "auto":
+        again += f" --device {shlex.quote(device_name)}"
+    if nproc_per_node > 1:
+        again += f" --nproc-per-node {nproc_per_node}" + (f" --backend {backend}" if backend else "")
+    # the experiment's own data folder (the one read without --data-path) needs no option in the hint
+    own_data = os.path.abspath(data_path) == os.path.abspath(experiment.own_data_path)
+    again = command_line(experiment.root.parent, experiment.name, again, None if own_data else data_path)
+    resume = f"run `{again}` to resume"
     STOP.signum = 0
     with _lock_on_rank_zero(experiment, launched), STOP, _environment(spawned_env):
         try:
@@ -111,17 +120,9 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
             if not STOP.signum:
                 how = f"was killed by {signal.Signals(-e.exit_code).name}" if (e.exit_code or 0) < 0 else \
                     f"exited with code {e.exit_code}"
-                raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped", exit_code=1) from None
+                raise UserError(f"rank {e.error_index} {how}; the other ranks were stopped; "
+                                f"{_kept(experiment)}: {resume}", exit_code=1) from None
     done = max(experiment.checkpoints(), default=0)
-    again = f"train --max-epochs {max_epochs}"  # with the run's options: resumed so, it goes on bit for bit
-    if device_name != "auto":
-        again += f" --device {shlex.quote(device_name)}"
-    if nproc_per_node > 1:
-        again += f" --nproc-per-node {nproc_per_node}" + (f" --backend {backend}" if backend else "")
-    # the experiment's own data folder (the one read without --data-path) needs no option in the hint
-    own_data = os.path.abspath(data_path) == os.path.abspath(experiment.own_data_path)
-    again = command_line(experiment.root.parent, experiment.name, again, None if own_data else data_path)
-    resume = f"run `{again}` to resume"
     finished = done >= max_epochs or bool(done and experiment.history()["stopped_early"])
     if STOP.signum and finished:  # the signal came after the last epoch: the training is whole (STOP.signum stays
         # set, for a sweep to stop at); the release, if the stop came before it
@@ -130,8 +131,7 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
             if not launched or int(os.environ.get("RANK", "0")) == 0:
                 _release_if_missing(experiment, data_path)
     elif STOP.signum:
-        kept = f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"
-        raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; {kept}: {resume}",
+        raise UserError(f"training stopped by {signal.Signals(STOP.signum).name}; {_kept(experiment)}: {resume}",
                         exit_code=128 + STOP.signum)
     if launched and int(os.environ.get("RANK", "0")) != 0:
         return {}
@@ -140,6 +140,11 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
         raise UserError(f"training ended at epoch {done}, before epoch {max_epochs}: a process was stopped; "
                         f"{resume}", exit_code=1)
     return history["epochs"][-1] if done else {}
+
+
+def _kept(experiment: Experiment) -> str:
+    done = max(experiment.checkpoints(), default=0)
+    return f"checkpoints are kept up to epoch {done}" if done else "no epoch was finished, so no checkpoint"
 
 
 def _record_moved_data(experiment: Experiment, data_path) -> None:

@@ -77,10 +77,14 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     async def log_probabilities(self, digits: torch.Tensor) -> torch.Tensor:
-        """uint8 digits [k, 28, 28] -> their log-probabilities [k, 10], computed in a shared forward pass."""
-        future = asyncio.get_running_loop().create_future()
-        await self._queue.put((digits, future))
-        return await future
+        """uint8 digits [k, 28, 28] -> their log-probabilities [k, 10], computed in shared forward passes of at most
+        max_batch images (a request of more is cut into parts: the bound holds for the memory it is set for)."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for part in digits.split(self.max_batch):
+            futures.append(loop.create_future())
+            await self._queue.put((part, futures[-1]))
+        return torch.cat(await asyncio.gather(*futures))
 
     def _forward(self, digits: torch.Tensor) -> torch.Tensor:
         self.batch_sizes.append(len(digits))
@@ -89,8 +93,7 @@ class Batcher:
         return self.release.log_probabilities_of(digits)
 
     async def _gather(self) -> list:
-        """The next batch: [(digits, future)], at least one request, at most max_batch images (unless one
-        request alone has more)."""
+        """The next batch: [(digits, future)], at least one part of a request, at most max_batch images."""
         loop = asyncio.get_running_loop()
         first, self._carried = self._carried or await self._queue.get(), None
         batch, size = [first], len(first[0])
@@ -224,7 +227,7 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
     logging.getLogger("python_multipart").setLevel(logging.ERROR)  # a malformed upload is the client's 400, not a log line
     page = resources.files("ignite_mnist").joinpath("static/index.html").read_text(encoding="utf-8")
     started = time.time()
-    info = {**release.meta, "file": str(release.path), "file_format": release.file_format,
+    info = {**release.meta, "file": release.path.name, "file_format": release.file_format,  # (not where it lies)
             "server": {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_body_bytes": max_body,
                        "max_pixels": max_pixels, "max_files": max_files}}
 

@@ -170,6 +170,9 @@ def test_a_rank_that_dies_takes_the_group_down_and_is_named(small_data, tmp_path
     assert last.startswith("error: rank ") and "was killed by SIGKILL; the other ranks were stopped" in last, last
     wait_for(lambda: not any(alive(pid) for pid in ranks), timeout=30)
     checkpoints = tmp_path / "experiments" / "dies" / "checkpoints"
+    kept = max(int(p.stem.split("_")[1]) for p in checkpoints.glob("checkpoint_*.pt"))
+    assert f"; checkpoints are kept up to epoch {kept}: run `" in last and "--nproc-per-node 2" in last and \
+        last.endswith("` to resume"), last
     assert all(torch.load(p, weights_only=True)["history"]["epochs"][-1] for p in checkpoints.glob("checkpoint_*.pt"))
 
 

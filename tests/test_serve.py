@@ -296,7 +296,7 @@ def test_health_and_info(server, releases):
     assert health.status_code == 200 and health.json()["status"] == "ok"
     info = server.client.get("/info").json()
     assert info["classes"] == [str(d) for d in range(10)] and info["epoch"] == 2 and info["dataset"] == "mnist"
-    assert info["file_format"] == "pt" and info["file"] == str(releases["pt"]) and info["format"] == release.FORMAT
+    assert info["file_format"] == "pt" and info["file"] == releases["pt"].name and info["format"] == release.FORMAT
     assert info["server"]["max_body_bytes"] == 1_000_000 and "test_accuracy" in info["metrics"]
     assert server.client.get("/favicon.ico").status_code == 204  # (a browser asks for it: no error in its console)
     assert "model" not in info
@@ -356,6 +356,20 @@ def test_a_batch_stops_at_the_batch_limit(releases, digits):
         assert all(r.status_code == 200 for r in responses)
         assert sorted(sizes) == [2, 3]
         assert_same_answers([r.json() for r in responses], expected_answers(releases, pngs))
+    finally:
+        s.stop()
+
+
+def test_one_request_of_more_images_than_the_batch_limit_is_cut_into_passes_within_it(releases, digits):
+    """--max-batch bounds every forward pass (the memory it is set for), one multipart request of many files too."""
+    sizes = []
+    s = served(releases, wrap=recording(sizes), max_wait_ms=1, max_batch=3)
+    try:
+        pngs = [digit_png(d) for d in digits[:7]]
+        r = s.post(files=[("file", (f"d{i}.png", png, "image/png")) for i, png in enumerate(pngs)])
+        assert r.status_code == 200 and sizes == [3, 3, 1], (r.status_code, sizes)
+        assert_same_answers(r.json(), expected_answers(releases, pngs))
+        assert s.client.get("/health").json()["largest_batch"] == 3
     finally:
         s.stop()
 
