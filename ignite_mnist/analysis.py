@@ -116,7 +116,8 @@ def draw_worst(ax, worst: list, images: torch.Tensor, classes: list, columns: in
         caption = f"{true}>{chr(10) if two_lines else ''}{predicted} {p:.0%}" if p >= 0.1 else \
             f"{true}>{chr(10) if two_lines else ''}{predicted} {p:.1%}"
         ax.text((k % columns) * width + width / 2, (k // columns) * height + 1, caption, ha="center", va="top",
-                fontsize=fontsize * (0.8 if two_lines else 1), linespacing=1.0, color="tomato" if w["label"] != w["predicted"] else "white")
+                fontsize=fontsize * (0.8 if two_lines else 1), linespacing=1.0,
+                color="tomato" if w["label"] != w["predicted"] else "white")
     ax.axis("off")
 
 

@@ -210,7 +210,7 @@ def load_checkpoint(path, to_load: dict, device, epoch: int, owner: dict) -> Non
 def restore(path, checkpoint: dict, to_load: dict) -> None:
     """Restore the objects of `to_load` from `checkpoint`, read from `path` (named in the one-line errors)."""
     missing = [key for key in to_load if key not in checkpoint]
-    if missing == ["early_stopping"] and "trainer" in checkpoint:  # a checkpoint of ours, from before the config said so
+    if missing == ["early_stopping"] and "trainer" in checkpoint:  # ours, from before the config said so
         raise UserError(f"checkpoint {path} holds no early-stopping state: it was trained without early stopping, "
                         "and training.early_stopping was set in experiment.json since; set it back to null, or init "
                         "another experiment with it")

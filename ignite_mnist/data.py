@@ -432,9 +432,9 @@ def image_as_digit(source, name: str = None, max_pixels: int = None, digits: boo
     _full_contrast), and it is prepared as MNIST's digits were, the ink cropped, scaled to fit 20x20 and centred
     by its centre of mass in 28x28, unless it is a 28x28 image already so (an MNIST digit: taken as it is, the
     test set's own pixels). Otherwise (a Fashion-MNIST release) a 28x28 image is taken as it is, and any other
-    size prepared as Fashion-MNIST's were: trimmed to the thing, its longer side scaled to 28, centred in 28x28. A blank image (one colour, give or take noise) is an all-dark
-    digit. An image of more than `max_pixels` pixels (default: Pillow's Image.MAX_IMAGE_PIXELS) is refused
-    before it is decoded: a decompression bomb costs nothing.
+    size prepared as Fashion-MNIST's were: trimmed to the thing, its longer side scaled to 28, centred in 28x28.
+    A blank image (one colour, give or take noise) is an all-dark digit. An image of more than `max_pixels` pixels
+    (default: Pillow's Image.MAX_IMAGE_PIXELS) is refused before it is decoded: a decompression bomb costs nothing.
     """
     import io
     import warnings

@@ -254,7 +254,8 @@ def config_keys(schema: dict, prefix: str = "") -> list:
 
 
 def unknown_key(key: str, where: str):
-    """What is wrong with a dotted key that the config does not have (naming the nearest one it has); None if it has it."""
+    """What is wrong with a dotted key that the config does not have (naming the nearest one it has); None if it
+    has it."""
     keys = config_keys(builtin_schema())
     if key not in keys:
         nearest = difflib.get_close_matches(key, [k for k in keys if "." in k], n=1, cutoff=0)  # not a section

@@ -42,5 +42,6 @@ def write_confusion_matrix(writer, matrix, classes: list, name: str, step: int) 
 
 
 def write_worst(writer, worst: list, images, classes: list, step: int) -> None:
-    figure = analysis.worst_figure(worst, images, classes, f"worst-classified test {analysis.things(classes)}, epoch {step}")
+    figure = analysis.worst_figure(worst, images, classes,
+                                   f"worst-classified test {analysis.things(classes)}, epoch {step}")
     writer.add_image("test/worst_classified", analysis.pixels(figure), step, dataformats="HWC")

@@ -130,9 +130,10 @@ def check_space_against_study(study, space: dict, space_path: Path, name: str) -
     drawn = {key: distribution for key, (distribution, _) in latest.items()}
     for key, distribution in space.items():
         if key in latest and latest[key][0] != optuna_distribution(distribution):  # (Optuna's ==: 1 and 1.0 alike)
+            drew = json.dumps(space_distribution(latest[key][0]))
             raise UserError(f"search space {space_path}: {key} = {json.dumps(distribution)} does not fit the "
-                            f"trials of sweep {name}, which drew it from {json.dumps(space_distribution(latest[key][0]))}"
-                            f" (trial {latest[key][1]}): use another --name for another space") from None
+                            f"trials of sweep {name}, which drew it from {drew} (trial {latest[key][1]}): use another "
+                            "--name for another space") from None
     new, gone = [key for key in space if drawn and key not in drawn], [key for key in drawn if key not in space]
     if new or gone:  # allowed (a space may grow), but the trials then differ in more than their draws: said
         log.info(f"sweep {name}: the space changed since its earlier trials: "

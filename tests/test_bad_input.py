@@ -304,6 +304,9 @@ def test_broken_data_files(copy, capsys, tiny_data, breakage, message):
     shutil.copytree(tiny_data, data)
     breakage(data)
     for command in (["train", "--max-epochs", "3", "--device", "cpu"], ["test", "--epoch", "2"]):
+        if command[0] == "test" and "t10k" not in message and "holds labels" not in message:
+            assert invoke(capsys, *g(copy, data=data), *command)[0] == 0  # test reads the t10k files alone
+            continue
         assert_refused(capsys, copy, [*g(copy, data=data), *command], 2, message)
 
 
