@@ -671,10 +671,9 @@ class Experiment:
         try:
             with open(self.lock_file, "rb") as f:
                 pid = int(f.read(32).decode().strip() or 0)
-                held = _flock_held(os.fstat(f.fileno()))
+                return pid if pid > 0 and _flock_held(os.fstat(f.fileno())) else None  # (empty: none, no /proc read)
         except (OSError, ValueError):
             return None
-        return pid if pid > 0 and held else None
 
     @contextmanager
     def training_lock(self):
