@@ -208,15 +208,21 @@ async def _uploads(request: Request, body: bytes, max_files: int) -> list:
 DECODING = threading.BoundedSemaphore(min(4, os.cpu_count() or 1))
 
 
-def _decode(uploads: list, max_pixels: int, digits_release: bool = True) -> torch.Tensor:
-    """The uploads as uint8 digits [k, 28, 28], by the preprocessing of `predict`; UserError names a bad one."""
-    digits = []
-    for name, content in uploads:
-        if not content:
-            raise UserError(f"{name} is empty: send an image file (PNG, JPEG, ...)")
-        with DECODING:
-            digits.append(data.image_as_digit(content, name=name, max_pixels=max_pixels, digits=digits_release))
-    return torch.stack(digits)
+def _decode(uploads: list, max_pixels: int, digits_release: bool = True) -> tuple:
+    """(uint8 digits [k, 28, 28] of the uploads that are images, by the preprocessing of `predict`; {index: why}
+    of those that are not). None of them an image: the first one's UserError."""
+    digits, errors = {}, {}
+    for i, (name, content) in enumerate(uploads):
+        try:
+            if not content:
+                raise UserError(f"{name} is empty: send an image file (PNG, JPEG, ...)")
+            with DECODING:
+                digits[i] = data.image_as_digit(content, name=name, max_pixels=max_pixels, digits=digits_release)
+        except UserError as e:
+            errors[i] = e
+    if not digits:
+        raise errors[0]
+    return torch.stack(list(digits.values())), {i: str(e) for i, e in errors.items()}
 
 
 def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS,
@@ -241,7 +247,7 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
         else:
             uploads = [("the body", body)]
         try:
-            digits = await run_in_threadpool(_decode, uploads, max_pixels, release.of_digits)
+            digits, errors = await run_in_threadpool(_decode, uploads, max_pixels, release.of_digits)
         except UserError as e:
             return _error(400, str(e))
         except MemoryError:  # the server's trouble, not the request's: it may well pass later
@@ -255,8 +261,12 @@ def create_app(release: LoadedRelease, max_batch: int = MAX_BATCH, max_wait_ms: 
         except Exception as e:  # the model failed (answered here: an unhandled error would close the connection)
             log.error(f"forward pass failed: {type(e).__name__}: {e}")
             return _error(500, f"internal error ({type(e).__name__})")
-        results = answer(release, log_probabilities, digits)
-        return JSONResponse(results if many else results[0])
+        results = iter(answer(release, log_probabilities, digits))
+        if not many:
+            return JSONResponse(next(results))
+        # a file that is not an image is answered in its place, as `predict` does; the others are classified
+        return JSONResponse([{"file": uploads[i][0], "error": errors[i]} if i in errors else next(results)
+                             for i in range(len(uploads))])
 
     async def health(request: Request):
         sizes = list(batcher.batch_sizes)

@@ -468,8 +468,8 @@ BAD_INPUTS = {
                                 "over the limit of 1000000 bytes"),
     "multipart without a file field": (lambda: multipart([("other", "a.png", b"x")]), 400, "has no `file` field"),
     "multipart file as text": (lambda: multipart([("file", None, b"text")]), 400, "must be a file, not text"),
-    "multipart with a bad file": (lambda: multipart([("file", "good.png", blank_png()), ("file", "bad.png", b"hi")]),
-                                  400, "bad.png is not an image file that can be read"),
+    "multipart with only bad files": (lambda: multipart([("file", "bad.png", b"hi"), ("file", "empty.png", b"")]),
+                                      400, "bad.png is not an image file that can be read"),
     "multipart with an empty file": (lambda: multipart([("file", "empty.png", b"")]), 400, "empty.png is empty"),
     "malformed multipart": (lambda: (b"--nope\r\ngarbage", {"content-type": "multipart/form-data; boundary=xyzzy"}),
                             400, "malformed multipart upload: "),
@@ -480,6 +480,22 @@ BAD_INPUTS = {
         400, "malformed multipart upload: "),
     "too many files": (lambda: multipart([("file", f"{i}.png", b"x") for i in range(65)]), 400, "Too many files"),
 }
+
+
+def test_a_multipart_upload_s_unreadable_files_are_answered_in_their_place_and_the_others_classified(server, digits,
+                                                                                                     releases):
+    """As `predict` does on the command line: one bad file does not cost the others their answers."""
+    pngs = [digit_png(digits[0]), digit_png(digits[1])]
+    content, headers = multipart([("file", "one.png", pngs[0]), ("file", "bad.png", b"hi"),
+                                  ("file", "empty.png", b""), ("file", "two.png", pngs[1])])
+    r = server.post(content, headers=headers)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [sorted(answer) if "error" in answer else "answer" for answer in got] == \
+        ["answer", ["error", "file"], ["error", "file"], "answer"]
+    assert got[1]["file"] == "bad.png" and "bad.png is not an image file that can be read" in got[1]["error"]
+    assert got[2] == {"file": "empty.png", "error": "empty.png is empty: send an image file (PNG, JPEG, ...)"}
+    assert_same_answers([got[0], got[3]], expected_answers(releases, pngs))
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)
