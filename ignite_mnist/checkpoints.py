@@ -72,17 +72,19 @@ class History:
     """
 
     def __init__(self):
-        self.epochs, self.stopped_early = [], None
+        self.epochs, self.stopped_early, self.stopped_by = [], None, None  # stopped_by: the rule that stopped it
 
     @property
     def current(self) -> dict:
         return self.epochs[-1]
 
     def state_dict(self) -> dict:
-        return {"epochs": [dict(e) for e in self.epochs], "stopped_early": self.stopped_early}
+        return {"epochs": [dict(e) for e in self.epochs], "stopped_early": self.stopped_early,
+                **({"stopped_by": dict(self.stopped_by)} if self.stopped_by else {})}
 
     def load_state_dict(self, state: dict) -> None:
         self.epochs, self.stopped_early = [dict(e) for e in state["epochs"]], state["stopped_early"]
+        self.stopped_by = state.get("stopped_by")  # (checkpoints of earlier versions have none)
 
 
 def _corrupt_checkpoint_advice(path) -> str:

@@ -330,7 +330,7 @@ def info(
         print(f"  epoch {e['epoch']}{' (best)' * (e['epoch'] == best)}: {where}"
               + (f" ({e['error']})" if "error" in e else scores))
     if history["stopped_early"]:
-        print(f"stopped early at epoch {history['stopped_early']}: {experiment.early_stopping_rule()}")
+        print(f"stopped early at epoch {history['stopped_early']}: {experiment.early_stopping_rule(history)}")
     if "sweep" in meta:
         s = meta["sweep"]
         state = s["state"] + (f" at epoch {s['pruned_at_epoch']}" if "pruned_at_epoch" in s else "")

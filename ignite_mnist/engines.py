@@ -250,6 +250,7 @@ def attach_handlers(trainer, evaluators, sets, optimizer, lr_scheduler, batches,
         def note_early_stop(_):
             if stopper.counter >= stopper.patience:  # the stopper has asked the trainer to terminate
                 history.stopped_early = trainer.state.epoch  # said after the epoch's line (evaluate_epoch)
+                history.stopped_by = dict(experiment.config["training"]["early_stopping"])  # (the config may change)
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def step_lr(engine):

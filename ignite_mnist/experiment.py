@@ -520,7 +520,8 @@ class Experiment:
         try:  # NaN allowed: a diverged loss is NaN, and the mirror writes it so
             history = read_json(self.metrics_file, "metrics file", allow_nan=True)
             if self._is_history(history, max(checkpoints)):
-                return {"epochs": history["epochs"], "stopped_early": history["stopped_early"]}
+                return {"epochs": history["epochs"], "stopped_early": history["stopped_early"],
+                        **({"stopped_by": history["stopped_by"]} if "stopped_by" in history else {})}
         except UserError:  # missing, not a regular file, unreadable, not JSON, nested beyond reason
             pass
         from ignite_mnist.checkpoints import history_of
@@ -537,6 +538,10 @@ class Experiment:
             return False
         epochs, stopped = history["epochs"], history["stopped_early"]
         if not (stopped is None or type(stopped) is int and 1 <= stopped <= last):
+            return False
+        rule = history.get("stopped_by", {"patience": 1, "min_delta": 0})
+        if not (isinstance(rule, dict) and type(rule.get("patience")) is int and type(rule.get("min_delta")) in
+                (int, float) and (stopped is not None or "stopped_by" not in history)):
             return False
         keys = set(epochs[0]) if isinstance(epochs[0], dict) else set()
         validation = self.config["data"]["val_split"] > 0
@@ -632,8 +637,10 @@ class Experiment:
             if epoch not in keep:
                 checkpoints[epoch].unlink(missing_ok=True)
 
-    def early_stopping_rule(self) -> str:
-        rule = self.config["training"]["early_stopping"]
+    def early_stopping_rule(self, history: dict = None) -> str:
+        """The rule that stopped the training: as its history recorded it, else (experiments of earlier versions)
+        as the config says it now."""
+        rule = (history or {}).get("stopped_by") or self.config["training"]["early_stopping"]
         if not rule:  # set to null by hand after the stop: the stop stands (its checkpoints end there)
             return "by the rule it was trained with (training.early_stopping is null in experiment.json now)"
         return (f"validation accuracy did not improve by more than {rule['min_delta']:g} points "

@@ -73,11 +73,12 @@ def run_training(experiment: Experiment, data_path, max_epochs: int, device_name
                             "this process may use: each process trains on at least one")
     else:
         backend = None
-    stopped = experiment.history()["stopped_early"] if done else None
+    history = experiment.history() if done else {}
+    stopped = history.get("stopped_early")
     if stopped or max_epochs == done:
         if stopped:
             log.info(f"experiment {experiment.name} stopped early at epoch {stopped}: "
-                     f"{experiment.early_stopping_rule()}; nothing to do")
+                     f"{experiment.early_stopping_rule(history)}; nothing to do")
         else:
             log.info(f"experiment {experiment.name} is already trained to epoch {done}: nothing to do")
         with _lock_on_rank_zero(experiment, launched):

@@ -155,15 +155,24 @@ def test_early_stopping_fires_says_so_and_a_longer_train_has_nothing_to_do(workd
         "for 2 epochs; nothing to do")
     assert snapshot(experiment.checkpoints_dir) == before
 
-    meta = json.loads((experiment.root / "experiment.json").read_text())  # early stopping turned off by hand since:
-    meta["config"]["training"]["early_stopping"] = None                   # the stop stands, said, not a TypeError
-    (experiment.root / "experiment.json").write_text(json.dumps(meta))
-    rule = "by the rule it was trained with (training.early_stopping is null in experiment.json now)"
+    # the rule edited by hand since, or turned off: the stop stands, said with the rule that made it
+    rule = "validation accuracy did not improve by more than 100 points for 2 epochs"
+    for edited in ({"patience": 5, "min_delta": 0}, None):
+        meta = json.loads((experiment.root / "experiment.json").read_text())
+        meta["config"]["training"]["early_stopping"] = edited
+        (experiment.root / "experiment.json").write_text(json.dumps(meta))
+        code, out, err = invoke(capsys, *opts, "info")
+        assert code == 0 and f"stopped early at epoch 3: {rule}" in out, (out, err)
+        code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "20", "--device", "cpu")
+        assert code == 0 and err.strip().splitlines()[-1] == \
+            f"experiment es stopped early at epoch 3: {rule}; nothing to do", err
+        assert snapshot(experiment.checkpoints_dir) == before
+    metrics = json.loads(experiment.metrics_file.read_text())  # as an earlier version wrote it: no rule recorded
+    assert metrics.pop("stopped_by") == {"patience": 2, "min_delta": 100}
+    experiment.metrics_file.write_text(json.dumps(metrics))
     code, out, err = invoke(capsys, *opts, "info")
-    assert code == 0 and f"stopped early at epoch 3: {rule}" in out, err
-    code, _, err = invoke(capsys, *opts, "train", "--max-epochs", "20", "--device", "cpu")
-    assert code == 0 and err.strip().splitlines()[-1] == f"experiment es stopped early at epoch 3: {rule}; nothing to do"
-    assert snapshot(experiment.checkpoints_dir) == before
+    assert code == 0 and ("stopped early at epoch 3: by the rule it was trained with (training.early_stopping is "
+                          "null in experiment.json now)") in out, (out, err)
 
 
 def test_early_stopping_set_by_hand_after_training_is_named_as_such(copy, tiny_data, capsys):
