@@ -576,7 +576,14 @@ def test_a_stalled_upload_is_answered_408_not_held_for_ever(releases):
     s = Server(serving.create_app(release.open_release(releases["pt"]), body_timeout=0.5))
     try:
         with _stalled_upload(s.url) as connection:
-            answer = connection.recv(4096).decode()
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                    answer.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]):  # (headers, body: apart)
+                chunk = connection.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            answer = answer.decode()
         assert answer.startswith("HTTP/1.1 408") and "the body did not all come within 0.5 s (3 bytes came)" in answer
     finally:
         s.stop()
