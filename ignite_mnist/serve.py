@@ -84,7 +84,11 @@ class Batcher:
         for part in digits.split(self.max_batch):
             futures.append(loop.create_future())
             await self._queue.put((part, futures[-1]))
-        return torch.cat(await asyncio.gather(*futures))
+        parts = await asyncio.gather(*futures, return_exceptions=True)  # (every part's answer taken, failed or not)
+        failed = next((part for part in parts if isinstance(part, BaseException)), None)
+        if failed is not None:
+            raise failed
+        return torch.cat(parts)
 
     def _forward(self, digits: torch.Tensor) -> torch.Tensor:
         self.batch_sizes.append(len(digits))
