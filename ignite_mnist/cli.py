@@ -163,7 +163,6 @@ def test(
 ):
     """Restore the model of an epoch and measure it on the test set: accuracy, per class, confusion matrix."""
     experiment = _open(ctx)
-    _on_epoch(experiment, epoch, experiment.checkpoint)  # a missing epoch is named before torch is even imported
     if plot is not None and plot.suffix.lower() != ".png":
         raise UserError(f"--plot writes a PNG file: give a name ending in .png, not {plot.name!r}")
     written = Path(os.path.realpath(plot)) if plot is not None else None  # a symlink is written through
@@ -171,10 +170,13 @@ def test(
         raise UserError(f"--plot {plot}: folder {written.parent} does not exist")
     if written is not None and is_dir(written):
         raise UserError(f"--plot {plot} is a folder: give a file name ending in .png")
-    from ignite_mnist.engines import evaluate_checkpoint
 
-    epoch, result = _on_epoch(experiment, epoch, lambda n: evaluate_checkpoint(
-        experiment, experiment.data_path(ctx.obj.data_path), n, device, plot))
+    def evaluate(n: int) -> dict:
+        from ignite_mnist.engines import evaluate_checkpoint  # (after the epoch's checkpoint is found: torch)
+
+        return evaluate_checkpoint(experiment, experiment.data_path(ctx.obj.data_path), n, device, plot)
+
+    epoch, result = _on_epoch(experiment, epoch, evaluate)
     width = max(4, *(len(str(n)) + 1 for row in result["confusion_matrix"] for n in row))
     report = [f"test of epoch {epoch}: accuracy {result['accuracy']:.2f}% ({result['correct']}/{result['total']}), "
               f"loss {result['loss']:.4f}",
@@ -197,11 +199,13 @@ def test(
 
 
 def _on_epoch(experiment: Experiment, spec: str, work) -> tuple:
-    """(epoch, work(epoch)) for --epoch `spec`. For last and best, chosen again where the chosen epoch's checkpoint
-    went before it was read: a training running meanwhile removes older ones (training.keep_checkpoints)."""
+    """(epoch, work(epoch)) for --epoch `spec`, its checkpoint found first (a missing epoch is named before work
+    imports torch). For last and best, chosen again where the chosen epoch's checkpoint went before it was read: a
+    training running meanwhile removes older ones (training.keep_checkpoints)."""
     for attempt in range(3):
         epoch = experiment.resolve_epoch(spec)
         try:
+            experiment.checkpoint(epoch)
             return epoch, work(epoch)
         except CheckpointGone:
             if spec not in ("last", "best") or attempt == 2:
@@ -219,11 +223,13 @@ def export_release(
     """Write a release of an epoch: the model alone, for inference, verified (pt: its weights read back bitwise;
     pt2, onnx: its predictions on the test set against the checkpoint's). Prints its path last."""
     experiment = _open(ctx)
-    _on_epoch(experiment, epoch, experiment.checkpoint)
-    from ignite_mnist import release
 
-    _, path = _on_epoch(experiment, epoch, lambda n: release.export_release(experiment, n, release_format.value,
-                                                                            ctx.obj.data_path))
+    def export(n: int) -> Path:
+        from ignite_mnist import release  # (after the epoch's checkpoint is found: torch)
+
+        return release.export_release(experiment, n, release_format.value, ctx.obj.data_path)
+
+    _, path = _on_epoch(experiment, epoch, export)
     log.info(f"release written: {path}")
     print(path)
 
